@@ -1,0 +1,507 @@
+//! The command line and configuration shared by every fedbroker binary (SPEC §8), defined once:
+//! flags, the `--config` TOML file, validation with one-line errors and exit code 2, logging to
+//! stderr, binding the listeners and printing their `listening on` lines.
+//!
+//! A binary's `main` is one call to [`main_with`], giving the runtime's name and a function that
+//! serves the already-bound listeners until shutdown.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fedbroker_core::Config;
+use serde::Deserialize;
+
+/// The flags of SPEC §8. Every value is optional here so that the config file can fill what the
+/// command line leaves out; defaults apply last.
+#[derive(Parser, Debug, Default)]
+#[command(
+    version,
+    about = "fedbroker: a federated message broker (POST /{id} to send, WebSocket GET /{id} to listen)"
+)]
+pub struct Flags {
+    /// Address to listen on (repeatable); IPv6 as [::1]:8080. Port 0 picks a free port. [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// TOML file with the same settings (keys are the flag names with _ for -); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Path prefix of every route, e.g. /mq. [default: /]
+    #[arg(long, value_name = "P")]
+    pub base_path: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow the open mode (no authentication) on non-loopback addresses.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// Static tokens file (TOML).
+    #[arg(long, value_name = "FILE", group = "auth")]
+    pub auth_tokens: Option<PathBuf>,
+    /// JWT HMAC secret file (HS256/384/512).
+    #[arg(long, value_name = "FILE", group = "auth")]
+    pub auth_jwt_secret: Option<PathBuf>,
+    /// JWT public key file, SPKI PEM (RS256/ES256/EdDSA).
+    #[arg(long, value_name = "FILE", group = "auth")]
+    pub auth_jwt_public_key: Option<PathBuf>,
+    /// Required JWT audience.
+    #[arg(long, value_name = "A")]
+    pub auth_jwt_audience: Option<String>,
+    /// Required JWT issuer.
+    #[arg(long, value_name = "I")]
+    pub auth_jwt_issuer: Option<String>,
+    /// Leeway for JWT exp/nbf, in seconds. [default: 0]
+    #[arg(long, value_name = "SECS")]
+    pub auth_jwt_leeway: Option<u64>,
+    /// Origin allowed to use the broker from a browser (repeatable, or *).
+    #[arg(long, value_name = "O")]
+    pub cors_allow_origin: Vec<String>,
+    /// Token required to read / and /metrics.
+    #[arg(long, value_name = "T")]
+    pub stats_token: Option<String>,
+    /// Largest message in bytes. [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<u64>,
+    /// Messages queued per listener before POST answers 503. [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub queue_limit: Option<u64>,
+    /// Open connections (listeners included) before new ones get 503. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Seconds between pings to listeners; two silent intervals drop one. [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub ping_interval: Option<u64>,
+    /// Seconds for a request to arrive (408), and for an idle keep-alive connection. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub request_timeout: Option<u64>,
+    /// Log level: error, warn, info, debug or trace. [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The `--config` file: the same settings, keys spelled with `_`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<OneOrMany>,
+    base_path: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    allow_anonymous: Option<bool>,
+    auth_tokens: Option<PathBuf>,
+    auth_jwt_secret: Option<PathBuf>,
+    auth_jwt_public_key: Option<PathBuf>,
+    auth_jwt_audience: Option<String>,
+    auth_jwt_issuer: Option<String>,
+    auth_jwt_leeway: Option<u64>,
+    cors_allow_origin: Option<OneOrMany>,
+    stats_token: Option<String>,
+    max_message_size: Option<u64>,
+    queue_limit: Option<u64>,
+    max_connections: Option<u64>,
+    ping_interval: Option<u64>,
+    request_timeout: Option<u64>,
+    log_level: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Everything a binary needs to run, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// The core's settings.
+    pub core: Config,
+    /// Log filter level.
+    pub log_level: tracing::Level,
+}
+
+/// Largest `--max-message-size` accepted (a message is held in memory whole).
+const MAX_MESSAGE_LIMIT: u64 = 1 << 30;
+
+/// A problem with the flags or the configuration: one line, exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+impl Settings {
+    /// Resolves parsed flags: reads the config file (if any), merges (flags win), applies
+    /// defaults and checks every value.
+    pub fn resolve(flags: Flags) -> Result<Settings, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_config(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_raw = if !flags.listen.is_empty() {
+            flags.listen
+        } else {
+            file.listen
+                .map(OneOrMany::into_vec)
+                .unwrap_or_else(|| vec!["127.0.0.1:8080".to_owned()])
+        };
+        if listen_raw.is_empty() {
+            return err("--listen: at least one address is needed");
+        }
+        let mut listen = Vec::new();
+        for raw in &listen_raw {
+            let addr: SocketAddr = raw.parse().or_else(|_| {
+                err(format!(
+                    "--listen {raw:?}: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+                ))
+            })?;
+            listen.push(addr);
+        }
+
+        // Security features not in this build are refused, never silently ignored.
+        let unsupported = [
+            (
+                "--tls-cert",
+                flags.tls_cert.is_some() || file.tls_cert.is_some(),
+            ),
+            (
+                "--tls-key",
+                flags.tls_key.is_some() || file.tls_key.is_some(),
+            ),
+            (
+                "--auth-tokens",
+                flags.auth_tokens.is_some() || file.auth_tokens.is_some(),
+            ),
+            (
+                "--auth-jwt-secret",
+                flags.auth_jwt_secret.is_some() || file.auth_jwt_secret.is_some(),
+            ),
+            (
+                "--auth-jwt-public-key",
+                flags.auth_jwt_public_key.is_some() || file.auth_jwt_public_key.is_some(),
+            ),
+            (
+                "--auth-jwt-audience",
+                flags.auth_jwt_audience.is_some() || file.auth_jwt_audience.is_some(),
+            ),
+            (
+                "--auth-jwt-issuer",
+                flags.auth_jwt_issuer.is_some() || file.auth_jwt_issuer.is_some(),
+            ),
+            (
+                "--auth-jwt-leeway",
+                flags.auth_jwt_leeway.is_some() || file.auth_jwt_leeway.is_some(),
+            ),
+            (
+                "--cors-allow-origin",
+                !flags.cors_allow_origin.is_empty() || file.cors_allow_origin.is_some(),
+            ),
+            (
+                "--stats-token",
+                flags.stats_token.is_some() || file.stats_token.is_some(),
+            ),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, given)| *given) {
+            return err(format!("{name}: not supported by this version of fedbroker yet; only the open mode (loopback) is"));
+        }
+
+        let allow_anonymous = flags.allow_anonymous || file.allow_anonymous.unwrap_or(false);
+        if let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback()) {
+            if !allow_anonymous {
+                return err(format!(
+                    "--listen {addr}: refusing to run without authentication on a non-loopback address \
+                     (anyone who can reach it could send and listen); pass --allow-anonymous to accept that"
+                ));
+            }
+        }
+
+        let mut core = Config::default();
+        if let Some(p) = flags.base_path.or(file.base_path) {
+            core.base_path = Config::normalize_base_path(&p).ok_or_else(|| {
+                ConfigError(format!("--base-path {p:?}: must be a path such as /mq"))
+            })?;
+        }
+        let max_message = pick(
+            flags.max_message_size,
+            file.max_message_size,
+            core.max_message_size as u64,
+        );
+        if max_message > MAX_MESSAGE_LIMIT {
+            return err(format!(
+                "--max-message-size {max_message}: at most {MAX_MESSAGE_LIMIT} bytes"
+            ));
+        }
+        core.max_message_size = max_message as usize;
+        core.queue_limit = positive(
+            "--queue-limit",
+            pick(flags.queue_limit, file.queue_limit, core.queue_limit as u64),
+        )?;
+        core.max_connections = positive(
+            "--max-connections",
+            pick(
+                flags.max_connections,
+                file.max_connections,
+                core.max_connections as u64,
+            ),
+        )?;
+        core.ping_interval = seconds(
+            "--ping-interval",
+            pick(flags.ping_interval, file.ping_interval, 30),
+        )?;
+        core.request_timeout = seconds(
+            "--request-timeout",
+            pick(flags.request_timeout, file.request_timeout, 10),
+        )?;
+        // The close handshake and the linger after a last response never outlast a ping interval.
+        core.close_timeout = core.close_timeout.min(core.ping_interval);
+        core.linger = core.linger.min(core.request_timeout);
+
+        let level = flags
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".to_owned());
+        let log_level = level.parse::<tracing::Level>().or_else(|_| {
+            err(format!(
+                "--log-level {level:?}: expected error, warn, info, debug or trace"
+            ))
+        })?;
+
+        Ok(Settings {
+            listen,
+            core,
+            log_level,
+        })
+    }
+}
+
+fn pick(flag: Option<u64>, file: Option<u64>, default: u64) -> u64 {
+    flag.or(file).unwrap_or(default)
+}
+
+fn positive(name: &str, v: u64) -> Result<usize, ConfigError> {
+    match usize::try_from(v) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => err(format!("{name} {v}: must be a whole number from 1 up")),
+    }
+}
+
+fn seconds(name: &str, v: u64) -> Result<Duration, ConfigError> {
+    if (1..=86_400).contains(&v) {
+        Ok(Duration::from_secs(v))
+    } else {
+        err(format!("{name} {v}: must be whole seconds from 1 to 86400"))
+    }
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config {}: cannot read: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message spans several lines (with a source excerpt); keep its first sentence.
+        let msg = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_owned();
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError(format!("--config {}: {msg}{at}", path.display()))
+    })
+}
+
+/// Parses the command line: `Err` carries the exit code already decided (help, version, error).
+pub fn parse_args(
+    args: impl IntoIterator<Item = OsString>,
+    binary: &str,
+) -> Result<Settings, ExitCode> {
+    let cmd = <Flags as clap::CommandFactory>::command()
+        .name(binary.to_owned())
+        .bin_name(binary.to_owned());
+    let matches = match cmd.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return Err(ExitCode::SUCCESS);
+            }
+            // clap explains over several lines; its first line names the problem.
+            let text = e.to_string();
+            eprintln!(
+                "{binary}: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("invalid arguments")
+                    .trim_start_matches("error: ")
+            );
+            return Err(ExitCode::from(2));
+        }
+    };
+    let flags = match <Flags as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "{binary}: {}",
+                e.to_string().lines().next().unwrap_or("invalid arguments")
+            );
+            return Err(ExitCode::from(2));
+        }
+    };
+    Settings::resolve(flags).map_err(|e| {
+        eprintln!("{binary}: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Sends logs to stderr at `level`.
+pub fn init_logging(level: tracing::Level) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .try_init();
+}
+
+/// Binds every listen address, then prints `listening on http://ADDR` per listener to stdout.
+/// Sockets are left blocking: adapters set them as their runtime needs.
+pub fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(l);
+    }
+    let mut out = std::io::stdout().lock();
+    for l in &listeners {
+        writeln!(out, "listening on http://{}", l.local_addr()?)?;
+    }
+    out.flush()?;
+    Ok(listeners)
+}
+
+/// The whole `main` of a broker binary: parse flags (exit 2 on a bad one), log to stderr, bind,
+/// print the `listening on` lines, then `serve` until shutdown (exit 0) or a fatal error (exit 1).
+pub fn main_with(
+    runtime: &'static str,
+    serve: impl FnOnce(Settings, Vec<TcpListener>) -> std::io::Result<()>,
+) -> ExitCode {
+    let binary = format!("fedbroker-{runtime}");
+    let settings = match parse_args(std::env::args_os(), &binary) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    init_logging(settings.log_level);
+    let listeners = match bind_all(&settings.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(runtime, version = fedbroker_core::VERSION, "broker started");
+    match serve(settings, listeners) {
+        Ok(()) => {
+            tracing::info!("broker stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let flags = Flags::try_parse_from(std::iter::once("fedbroker").chain(args.iter().copied()))
+            .map_err(|e| ConfigError(e.to_string()))?;
+        Settings::resolve(flags)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(
+            s.listen,
+            vec!["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(s.core, {
+            let mut c = Config::default();
+            c.close_timeout = c.close_timeout.min(c.ping_interval);
+            c
+        });
+    }
+
+    #[test]
+    fn refusals_name_the_flag() {
+        for (args, needle) in [
+            (&["--listen", "nope"][..], "--listen \"nope\""),
+            (&["--listen", "0.0.0.0:1"], "--allow-anonymous"),
+            (&["--queue-limit", "0"], "--queue-limit"),
+            (&["--ping-interval", "0"], "--ping-interval"),
+            (&["--log-level", "loud"], "--log-level"),
+            (&["--base-path", "/a?b"], "--base-path"),
+            (&["--stats-token", "x"], "--stats-token"),
+            (&["--max-message-size", "99999999999"], "--max-message-size"),
+        ] {
+            let e = parse(args).unwrap_err().0;
+            assert!(e.contains(needle), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        assert!(parse(&["--listen", "0.0.0.0:1", "--allow-anonymous"]).is_ok());
+        assert!(parse(&["--listen", "[::1]:0"]).is_ok());
+    }
+
+    #[test]
+    fn config_file_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("fedbroker-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = [\"127.0.0.1:0\"]\nqueue_limit = 4\nbase_path = \"/mq/\"\nping_interval = 5\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = parse(&["--config", p, "--ping-interval", "7"]).unwrap();
+        assert_eq!(s.core.queue_limit, 4);
+        assert_eq!(s.core.base_path, "/mq");
+        assert_eq!(s.core.ping_interval, Duration::from_secs(7));
+        std::fs::write(&path, "queue_limt = 4\n").unwrap();
+        let e = parse(&["--config", p]).unwrap_err().0;
+        assert!(e.contains("queue_limt") && e.contains(p), "{e}");
+        std::fs::write(&path, "queue_limit = \n").unwrap();
+        assert!(parse(&["--config", p]).unwrap_err().0.contains(p));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

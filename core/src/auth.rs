@@ -1,0 +1,245 @@
+//! The authorization seam (SPEC §5): one decision per request, for one action on one id, that may
+//! be made at once or later (STYLE.md §5).
+//!
+//! The connection state machine emits [`crate::Event::Authorize`] and waits for
+//! [`crate::Connection::handle_decision`]; [`crate::Session`] asks the broker's [`Authorizer`]
+//! and passes it an [`AuthReply`] to answer through, now or from another task or thread.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::Id;
+
+/// What a request wants to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Send a message to an id (`POST /{id}`).
+    Send,
+    /// Listen on an id (`GET /{id}` upgrade).
+    Listen,
+    /// Read the statistics (`GET /`, `GET /metrics`).
+    ReadStats,
+}
+
+/// Everything an authorizer may base its decision on. The token is never logged (its `Debug`
+/// output redacts it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// The action asked for.
+    pub action: Action,
+    /// The id it is asked for (`None` for [`Action::ReadStats`]).
+    pub id: Option<Id>,
+    /// The bearer token, from `Authorization: Bearer` or the `token` query parameter.
+    pub token: Option<String>,
+    /// The whole query string of the request, for authorizers that use other parameters.
+    pub query: Option<String>,
+    /// The `Origin` header, if any.
+    pub origin: Option<String>,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("action", &self.action)
+            .field("id", &self.id)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An authorizer's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; a listener is closed with `4001` at `until`, if given (token expiry).
+    Allow {
+        /// When the credentials stop being valid.
+        until: Option<Instant>,
+    },
+    /// Credentials missing or invalid (`401`).
+    Unauthenticated,
+    /// Credentials valid, but not for this (`403`).
+    Forbidden,
+    /// The authorizer could not decide (a remote service failed; `503`).
+    Unavailable,
+}
+
+/// Decides requests. An implementation that must ask a remote service moves the [`AuthReply`] to
+/// wherever the answer arrives and calls [`AuthReply::decide`] there; the core never blocks on it.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Decides `request` at `now`, through `reply` (now or later).
+    fn authorize(&self, request: &AuthRequest, now: Instant, reply: AuthReply);
+}
+
+/// Allows everything: the open mode of SPEC §5.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize(&self, _: &AuthRequest, _: Instant, reply: AuthReply) {
+        reply.decide(Decision::Allow { until: None });
+    }
+}
+
+/// The way back for one decision. Dropping it undecided answers [`Decision::Unavailable`].
+#[derive(Debug)]
+pub struct AuthReply {
+    slot: Arc<Slot>,
+    decided: bool,
+}
+
+/// The waiting side of an [`AuthReply`].
+#[derive(Debug)]
+pub struct PendingDecision {
+    slot: Arc<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<(Option<Decision>, Option<Waker>)>,
+}
+
+/// A reply channel for one decision.
+pub fn decision_channel() -> (AuthReply, PendingDecision) {
+    let slot = Arc::new(Slot::default());
+    (
+        AuthReply {
+            slot: slot.clone(),
+            decided: false,
+        },
+        PendingDecision { slot },
+    )
+}
+
+impl AuthReply {
+    /// Delivers the decision (and wakes the connection waiting for it).
+    pub fn decide(mut self, decision: Decision) {
+        self.set(decision);
+    }
+
+    fn set(&mut self, decision: Decision) {
+        self.decided = true;
+        let waker = {
+            let mut s = self.slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0 = Some(decision);
+            s.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for AuthReply {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.set(Decision::Unavailable);
+        }
+    }
+}
+
+impl PendingDecision {
+    /// The decision, once made.
+    pub fn try_take(&self) -> Option<Decision> {
+        self.slot
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .take()
+    }
+
+    /// Ready once the decision is made; otherwise keeps the waker.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0.is_some() {
+            return Poll::Ready(());
+        }
+        s.1 = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer <token>` first, else `?token=`.
+pub fn bearer_token(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some((scheme, token)) = v.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+                return Some(token.trim().to_owned());
+            }
+        }
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(percent_decode)
+        .filter(|t| !t.is_empty())
+}
+
+/// Decodes `%XX` escapes and `+` of a query value; invalid escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_sources() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(
+            bearer_token(&h, Some("a=1&token=x%2By&b=2")),
+            Some("x+y".into())
+        );
+        assert_eq!(bearer_token(&h, Some("token=%zz%4")), Some("%zz%4".into()));
+        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&h, Some("token=x")), Some("abc".into()));
+        assert_eq!(bearer_token(&http::HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn dropped_reply_is_unavailable() {
+        let (reply, pending) = decision_channel();
+        assert_eq!(pending.try_take(), None);
+        drop(reply);
+        assert_eq!(pending.try_take(), Some(Decision::Unavailable));
+    }
+
+    #[test]
+    fn debug_redacts_token() {
+        let r = AuthRequest {
+            action: Action::Send,
+            id: None,
+            token: Some("s3cr3t".into()),
+            query: None,
+            origin: None,
+        };
+        assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,267 @@
+//! The shared broker state and the [`Session`] that joins a [`Connection`] to it.
+//!
+//! [`Connection`] is pure protocol and owns nothing shared; [`Session`] answers its events from
+//! the [`Broker`] (authorizer, registry, counters) so that every adapter runs the same small loop.
+//! Embedders who route or authorize elsewhere (a cluster engine, a remote service) drive a
+//! [`Connection`] directly and answer its events themselves.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::auth::{decision_channel, AllowAll, Authorizer, PendingDecision};
+use crate::conn::{Connection, Event, StatsFormat};
+use crate::registry::{ListenerHandle, Pop, Registry};
+use crate::stats::{Snapshot, Stats};
+use crate::transmit::Outbox;
+use crate::ws::Role;
+use crate::{Config, HttpError};
+
+/// Everything the connections of one broker share. Create one per process with
+/// [`Broker::new`], then [`Broker::accept`] a [`Session`] per connection.
+pub struct Broker {
+    config: Arc<Config>,
+    registry: Registry,
+    stats: Stats,
+    authorizer: Box<dyn Authorizer>,
+    started: Instant,
+    runtime: &'static str,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("runtime", &self.runtime)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// An open broker (everything allowed) started at `now`; `runtime` names the adapter in the
+    /// statistics (`tokio`, `smol`, `std`).
+    pub fn new(config: Config, runtime: &'static str, now: Instant) -> Arc<Broker> {
+        Self::with_authorizer(config, runtime, AllowAll, now)
+    }
+
+    /// A broker whose requests are decided by `authorizer`.
+    pub fn with_authorizer(
+        config: Config,
+        runtime: &'static str,
+        authorizer: impl Authorizer,
+        now: Instant,
+    ) -> Arc<Broker> {
+        let registry = Registry::new(config.queue_limit);
+        Arc::new(Broker {
+            config: Arc::new(config),
+            registry,
+            stats: Stats::default(),
+            authorizer: Box::new(authorizer),
+            started: now,
+            runtime,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The listeners by id.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The statistics at `now`.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        self.stats.snapshot(
+            self.runtime,
+            now.saturating_duration_since(self.started),
+            self.registry.listeners(),
+        )
+    }
+
+    /// A session for a connection accepted at `now`. Over `max_connections`, the session answers
+    /// its first request with `503` and closes.
+    pub fn accept(self: &Arc<Self>, now: Instant) -> Session {
+        let open = self.stats.connection_opened();
+        let mut conn = Connection::new(self.config.clone(), now);
+        if open > self.config.max_connections as u64 {
+            conn.refuse_all(HttpError::TooManyConnections);
+        }
+        Session {
+            broker: self.clone(),
+            conn,
+            listener: None,
+            pending: None,
+        }
+    }
+}
+
+/// One connection of a [`Broker`]: a [`Connection`] whose events are answered by the broker.
+///
+/// Drive it with the loop shown in the crate docs: feed input, timeouts, shutdown and wake-ups
+/// in; write [`Session::transmit`] out; sleep until [`Session::poll_timeout`] or
+/// [`Session::poll_wake`].
+#[derive(Debug)]
+pub struct Session {
+    broker: Arc<Broker>,
+    conn: Connection,
+    listener: Option<ListenerHandle>,
+    pending: Option<PendingDecision>,
+}
+
+impl Session {
+    /// Bytes received from the peer.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.conn.handle_input(now, data);
+        self.drive(now);
+    }
+
+    /// The peer closed its sending side, or reading failed.
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.conn.handle_eof(now);
+        self.drive(now);
+    }
+
+    /// Some of [`Session::transmit`] was written.
+    pub fn handle_writable(&mut self, now: Instant) {
+        self.conn.handle_writable(now);
+        self.drive(now);
+    }
+
+    /// The deadline of [`Session::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.drive(now);
+    }
+
+    /// [`Session::poll_wake`] was ready: a message or a decision arrived.
+    pub fn handle_wake(&mut self, now: Instant) {
+        self.drive(now);
+    }
+
+    /// The broker is shutting down.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.conn.handle_shutdown(now);
+        self.drive(now);
+    }
+
+    /// Bytes to write (a [`bytes::Buf`]); `advance` it by what was written, then call
+    /// [`Session::handle_writable`].
+    pub fn transmit(&mut self) -> &mut Outbox {
+        self.conn.transmit()
+    }
+
+    /// When [`Session::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+
+    /// Whether to read from the socket now.
+    pub fn wants_read(&self) -> bool {
+        self.conn.wants_read()
+    }
+
+    /// Whether to shut down the socket's sending side now (everything is sent).
+    pub fn should_shutdown_write(&self) -> bool {
+        self.conn.should_shutdown_write()
+    }
+
+    /// Whether the connection is over: drop the socket.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Ready when a queued message or an authorizer's late answer awaits
+    /// [`Session::handle_wake`]; otherwise `cx`'s waker is woken when one does.
+    pub fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut ready = false;
+        if let Some(p) = &self.pending {
+            ready |= p.poll_ready(cx).is_ready();
+        }
+        if let Some(l) = &self.listener {
+            if self.conn.wants_messages() {
+                ready |= l.poll_ready(cx).is_ready();
+            }
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Answers the connection's events from the broker until it needs nothing more.
+    fn drive(&mut self, now: Instant) {
+        let broker = &*self.broker;
+        loop {
+            if let Some(decision) = self.pending.as_ref().and_then(PendingDecision::try_take) {
+                self.pending = None;
+                self.conn.handle_decision(now, decision);
+            }
+            if let Some(listener) = &self.listener {
+                while self.conn.wants_messages() {
+                    match listener.pop() {
+                        Pop::Message(m) => {
+                            let len = m.len();
+                            if self.conn.handle_message(m) {
+                                broker.stats.delivered(len);
+                            }
+                        }
+                        Pop::Empty => break,
+                        Pop::Replaced => {
+                            self.conn.handle_replaced(now);
+                            break;
+                        }
+                    }
+                }
+                if !self.conn.is_listening() {
+                    // Closing: stop taking messages for this id at once.
+                    self.listener = None;
+                }
+            }
+            let Some(event) = self.conn.poll_event() else {
+                return;
+            };
+            match event {
+                Event::Authorize(request) => {
+                    let (reply, pending) = decision_channel();
+                    broker.authorizer.authorize(&request, now, reply);
+                    self.pending = Some(pending);
+                }
+                Event::Deliver { id, payload } => {
+                    broker.stats.received(payload.len());
+                    let result = broker.registry.deliver(id, payload).map_err(|e| {
+                        broker.stats.rejected();
+                        e.to_http(id)
+                    });
+                    self.conn.handle_delivered(now, result);
+                }
+                Event::Listen { id } => {
+                    self.listener = Some(broker.registry.listen(id));
+                    self.conn.handle_listening(now, Ok(Role::Listener));
+                }
+                Event::Stats { format } => {
+                    let snap = broker.snapshot(now);
+                    let (ct, body) = match format {
+                        StatsFormat::Json => ("application/json", snap.to_json()),
+                        StatsFormat::Prometheus => (
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            snap.to_prometheus(),
+                        ),
+                    };
+                    self.conn.handle_stats(now, ct, Bytes::from(body));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.broker.stats.connection_closed();
+    }
+}

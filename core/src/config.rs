@@ -1,0 +1,65 @@
+//! The settings the core acts on. Adapters fill it from flags and files; the core reads nothing.
+
+use std::time::Duration;
+
+use crate::http::Limits;
+
+/// Broker settings (SPEC §8). Start from [`Config::default`] and change what differs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Path prefix of every route, without a trailing slash (`""` for none, `"/mq"`).
+    pub base_path: String,
+    /// Largest message body, and largest WebSocket message from a client (`413`, `1009`).
+    pub max_message_size: usize,
+    /// Messages queued per listener before `POST` answers `503`.
+    pub queue_limit: usize,
+    /// Connections (listeners included) before new ones get `503`.
+    pub max_connections: usize,
+    /// Interval between pings to a listener; two without any reply drop it.
+    pub ping_interval: Duration,
+    /// Time for a request's head and body to arrive (`408`), and for an idle keep-alive
+    /// connection to send its next request.
+    pub request_timeout: Duration,
+    /// Time to wait for a peer's WebSocket Close after sending ours.
+    pub close_timeout: Duration,
+    /// Time to keep reading (and dropping) input after the last response before closing, so the
+    /// peer reads that response instead of a reset.
+    pub linger: Duration,
+    /// Request head limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            base_path: String::new(),
+            max_message_size: 1024 * 1024,
+            queue_limit: 1024,
+            max_connections: 10_000,
+            ping_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            linger: Duration::from_secs(2),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Normalises a `--base-path` value: `"/"`, `""` → `""`; `"mq/"` → `"/mq"`. `None` when it
+    /// holds characters that cannot appear in a path segment as sent (`?`, `#`, whitespace).
+    pub fn normalize_base_path(p: &str) -> Option<String> {
+        if p.bytes()
+            .any(|b| b == b'?' || b == b'#' || b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return None;
+        }
+        let trimmed = p.trim_matches('/');
+        if trimmed.is_empty() {
+            Some(String::new())
+        } else {
+            Some(format!("/{trimmed}"))
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Every refusal the core can make, and the one place that maps each to its HTTP status or WebSocket
+//! close code (SPEC §3, §4).
+
+use std::fmt;
+
+use crate::Id;
+
+/// Why a request was refused. Each variant maps to exactly one HTTP status ([`HttpError::status`])
+/// and one short sentence for the `text/plain` body ([`fmt::Display`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The request line or a header line could not be parsed.
+    MalformedHead,
+    /// An HTTP/1.1 request without a `Host` header, or with several.
+    BadHost,
+    /// The path names an id that is not canonical or out of range.
+    InvalidId,
+    /// Both `Content-Length` and `Transfer-Encoding` are present (a smuggling shape).
+    LengthAndChunked,
+    /// `Content-Length` values that differ, or one that is not a plain decimal number.
+    BadContentLength,
+    /// A `Transfer-Encoding` other than exactly `chunked`, or one on HTTP/1.0.
+    BadTransferEncoding,
+    /// The chunked body does not follow RFC 9112 §7.1.
+    BadChunked,
+    /// The WebSocket upgrade headers are present but wrong (which one is said).
+    BadHandshake(&'static str),
+    /// A body on a request that takes none (a WebSocket upgrade).
+    UnexpectedBody,
+    /// Credentials are required but missing or invalid.
+    Unauthorized,
+    /// Credentials are valid but not for this action on this id.
+    Forbidden,
+    /// Nobody listens on the id a message was sent to.
+    NoListener(Id),
+    /// No route has this path.
+    NotFound,
+    /// The route exists but not with this method; `allow` lists the methods it takes.
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// The request head or body did not arrive within the request timeout.
+    Timeout,
+    /// The body is larger than the maximum message size.
+    PayloadTooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The request line is longer than 8 KiB.
+    UriTooLong,
+    /// The head is larger than 16 KiB or has more than 64 header fields.
+    HeadTooLarge,
+    /// `GET /{id}` without WebSocket upgrade headers.
+    UpgradeRequired,
+    /// An `Expect` value other than `100-continue`.
+    ExpectationFailed,
+    /// The listener's outbound queue is full (slow consumer).
+    QueueFull(Id),
+    /// The broker is at its connection limit.
+    TooManyConnections,
+    /// The broker is shutting down.
+    ShuttingDown,
+    /// The authorizer could not decide (for example, a remote service it asks failed).
+    AuthUnavailable,
+    /// The authorizer or router did not answer within the request timeout.
+    DecisionTimeout,
+    /// An HTTP version other than 1.0 and 1.1.
+    VersionNotSupported,
+}
+
+impl HttpError {
+    /// The HTTP status code of this refusal.
+    pub fn status(&self) -> u16 {
+        use HttpError::*;
+        match self {
+            MalformedHead | BadHost | InvalidId | LengthAndChunked | BadContentLength
+            | BadTransferEncoding | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
+            Unauthorized => 401,
+            Forbidden => 403,
+            NoListener(_) | NotFound => 404,
+            MethodNotAllowed { .. } => 405,
+            Timeout => 408,
+            PayloadTooLarge { .. } => 413,
+            UriTooLong => 414,
+            ExpectationFailed => 417,
+            UpgradeRequired => 426,
+            HeadTooLarge => 431,
+            QueueFull(_) | TooManyConnections | ShuttingDown | AuthUnavailable
+            | DecisionTimeout => 503,
+            VersionNotSupported => 505,
+        }
+    }
+
+    /// Whether the connection must be closed after this response because the rest of the
+    /// request stream can no longer be framed (or must not be read).
+    pub fn closes_connection(&self) -> bool {
+        use HttpError::*;
+        matches!(
+            self,
+            MalformedHead
+                | BadHost
+                | LengthAndChunked
+                | BadContentLength
+                | BadTransferEncoding
+                | BadChunked
+                | Timeout
+                | PayloadTooLarge { .. }
+                | UriTooLong
+                | HeadTooLarge
+                | TooManyConnections
+                | ShuttingDown
+                | DecisionTimeout
+                | VersionNotSupported
+        )
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use HttpError::*;
+        match self {
+            MalformedHead => f.write_str("malformed request line or header"),
+            BadHost => f.write_str("an HTTP/1.1 request needs exactly one Host header"),
+            InvalidId => f.write_str("invalid id: expected a decimal number from 1 to 2147483647 without sign or leading zero"),
+            LengthAndChunked => f.write_str("request has both Content-Length and Transfer-Encoding"),
+            BadContentLength => f.write_str("invalid or conflicting Content-Length"),
+            BadTransferEncoding => f.write_str("unsupported Transfer-Encoding: only chunked is accepted, on HTTP/1.1"),
+            BadChunked => f.write_str("malformed chunked body"),
+            BadHandshake(what) => write!(f, "bad WebSocket handshake: {what}"),
+            UnexpectedBody => f.write_str("a WebSocket upgrade request must not have a body"),
+            Unauthorized => f.write_str("missing or invalid credentials"),
+            Forbidden => f.write_str("credentials do not allow this action on this id"),
+            NoListener(id) => write!(f, "no listener on id {id}"),
+            NotFound => f.write_str("no such route"),
+            MethodNotAllowed { allow } => write!(f, "method not allowed here; allowed: {allow}"),
+            Timeout => f.write_str("request not received in time"),
+            PayloadTooLarge { limit } => write!(f, "message larger than the limit of {limit} bytes"),
+            UriTooLong => f.write_str("request line longer than 8 KiB"),
+            HeadTooLarge => f.write_str("request head larger than 16 KiB or with more than 64 header fields"),
+            UpgradeRequired => f.write_str("listening on an id needs a WebSocket upgrade"),
+            ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
+            QueueFull(id) => write!(f, "the listener on id {id} is not keeping up; retry later"),
+            TooManyConnections => f.write_str("the broker is at its connection limit; retry later"),
+            ShuttingDown => f.write_str("the broker is shutting down"),
+            AuthUnavailable => f.write_str("authorization is unavailable; retry later"),
+            DecisionTimeout => f.write_str("the request could not be decided in time; retry later"),
+            VersionNotSupported => f.write_str("only HTTP/1.0 and HTTP/1.1 are supported"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// Why a WebSocket connection is closed by the broker. Each variant maps to exactly one close code
+/// ([`CloseReason::code`]) and a reason text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed normally; the broker echoes its code.
+    Echo(u16),
+    /// The broker is shutting down.
+    GoingAway,
+    /// A frame broke RFC 6455 §5 (unmasked, reserved bits, bad opcode, bad control frame, bad
+    /// fragmentation, bad close payload).
+    ProtocolError(&'static str),
+    /// A raw listener sent a data frame: it may only receive.
+    UnacceptableData,
+    /// A text message or close reason that is not valid UTF-8.
+    InvalidPayload,
+    /// A message larger than the maximum message size.
+    MessageTooBig,
+    /// Another connection became the listener of this id.
+    Replaced,
+    /// The credentials the listener connected with have expired.
+    TokenExpired,
+}
+
+impl CloseReason {
+    /// The close code sent in the Close frame.
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::Echo(c) => *c,
+            CloseReason::GoingAway => 1001,
+            CloseReason::ProtocolError(_) => 1002,
+            CloseReason::UnacceptableData => 1003,
+            CloseReason::InvalidPayload => 1007,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::Replaced => 4000,
+            CloseReason::TokenExpired => 4001,
+        }
+    }
+
+    /// The reason text sent in the Close frame (at most 123 bytes).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CloseReason::Echo(_) => "",
+            CloseReason::GoingAway => "shutting down",
+            CloseReason::ProtocolError(what) => what,
+            CloseReason::UnacceptableData => "listeners only receive",
+            CloseReason::InvalidPayload => "invalid UTF-8",
+            CloseReason::MessageTooBig => "message too big",
+            CloseReason::Replaced => "replaced",
+            CloseReason::TokenExpired => "token expired",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_status_and_a_sentence() {
+        let id = Id::new(7).unwrap();
+        let all = [
+            HttpError::MalformedHead,
+            HttpError::BadHost,
+            HttpError::InvalidId,
+            HttpError::LengthAndChunked,
+            HttpError::BadContentLength,
+            HttpError::BadTransferEncoding,
+            HttpError::BadChunked,
+            HttpError::BadHandshake("x"),
+            HttpError::UnexpectedBody,
+            HttpError::Unauthorized,
+            HttpError::Forbidden,
+            HttpError::NoListener(id),
+            HttpError::NotFound,
+            HttpError::MethodNotAllowed { allow: "GET" },
+            HttpError::Timeout,
+            HttpError::PayloadTooLarge { limit: 1 },
+            HttpError::UriTooLong,
+            HttpError::HeadTooLarge,
+            HttpError::UpgradeRequired,
+            HttpError::ExpectationFailed,
+            HttpError::QueueFull(id),
+            HttpError::TooManyConnections,
+            HttpError::ShuttingDown,
+            HttpError::AuthUnavailable,
+            HttpError::DecisionTimeout,
+            HttpError::VersionNotSupported,
+        ];
+        for e in all {
+            assert!((400..600).contains(&e.status()));
+            assert!(!e.to_string().is_empty());
+        }
+        assert_eq!(HttpError::NoListener(id).to_string(), "no listener on id 7");
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        for r in [
+            CloseReason::GoingAway,
+            CloseReason::ProtocolError("unmasked frame"),
+            CloseReason::UnacceptableData,
+            CloseReason::InvalidPayload,
+            CloseReason::MessageTooBig,
+            CloseReason::Replaced,
+            CloseReason::TokenExpired,
+        ] {
+            assert!(r.reason().len() <= 123);
+        }
+        assert_eq!(CloseReason::Replaced.code(), 4000);
+    }
+}

@@ -1,0 +1,209 @@
+//! The counters behind `GET /` and `GET /metrics` (SPEC §7).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counters shared by every connection of a broker (relaxed atomics: each is exact on its own;
+/// a snapshot of several is not taken at one instant).
+#[derive(Debug, Default)]
+pub struct Stats {
+    connections: AtomicU64,
+    messages_received: AtomicU64,
+    messages_delivered: AtomicU64,
+    messages_rejected: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_delivered: AtomicU64,
+}
+
+/// The figures at one moment, with what the broker adds to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// `fedbroker`.
+    pub name: &'static str,
+    /// The crate version, as `--version` prints it.
+    pub version: &'static str,
+    /// The adapter's runtime: `tokio`, `smol` or `std`.
+    pub runtime: &'static str,
+    /// Whole seconds since the broker started.
+    pub uptime_seconds: u64,
+    /// Connections open now.
+    pub connections: u64,
+    /// Ids listened on now.
+    pub listeners: u64,
+    /// Messages whose body was received in full.
+    pub messages_received: u64,
+    /// Messages handed to a listener's connection.
+    pub messages_delivered: u64,
+    /// Received messages refused (no listener, queue full).
+    pub messages_rejected: u64,
+    /// Payload bytes of received messages.
+    pub bytes_received: u64,
+    /// Payload bytes of delivered messages.
+    pub bytes_delivered: u64,
+}
+
+impl Stats {
+    pub(crate) fn connection_opened(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn received(&self, bytes: usize) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn rejected(&self) {
+        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn delivered(&self, bytes: usize) {
+        self.messages_delivered.fetch_add(1, Ordering::Relaxed);
+        self.bytes_delivered
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Reads the counters.
+    pub fn snapshot(&self, runtime: &'static str, uptime: Duration, listeners: usize) -> Snapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            name: "fedbroker",
+            version: crate::VERSION,
+            runtime,
+            uptime_seconds: uptime.as_secs(),
+            connections: get(&self.connections),
+            listeners: listeners as u64,
+            messages_received: get(&self.messages_received),
+            messages_delivered: get(&self.messages_delivered),
+            messages_rejected: get(&self.messages_rejected),
+            bytes_received: get(&self.bytes_received),
+            bytes_delivered: get(&self.bytes_delivered),
+        }
+    }
+}
+
+impl Snapshot {
+    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
+        [
+            (
+                "connections",
+                "gauge",
+                "Connections open now.",
+                self.connections,
+            ),
+            ("listeners", "gauge", "Ids listened on now.", self.listeners),
+            (
+                "messages_received",
+                "counter",
+                "Messages received in full.",
+                self.messages_received,
+            ),
+            (
+                "messages_delivered",
+                "counter",
+                "Messages handed to a listener.",
+                self.messages_delivered,
+            ),
+            (
+                "messages_rejected",
+                "counter",
+                "Received messages refused (no listener, queue full).",
+                self.messages_rejected,
+            ),
+            (
+                "bytes_received",
+                "counter",
+                "Payload bytes received.",
+                self.bytes_received,
+            ),
+            (
+                "bytes_delivered",
+                "counter",
+                "Payload bytes delivered.",
+                self.bytes_delivered,
+            ),
+            (
+                "uptime_seconds",
+                "gauge",
+                "Seconds since start.",
+                self.uptime_seconds,
+            ),
+        ]
+    }
+
+    /// The JSON object of `GET /`.
+    pub fn to_json(&self) -> String {
+        // All values are plain ASCII words and integers: no escaping is needed.
+        let mut s = format!(
+            "{{\"name\":\"{}\",\"version\":\"{}\",\"runtime\":\"{}\"",
+            self.name, self.version, self.runtime
+        );
+        for (key, _, _, value) in self.counters() {
+            let _ = write!(s, ",\"{key}\":{value}");
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of `GET /metrics`.
+    pub fn to_prometheus(&self) -> String {
+        let mut s = String::new();
+        for (key, kind, help, value) in self.counters() {
+            let name = if kind == "counter" {
+                format!("fedbroker_{key}_total")
+            } else {
+                format!("fedbroker_{key}")
+            };
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP fedbroker_build_info Version and runtime of this broker.\n# TYPE fedbroker_build_info gauge\nfedbroker_build_info{{version=\"{}\",runtime=\"{}\"}} 1",
+            self.version, self.runtime
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders() {
+        let st = Stats::default();
+        st.connection_opened();
+        st.received(5);
+        st.delivered(5);
+        let snap = st.snapshot("tokio", Duration::from_secs(3), 1);
+        let json = snap.to_json();
+        assert!(
+            json.starts_with("{\"name\":\"fedbroker\",\"version\":\""),
+            "{json}"
+        );
+        for key in [
+            "runtime\":\"tokio\"",
+            "\"uptime_seconds\":3",
+            "\"connections\":1",
+            "\"listeners\":1",
+            "\"messages_received\":1",
+            "\"messages_delivered\":1",
+            "\"messages_rejected\":0",
+            "\"bytes_received\":5",
+            "\"bytes_delivered\":5",
+        ] {
+            assert!(json.contains(key), "{key} in {json}");
+        }
+        let prom = snap.to_prometheus();
+        assert!(
+            prom.contains("\nfedbroker_messages_received_total 1\n"),
+            "{prom}"
+        );
+        assert!(prom.contains("# TYPE fedbroker_connections gauge\n"));
+    }
+}
