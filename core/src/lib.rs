@@ -49,10 +49,11 @@
 //!     }
 //!     let mut wire = Vec::new();
 //!     while s.transmit().has_remaining() {
-//!         let chunk = s.transmit().chunk();
-//!         wire.extend_from_slice(chunk);
-//!         let n = chunk.len();
-//!         s.transmit().advance(n);
+//!         // A real adapter writes `chunks_vectored` to the socket and advances by what it took.
+//!         let out = s.transmit();
+//!         let n = out.chunk().len();
+//!         wire.extend_from_slice(out.chunk());
+//!         out.advance(n);
 //!         s.handle_writable(now);
 //!     }
 //!     wire

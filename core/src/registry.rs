@@ -42,9 +42,11 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
+type Shard = Mutex<HashMap<Id, Arc<Mailbox>>>;
+
 #[derive(Debug)]
 struct Inner {
-    shards: Box<[Mutex<HashMap<Id, Arc<Mailbox>>>]>,
+    shards: Box<[Shard]>,
     listeners: AtomicUsize,
     queue_limit: usize,
 }

@@ -143,9 +143,9 @@ impl BodyReader {
                 if digits >= 15 {
                     return Err(HttpError::BadChunked);
                 }
-                let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                let d = u64::from((b as char).to_digit(16).unwrap_or(0));
                 State::ChunkSize {
-                    value: value * 16 + u64::from(d),
+                    value: value * 16 + d,
                     digits: digits + 1,
                 }
             }

@@ -6,5 +6,5 @@ mod request;
 mod response;
 
 pub use body::{BodyProgress, BodyReader};
-pub use request::{BodyFraming, HeadReader, Limits, RequestHead};
+pub use request::{BodyFraming, HeadReader, Limits, Repeated, RequestHead};
 pub use response::Response;

@@ -99,16 +99,20 @@ impl RequestHead {
     pub fn connection_upgrade(&self) -> bool {
         self.connection_upgrade
     }
-    /// The value of a header that must appear at most once; `Err` when repeated.
-    pub fn single_header(&self, name: &str) -> Result<Option<&HeaderValue>, ()> {
+    /// The value of a header that must appear at most once; `Err(Repeated)` when it appears more.
+    pub fn single_header(&self, name: &str) -> Result<Option<&HeaderValue>, Repeated> {
         let mut it = self.headers.get_all(name).iter();
         let first = it.next();
         if it.next().is_some() {
-            return Err(());
+            return Err(Repeated);
         }
         Ok(first)
     }
 }
+
+/// A header that may appear once appeared more often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeated;
 
 /// Reads request heads from a buffer that the caller appends received bytes to.
 ///

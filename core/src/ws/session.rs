@@ -353,11 +353,10 @@ impl WsSession {
         out: &mut Outbox,
     ) -> Result<(), CloseReason> {
         match h.opcode {
-            OpCode::Ping => {
-                if self.phase == Phase::Open {
-                    send_frame(OpCode::Pong, self.control.split().freeze(), out);
-                }
+            OpCode::Ping if self.phase == Phase::Open => {
+                send_frame(OpCode::Pong, self.control.split().freeze(), out);
             }
+            OpCode::Ping => {}
             OpCode::Pong => {}
             OpCode::Close => self.peer_close(now, out)?,
             _ if h.fin => {
