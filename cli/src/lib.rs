@@ -13,7 +13,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fedbroker_core::Config;
+use std::sync::Arc;
+
+pub use fedbroker_core::ws::Role;
+use fedbroker_core::{Broker, Config};
 use serde::Deserialize;
 
 /// The flags of SPEC §8. Every value is optional here so that the config file can fill what the
@@ -411,10 +414,13 @@ pub fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
 }
 
 /// The whole `main` of a broker binary: parse flags (exit 2 on a bad one), log to stderr, bind,
-/// print the `listening on` lines, then `serve` until shutdown (exit 0) or a fatal error (exit 1).
+/// print the `listening on` lines, then `serve` a [`Broker`] until shutdown (exit 0) or a fatal
+/// error (exit 1). `role` is [`Role::Listener`] for the broker; [`Role::Echo`] makes every
+/// WebSocket an echo endpoint, for the conformance examples.
 pub fn main_with(
     runtime: &'static str,
-    serve: impl FnOnce(Settings, Vec<TcpListener>) -> std::io::Result<()>,
+    role: Role,
+    serve: impl FnOnce(Arc<Broker>, Vec<TcpListener>) -> std::io::Result<()>,
 ) -> ExitCode {
     let binary = format!("fedbroker-{runtime}");
     let settings = match parse_args(std::env::args_os(), &binary) {
@@ -430,7 +436,11 @@ pub fn main_with(
         }
     };
     tracing::info!(runtime, version = fedbroker_core::VERSION, "broker started");
-    match serve(settings, listeners) {
+    let mut core = settings.core;
+    core.websocket_role = role;
+    #[allow(clippy::disallowed_methods)] // the adapter side reads the clock, never the core
+    let now = std::time::Instant::now();
+    match serve(Broker::new(core, runtime, now), listeners) {
         Ok(()) => {
             tracing::info!("broker stopped");
             ExitCode::SUCCESS

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
 
 use crate::auth::{decision_channel, AllowAll, Authorizer, PendingDecision};
 use crate::conn::{Connection, Event, StatsFormat};
@@ -18,6 +20,9 @@ use crate::stats::{Snapshot, Stats};
 use crate::transmit::Outbox;
 use crate::ws::Role;
 use crate::{Config, HttpError};
+
+/// Bytes read per [`Session::read_from`] call.
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Everything the connections of one broker share. Create one per process with
 /// [`Broker::new`], then [`Broker::accept`] a [`Session`] per connection.
@@ -194,6 +199,61 @@ impl Session {
         }
     }
 
+    /// Reads once with `read` into a stack buffer and feeds the outcome in: the bytes, the end of
+    /// the stream (`Ok(0)` or an error), or nothing (`WouldBlock`). For adapters: `read` is the
+    /// socket's (non-blocking or blocking) read; the buffer is never held between reads, so an
+    /// idle connection costs no read buffer.
+    pub fn read_from(
+        &mut self,
+        now: Instant,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) {
+        let mut buf = [0u8; READ_CHUNK];
+        match read(&mut buf) {
+            Ok(0) => self.handle_eof(now),
+            Ok(n) => self.handle_input(now, &buf[..n.min(READ_CHUNK)]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.handle_eof(now),
+        }
+    }
+
+    /// Writes [`Session::transmit`] with `write` (the socket's vectored write) until everything
+    /// is written or it would block, telling the session after each write. `Err` means the
+    /// connection is broken: drop it.
+    pub fn write_to(
+        &mut self,
+        now: Instant,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+    ) -> std::io::Result<()> {
+        while self.transmit().has_remaining() {
+            let written = {
+                let out = self.transmit();
+                let mut iov = [IoSlice::new(&[]); 64];
+                let n = out.chunks_vectored(&mut iov);
+                write(&iov[..n])
+            };
+            match written {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    let k = k.min(self.transmit().remaining());
+                    self.transmit().advance(k);
+                    // Room again: the session may queue more (pipelined responses, messages).
+                    self.handle_writable(now);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::Interrupted =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Answers the connection's events from the broker until it needs nothing more.
     fn drive(&mut self, now: Instant) {
         let broker = &*self.broker;
@@ -241,8 +301,11 @@ impl Session {
                     self.conn.handle_delivered(now, result);
                 }
                 Event::Listen { id } => {
-                    self.listener = Some(broker.registry.listen(id));
-                    self.conn.handle_listening(now, Ok(Role::Listener));
+                    let role = broker.config.websocket_role;
+                    if role == Role::Listener {
+                        self.listener = Some(broker.registry.listen(id));
+                    }
+                    self.conn.handle_listening(now, Ok(role));
                 }
                 Event::Stats { format } => {
                     let snap = broker.snapshot(now);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::http::Limits;
+use crate::ws::Role;
 
 /// Broker settings (SPEC §8). Start from [`Config::default`] and change what differs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,9 @@ pub struct Config {
     pub linger: Duration,
     /// Request head limits.
     pub limits: Limits,
+    /// What a WebSocket connection is: a listener on its id (the broker), or an echo endpoint
+    /// that sends every message back (to test the codec against a conformance suite).
+    pub websocket_role: Role,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             linger: Duration::from_secs(2),
             limits: Limits::default(),
+            websocket_role: Role::Listener,
         }
     }
 }

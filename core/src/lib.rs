@@ -101,7 +101,7 @@ mod transmit;
 pub mod ws;
 
 pub use auth::{Action, AllowAll, AuthReply, AuthRequest, Authorizer, Decision};
-pub use broker::{Broker, Session};
+pub use broker::{Broker, Session, READ_CHUNK};
 pub use config::Config;
 pub use conn::{Connection, Event, StatsFormat, HIGH_WATER};
 pub use error::{CloseReason, HttpError};

@@ -1,0 +1,196 @@
+//! The fedbroker adapter for smol: [`run`] serves a [`Broker`] on bound listeners until
+//! SIGINT/SIGTERM, on an executor with one thread per core.
+//!
+//! One task per connection runs the core's drive loop (see `fedbroker_core`'s crate docs), the
+//! same loop as the tokio adapter in smol's idiom: `Async` readiness, `Timer::at`, and
+//! `future::or` to wait for whichever comes first. All protocol logic is in the core.
+
+use std::future::{pending, poll_fn};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener as StdListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use fedbroker_core::{Broker, Session};
+use smol::channel::{Receiver, Sender};
+use smol::future::{or, FutureExt};
+use smol::stream::StreamExt;
+use smol::{Async, Executor, Timer};
+
+/// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `broker` on `listeners` until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>) -> io::Result<()> {
+    let ex = Arc::new(Executor::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Extra executor threads run until `stop` closes; the calling thread runs `serve`.
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let workers: Vec<_> = (1..threads)
+        .map(|_| {
+            let (ex, stopped) = (ex.clone(), stopped.clone());
+            std::thread::spawn(move || smol::block_on(ex.run(stopped.recv())))
+        })
+        .collect();
+    let result = smol::block_on(ex.run(serve(ex.clone(), broker, listeners)));
+    drop(stop);
+    for w in workers {
+        let _ = w.join();
+    }
+    result
+}
+
+async fn serve(
+    ex: Arc<Executor<'static>>,
+    broker: Arc<Broker>,
+    listeners: Vec<StdListener>,
+) -> io::Result<()> {
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
+    // `shutdown` closes on shutdown; every connection task holds an `alive` sender, so `recv` on
+    // `all_done` fails once they have all finished.
+    let (shutdown_tx, shutdown) = smol::channel::bounded::<()>(1);
+    let (alive, all_done) = smol::channel::bounded::<()>(1);
+    for l in listeners {
+        let l = Async::new(l)?;
+        ex.spawn(accept_loop(
+            ex.clone(),
+            l,
+            broker.clone(),
+            shutdown.clone(),
+            alive.clone(),
+        ))
+        .detach();
+    }
+    drop(alive);
+    signals.next().await;
+    tracing::info!("shutting down: closing listeners, finishing requests");
+    shutdown_tx.close();
+    let finished = async { all_done.recv().await.is_err() };
+    if !finished
+        .or(async {
+            Timer::after(SHUTDOWN_GRACE).await;
+            false
+        })
+        .await
+    {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    ex: Arc<Executor<'static>>,
+    l: Async<StdListener>,
+    broker: Arc<Broker>,
+    shutdown: Receiver<()>,
+    alive: Sender<()>,
+) {
+    loop {
+        let accepted = or(async { Some(l.accept().await) }, async {
+            let _ = shutdown.recv().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok((sock, _))) => {
+                let _ = sock.get_ref().set_nodelay(true);
+                let session = broker.accept(Instant::now());
+                ex.spawn(connection(sock, session, shutdown.clone(), alive.clone()))
+                    .detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What woke the connection's loop.
+enum Wake {
+    Readable,
+    Writable,
+    Session,
+    Timer,
+    Shutdown,
+}
+
+/// The drive loop of one connection.
+async fn connection(
+    sock: Async<TcpStream>,
+    mut s: Session,
+    shutdown: Receiver<()>,
+    _alive: Sender<()>,
+) {
+    let mut write_shut = false;
+    let mut shutting_down = shutdown.is_closed();
+    if shutting_down {
+        s.handle_shutdown(Instant::now());
+    }
+    loop {
+        if s.write_to(Instant::now(), |iov| sock.get_ref().write_vectored(iov))
+            .is_err()
+        {
+            return;
+        }
+        if s.should_shutdown_write() && !write_shut {
+            write_shut = true;
+            // The peer sees our FIN; we keep reading until it closes too (or the linger ends).
+            let _ = sock.get_ref().shutdown(Shutdown::Write);
+        }
+        if s.is_closed() {
+            return;
+        }
+        let deadline = s.poll_timeout();
+        let wants_read = s.wants_read();
+        let wants_write = s.transmit().has_remaining();
+        let readable = async {
+            if !wants_read {
+                pending::<()>().await;
+            }
+            let _ = sock.readable().await;
+            Wake::Readable
+        };
+        let writable = async {
+            if !wants_write {
+                pending::<()>().await;
+            }
+            let _ = sock.writable().await;
+            Wake::Writable
+        };
+        let timer = async {
+            match deadline {
+                Some(d) => Timer::at(d).await,
+                None => pending().await,
+            };
+            Wake::Timer
+        };
+        let stop = async {
+            if shutting_down {
+                pending::<()>().await;
+            }
+            let _ = shutdown.recv().await;
+            Wake::Shutdown
+        };
+        let woke = async {
+            poll_fn(|cx| s.poll_wake(cx)).await;
+            Wake::Session
+        };
+        let wake = readable.or(writable).or(woke).or(timer).or(stop).await;
+        let now = Instant::now();
+        match wake {
+            Wake::Readable => s.read_from(now, |buf| sock.get_ref().read(buf)),
+            Wake::Writable => {}
+            Wake::Session => s.handle_wake(now),
+            Wake::Timer => s.handle_timeout(now),
+            Wake::Shutdown => {
+                shutting_down = true;
+                s.handle_shutdown(now);
+            }
+        }
+    }
+}

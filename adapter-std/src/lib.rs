@@ -1,0 +1,274 @@
+//! The fedbroker adapter for blocking `std::net` sockets and OS threads, with no async runtime:
+//! [`run`] serves a [`Broker`] on bound listeners until SIGINT/SIGTERM.
+//!
+//! ## Threads
+//!
+//! One thread per listening address accepts. Each connection has **two threads**:
+//!
+//! - the *reader* blocks in `read` and feeds what arrives into the session (a blocking read can
+//!   wait for nothing else, and the session must stay responsive to input while it waits on
+//!   timers and queues);
+//! - the *driver* runs the core's drive loop: it writes the session's output (blocking writes
+//!   with a timeout), runs its timers (pings, idle drop, request timeout, close handshake), and
+//!   sleeps on a condition variable until the deadline of `poll_timeout`, new input, a message
+//!   for a listener, or shutdown wakes it. A message for a listener wakes the driver through a
+//!   `std::task::Waker` that sets a flag and signals the condition variable.
+//!
+//! So the thread count is 2 per connection plus 1 per address, independent of message rates; no
+//! thread is ever started per message. Stacks are small (`STACK_SIZE`). All protocol logic is in
+//! the core.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Context, Wake, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use fedbroker_core::{Broker, Session, READ_CHUNK};
+
+/// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Stack size of connection threads: the drive loop needs little.
+const STACK_SIZE: usize = 256 * 1024;
+/// A blocked write gives the driver back control this often, so timers still run.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A flag and a condition variable: the driver sleeps on it; input, queued messages (as a
+/// [`Waker`]) and shutdown wake it.
+#[derive(Default)]
+struct Signal {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    fn notify(&self) {
+        *lock(&self.set) = true;
+        self.cv.notify_one();
+    }
+
+    /// Sleeps until notified or `deadline`, then clears the flag.
+    fn wait(&self, deadline: Option<Instant>) {
+        let mut set = lock(&self.set);
+        while !*set {
+            match deadline {
+                None => set = self.cv.wait(set).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    set = self
+                        .cv
+                        .wait_timeout(set, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        *set = false;
+    }
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.notify();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.notify();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// State shared by every thread of the broker.
+struct Shared {
+    broker: Arc<Broker>,
+    shutdown: AtomicBool,
+    /// Drivers to wake at shutdown (dead entries are pruned as new ones come).
+    drivers: Mutex<Vec<Weak<Signal>>>,
+    /// Connections alive, to wait for at shutdown.
+    live: Mutex<usize>,
+    all_done: Condvar,
+}
+
+/// One connection: the session both threads use, and the reader's gate (it waits while the
+/// session does not want input: backpressure).
+struct Conn {
+    session: Mutex<Session>,
+    read_gate: Condvar,
+    signal: Arc<Signal>,
+}
+
+/// Serves `broker` on `listeners` until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(broker: Arc<Broker>, listeners: Vec<TcpListener>) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        broker,
+        shutdown: AtomicBool::new(false),
+        drivers: Mutex::new(Vec::new()),
+        live: Mutex::new(0),
+        all_done: Condvar::new(),
+    });
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    for l in listeners {
+        let shared = shared.clone();
+        thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || accept_loop(l, shared))?;
+    }
+    let _ = signals.forever().next();
+    tracing::info!("shutting down: closing listeners, finishing requests");
+    shared.shutdown.store(true, Ordering::SeqCst);
+    for d in lock(&shared.drivers).iter().filter_map(Weak::upgrade) {
+        d.notify();
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let mut live = lock(&shared.live);
+    while *live > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+            break;
+        }
+        live = shared
+            .all_done
+            .wait_timeout(live, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    Ok(())
+}
+
+fn accept_loop(l: TcpListener, shared: Arc<Shared>) {
+    for sock in l.incoming() {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        match sock {
+            Ok(sock) => {
+                if let Err(e) = start(sock, &shared) {
+                    tracing::warn!("cannot start connection threads: {e}");
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Starts the reader and driver threads of a new connection.
+fn start(sock: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let reader_sock = sock.try_clone()?;
+    let conn = Arc::new(Conn {
+        session: Mutex::new(shared.broker.accept(Instant::now())),
+        read_gate: Condvar::new(),
+        signal: Arc::new(Signal::default()),
+    });
+    {
+        let mut drivers = lock(&shared.drivers);
+        if drivers.len() >= 1024 && drivers.len().is_power_of_two() {
+            drivers.retain(|w| w.strong_count() > 0);
+        }
+        drivers.push(Arc::downgrade(&conn.signal));
+    }
+    *lock(&shared.live) += 1;
+    let (c, s) = (conn.clone(), shared.clone());
+    thread::Builder::new()
+        .name("driver".into())
+        .stack_size(STACK_SIZE)
+        .spawn(move || {
+            drive(&c, &sock, &s);
+            // Unblocks the reader, whose read now fails.
+            let _ = sock.shutdown(Shutdown::Both);
+            c.read_gate.notify_all();
+            let mut live = lock(&s.live);
+            *live -= 1;
+            s.all_done.notify_all();
+        })?;
+    thread::Builder::new()
+        .name("reader".into())
+        .stack_size(STACK_SIZE)
+        .spawn(move || read_loop(&conn, reader_sock))?;
+    Ok(())
+}
+
+/// The reader thread: blocking reads, fed into the session while it wants input.
+fn read_loop(conn: &Conn, mut sock: TcpStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        {
+            let s = lock(&conn.session);
+            let s = conn
+                .read_gate
+                .wait_while(s, |s| !s.wants_read() && !s.is_closed())
+                .unwrap_or_else(|e| e.into_inner());
+            if s.is_closed() {
+                return;
+            }
+        }
+        let n = sock.read(&mut buf);
+        let mut s = lock(&conn.session);
+        match n {
+            Ok(0) | Err(_) => {
+                s.handle_eof(Instant::now());
+                drop(s);
+                conn.signal.notify();
+                return;
+            }
+            Ok(n) => s.handle_input(Instant::now(), &buf[..n]),
+        }
+        drop(s);
+        conn.signal.notify();
+    }
+}
+
+/// The driver thread: the core's drive loop with blocking writes and a condition variable.
+fn drive(conn: &Conn, mut sock: &TcpStream, shared: &Shared) {
+    let waker = Waker::from(conn.signal.clone());
+    let mut shutting_down = false;
+    let mut write_shut = false;
+    loop {
+        let mut s = lock(&conn.session);
+        let now = Instant::now();
+        if !shutting_down && shared.shutdown.load(Ordering::SeqCst) {
+            shutting_down = true;
+            s.handle_shutdown(now);
+        }
+        if s.poll_timeout().is_some_and(|d| d <= now) {
+            s.handle_timeout(now);
+        }
+        s.handle_wake(now);
+        if s.write_to(now, |iov| sock.write_vectored(iov)).is_err() {
+            return;
+        }
+        if s.should_shutdown_write() && !write_shut {
+            write_shut = true;
+            // The peer sees our FIN; we keep reading until it closes too (or the linger ends).
+            let _ = sock.shutdown(Shutdown::Write);
+        }
+        if s.is_closed() {
+            return;
+        }
+        conn.read_gate.notify_one();
+        let ready = s.poll_wake(&mut Context::from_waker(&waker)).is_ready();
+        let deadline = s.poll_timeout();
+        let unsent = s.transmit().has_remaining();
+        drop(s);
+        if !ready && !unsent {
+            conn.signal.wait(deadline);
+        }
+    }
+}
