@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
+use fedbroker_cli::ShutdownSignal;
 use fedbroker_core::{Broker, Session};
 use smol::channel::{Receiver, Sender};
 use smol::future::{or, FutureExt};
-use smol::stream::StreamExt;
 use smol::{Async, Executor, Timer};
 
 /// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `broker` on `listeners` until SIGINT or SIGTERM, then shuts down gracefully.
-pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>) -> io::Result<()> {
+/// Serves `broker` on `listeners` until `signal` (SIGINT or SIGTERM), then shuts down gracefully.
+pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSignal) -> io::Result<()> {
     let ex = Arc::new(Executor::new());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Extra executor threads run until `stop` closes; the calling thread runs `serve`.
@@ -33,7 +33,7 @@ pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>) -> io::Result<()> {
             std::thread::spawn(move || smol::block_on(ex.run(stopped.recv())))
         })
         .collect();
-    let result = smol::block_on(ex.run(serve(ex.clone(), broker, listeners)));
+    let result = smol::block_on(ex.run(serve(ex.clone(), broker, listeners, signal)));
     drop(stop);
     for w in workers {
         let _ = w.join();
@@ -45,9 +45,8 @@ async fn serve(
     ex: Arc<Executor<'static>>,
     broker: Arc<Broker>,
     listeners: Vec<StdListener>,
+    signal: ShutdownSignal,
 ) -> io::Result<()> {
-    let mut signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])?;
     // `shutdown` closes on shutdown; every connection task holds an `alive` sender, so `recv` on
     // `all_done` fails once they have all finished.
     let (shutdown_tx, shutdown) = smol::channel::bounded::<()>(1);
@@ -64,7 +63,7 @@ async fn serve(
         .detach();
     }
     drop(alive);
-    signals.next().await;
+    smol::unblock(move || signal.wait()).await;
     tracing::info!("shutting down: closing listeners, finishing requests");
     shutdown_tx.close();
     let finished = async { all_done.recv().await.is_err() };
@@ -120,12 +119,7 @@ enum Wake {
 }
 
 /// The drive loop of one connection.
-async fn connection(
-    sock: Async<TcpStream>,
-    mut s: Session,
-    shutdown: Receiver<()>,
-    _alive: Sender<()>,
-) {
+async fn connection(sock: Async<TcpStream>, mut s: Session, shutdown: Receiver<()>, _alive: Sender<()>) {
     let mut write_shut = false;
     let mut shutting_down = shutdown.is_closed();
     if shutting_down {

@@ -27,6 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
+use fedbroker_cli::ShutdownSignal;
 use fedbroker_core::{Broker, Session, READ_CHUNK};
 
 /// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
@@ -61,11 +62,7 @@ impl Signal {
                     if now >= d {
                         break;
                     }
-                    set = self
-                        .cv
-                        .wait_timeout(set, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    set = self.cv.wait_timeout(set, d - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
         }
@@ -105,8 +102,8 @@ struct Conn {
     signal: Arc<Signal>,
 }
 
-/// Serves `broker` on `listeners` until SIGINT or SIGTERM, then shuts down gracefully.
-pub fn run(broker: Arc<Broker>, listeners: Vec<TcpListener>) -> io::Result<()> {
+/// Serves `broker` on `listeners` until `signal` (SIGINT or SIGTERM), then shuts down gracefully.
+pub fn run(broker: Arc<Broker>, listeners: Vec<TcpListener>, signal: ShutdownSignal) -> io::Result<()> {
     let shared = Arc::new(Shared {
         broker,
         shutdown: AtomicBool::new(false),
@@ -114,17 +111,13 @@ pub fn run(broker: Arc<Broker>, listeners: Vec<TcpListener>) -> io::Result<()> {
         live: Mutex::new(0),
         all_done: Condvar::new(),
     });
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
     for l in listeners {
         let shared = shared.clone();
         thread::Builder::new()
             .name("accept".into())
             .spawn(move || accept_loop(l, shared))?;
     }
-    let _ = signals.forever().next();
+    signal.wait();
     tracing::info!("shutting down: closing listeners, finishing requests");
     shared.shutdown.store(true, Ordering::SeqCst);
     for d in lock(&shared.drivers).iter().filter_map(Weak::upgrade) {

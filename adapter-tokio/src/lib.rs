@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
+use fedbroker_cli::ShutdownSignal;
 use fedbroker_core::{Broker, Session};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,48 +20,27 @@ use tokio::sync::{mpsc, watch};
 /// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `broker` on `listeners` until SIGINT or SIGTERM, then shuts down gracefully.
-pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(broker, listeners))
+/// Serves `broker` on `listeners` until `signal` (SIGINT or SIGTERM), then shuts down gracefully.
+pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSignal) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(broker, listeners, signal))
 }
 
-async fn serve(broker: Arc<Broker>, listeners: Vec<StdListener>) -> io::Result<()> {
+async fn serve(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSignal) -> io::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Every connection task holds a clone of `alive`; when all are dropped, `recv` returns None.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     for l in listeners {
         l.set_nonblocking(true)?;
         let l = TcpListener::from_std(l)?;
-        tokio::spawn(accept_loop(
-            l,
-            broker.clone(),
-            shutdown_rx.clone(),
-            alive.clone(),
-        ));
+        tokio::spawn(accept_loop(l, broker.clone(), shutdown_rx.clone(), alive.clone()));
     }
     drop(alive);
-    wait_for_signal().await?;
+    let _ = tokio::task::spawn_blocking(move || signal.wait()).await;
     tracing::info!("shutting down: closing listeners, finishing requests");
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(SHUTDOWN_GRACE, all_done.recv())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_done.recv()).await.is_err() {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
-    }
-    Ok(())
-}
-
-async fn wait_for_signal() -> io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
     Ok(())
 }
@@ -102,9 +82,7 @@ async fn connection(
         s.handle_shutdown(Instant::now());
     }
     loop {
-        if s.write_to(Instant::now(), |iov| sock.try_write_vectored(iov))
-            .is_err()
-        {
+        if s.write_to(Instant::now(), |iov| sock.try_write_vectored(iov)).is_err() {
             return;
         }
         if s.should_shutdown_write() && !write_shut {

@@ -188,14 +188,8 @@ impl Settings {
 
         // Security features not in this build are refused, never silently ignored.
         let unsupported = [
-            (
-                "--tls-cert",
-                flags.tls_cert.is_some() || file.tls_cert.is_some(),
-            ),
-            (
-                "--tls-key",
-                flags.tls_key.is_some() || file.tls_key.is_some(),
-            ),
+            ("--tls-cert", flags.tls_cert.is_some() || file.tls_cert.is_some()),
+            ("--tls-key", flags.tls_key.is_some() || file.tls_key.is_some()),
             (
                 "--auth-tokens",
                 flags.auth_tokens.is_some() || file.auth_tokens.is_some(),
@@ -230,7 +224,9 @@ impl Settings {
             ),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, given)| *given) {
-            return err(format!("{name}: not supported by this version of fedbroker yet; only the open mode (loopback) is"));
+            return err(format!(
+                "{name}: not supported by this version of fedbroker yet; only the open mode (loopback) is"
+            ));
         }
 
         let allow_anonymous = flags.allow_anonymous || file.allow_anonymous.unwrap_or(false);
@@ -245,9 +241,8 @@ impl Settings {
 
         let mut core = Config::default();
         if let Some(p) = flags.base_path.or(file.base_path) {
-            core.base_path = Config::normalize_base_path(&p).ok_or_else(|| {
-                ConfigError(format!("--base-path {p:?}: must be a path such as /mq"))
-            })?;
+            core.base_path = Config::normalize_base_path(&p)
+                .ok_or_else(|| ConfigError(format!("--base-path {p:?}: must be a path such as /mq")))?;
         }
         let max_message = pick(
             flags.max_message_size,
@@ -266,16 +261,9 @@ impl Settings {
         )?;
         core.max_connections = positive(
             "--max-connections",
-            pick(
-                flags.max_connections,
-                file.max_connections,
-                core.max_connections as u64,
-            ),
+            pick(flags.max_connections, file.max_connections, core.max_connections as u64),
         )?;
-        core.ping_interval = seconds(
-            "--ping-interval",
-            pick(flags.ping_interval, file.ping_interval, 30),
-        )?;
+        core.ping_interval = seconds("--ping-interval", pick(flags.ping_interval, file.ping_interval, 30))?;
         core.request_timeout = seconds(
             "--request-timeout",
             pick(flags.request_timeout, file.request_timeout, 10),
@@ -284,10 +272,7 @@ impl Settings {
         core.close_timeout = core.close_timeout.min(core.ping_interval);
         core.linger = core.linger.min(core.request_timeout);
 
-        let level = flags
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".to_owned());
+        let level = flags.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());
         let log_level = level.parse::<tracing::Level>().or_else(|_| {
             err(format!(
                 "--log-level {level:?}: expected error, warn, info, debug or trace"
@@ -326,28 +311,27 @@ fn read_config(path: &Path) -> Result<FileConfig, ConfigError> {
         .map_err(|e| ConfigError(format!("--config {}: cannot read: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
         // toml's message spans several lines (with a source excerpt); keep its first sentence.
-        let msg = e
-            .message()
-            .lines()
-            .next()
-            .unwrap_or("invalid TOML")
-            .to_owned();
-        let at = e
+        let msg = e.message().lines().next().unwrap_or("invalid TOML").to_owned();
+        // Name the key and line the problem is at, when toml gives a position.
+        let (key, at) = e
             .span()
             .map(|s| {
-                let line = text[..s.start.min(text.len())].lines().count().max(1);
-                format!(" (line {line})")
+                let start = s.start.min(text.len());
+                let line_no = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("");
+                let key = line
+                    .split_once('=')
+                    .map(|(k, _)| format!("{}: ", k.trim()))
+                    .unwrap_or_default();
+                (key, format!(" (line {line_no})"))
             })
             .unwrap_or_default();
-        ConfigError(format!("--config {}: {msg}{at}", path.display()))
+        ConfigError(format!("--config {}: {key}{msg}{at}", path.display()))
     })
 }
 
 /// Parses the command line: `Err` carries the exit code already decided (help, version, error).
-pub fn parse_args(
-    args: impl IntoIterator<Item = OsString>,
-    binary: &str,
-) -> Result<Settings, ExitCode> {
+pub fn parse_args(args: impl IntoIterator<Item = OsString>, binary: &str) -> Result<Settings, ExitCode> {
     let cmd = <Flags as clap::CommandFactory>::command()
         .name(binary.to_owned())
         .bin_name(binary.to_owned());
@@ -413,6 +397,23 @@ pub fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// SIGINT and SIGTERM, caught from before the `listening on` lines are printed, so a signal that
+/// arrives while the runtime starts still shuts the broker down gracefully.
+pub struct ShutdownSignal(signal_hook::iterator::Signals);
+
+impl ShutdownSignal {
+    /// Starts catching SIGINT and SIGTERM.
+    pub fn register() -> std::io::Result<Self> {
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]).map(Self)
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives (or has arrived). Async adapters run it on their
+    /// runtime's blocking pool.
+    pub fn wait(mut self) {
+        let _ = self.0.forever().next();
+    }
+}
+
 /// The whole `main` of a broker binary: parse flags (exit 2 on a bad one), log to stderr, bind,
 /// print the `listening on` lines, then `serve` a [`Broker`] until shutdown (exit 0) or a fatal
 /// error (exit 1). `role` is [`Role::Listener`] for the broker; [`Role::Echo`] makes every
@@ -420,7 +421,7 @@ pub fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
 pub fn main_with(
     runtime: &'static str,
     role: Role,
-    serve: impl FnOnce(Arc<Broker>, Vec<TcpListener>) -> std::io::Result<()>,
+    serve: impl FnOnce(Arc<Broker>, Vec<TcpListener>, ShutdownSignal) -> std::io::Result<()>,
 ) -> ExitCode {
     let binary = format!("fedbroker-{runtime}");
     let settings = match parse_args(std::env::args_os(), &binary) {
@@ -428,6 +429,13 @@ pub fn main_with(
         Err(code) => return code,
     };
     init_logging(settings.log_level);
+    let signal = match ShutdownSignal::register() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{binary}: cannot catch SIGINT/SIGTERM: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let listeners = match bind_all(&settings.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -440,7 +448,7 @@ pub fn main_with(
     core.websocket_role = role;
     #[allow(clippy::disallowed_methods)] // the adapter side reads the clock, never the core
     let now = std::time::Instant::now();
-    match serve(Broker::new(core, runtime, now), listeners) {
+    match serve(Broker::new(core, runtime, now), listeners, signal) {
         Ok(()) => {
             tracing::info!("broker stopped");
             ExitCode::SUCCESS
@@ -465,10 +473,7 @@ mod tests {
     #[test]
     fn defaults() {
         let s = parse(&[]).unwrap();
-        assert_eq!(
-            s.listen,
-            vec!["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
-        );
+        assert_eq!(s.listen, vec!["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]);
         assert_eq!(s.core, {
             let mut c = Config::default();
             c.close_timeout = c.close_timeout.min(c.ping_interval);
@@ -501,7 +506,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fedbroker-cli-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "listen = [\"127.0.0.1:0\"]\nqueue_limit = 4\nbase_path = \"/mq/\"\nping_interval = 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = [\"127.0.0.1:0\"]\nqueue_limit = 4\nbase_path = \"/mq/\"\nping_interval = 5\n",
+        )
+        .unwrap();
         let p = path.to_str().unwrap();
         let s = parse(&["--config", p, "--ping-interval", "7"]).unwrap();
         assert_eq!(s.core.queue_limit, 4);

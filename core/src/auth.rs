@@ -143,12 +143,7 @@ impl Drop for AuthReply {
 impl PendingDecision {
     /// The decision, once made.
     pub fn try_take(&self) -> Option<Decision> {
-        self.slot
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .take()
+        self.slot.state.lock().unwrap_or_else(|e| e.into_inner()).0.take()
     }
 
     /// Ready once the decision is made; otherwise keeps the waker.
@@ -164,10 +159,7 @@ impl PendingDecision {
 
 /// The bearer token of a request: `Authorization: Bearer <token>` first, else `?token=`.
 pub fn bearer_token(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if let Some((scheme, token)) = v.split_once(' ') {
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
@@ -213,10 +205,7 @@ mod tests {
     #[test]
     fn token_sources() {
         let mut h = http::HeaderMap::new();
-        assert_eq!(
-            bearer_token(&h, Some("a=1&token=x%2By&b=2")),
-            Some("x+y".into())
-        );
+        assert_eq!(bearer_token(&h, Some("a=1&token=x%2By&b=2")), Some("x+y".into()));
         assert_eq!(bearer_token(&h, Some("token=%zz%4")), Some("%zz%4".into()));
         h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         assert_eq!(bearer_token(&h, Some("token=x")), Some("abc".into()));

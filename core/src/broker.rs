@@ -203,18 +203,12 @@ impl Session {
     /// the stream (`Ok(0)` or an error), or nothing (`WouldBlock`). For adapters: `read` is the
     /// socket's (non-blocking or blocking) read; the buffer is never held between reads, so an
     /// idle connection costs no read buffer.
-    pub fn read_from(
-        &mut self,
-        now: Instant,
-        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
-    ) {
+    pub fn read_from(&mut self, now: Instant, read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>) {
         let mut buf = [0u8; READ_CHUNK];
         match read(&mut buf) {
             Ok(0) => self.handle_eof(now),
             Ok(n) => self.handle_input(now, &buf[..n.min(READ_CHUNK)]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => self.handle_eof(now),
         }
     }
@@ -242,10 +236,7 @@ impl Session {
                     // Room again: the session may queue more (pipelined responses, messages).
                     self.handle_writable(now);
                 }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::Interrupted =>
-                {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
                     break
                 }
                 Err(e) => return Err(e),
@@ -311,10 +302,7 @@ impl Session {
                     let snap = broker.snapshot(now);
                     let (ct, body) = match format {
                         StatsFormat::Json => ("application/json", snap.to_json()),
-                        StatsFormat::Prometheus => (
-                            "text/plain; version=0.0.4; charset=utf-8",
-                            snap.to_prometheus(),
-                        ),
+                        StatsFormat::Prometheus => ("text/plain; version=0.0.4; charset=utf-8", snap.to_prometheus()),
                     };
                     self.conn.handle_stats(now, ct, Bytes::from(body));
                 }

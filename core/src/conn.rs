@@ -81,6 +81,8 @@ struct Request {
     started: Instant,
     /// Whether the body (if any) has been read off the stream.
     body_read: bool,
+    /// An HTTP/1.0 request: keep-alive must be confirmed in the response.
+    http10: bool,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,9 @@ pub struct Connection {
     events: VecDeque<Event>,
     eof: bool,
     shutting_down: bool,
+    /// When an idle connection closes during shutdown: a request that was already on its way
+    /// when shutdown began is still served until then.
+    shutdown_close_at: Option<Instant>,
     refuse: Option<HttpError>,
     served: u64,
     idle_since: Instant,
@@ -139,6 +144,7 @@ impl Connection {
             events: VecDeque::new(),
             eof: false,
             shutting_down: false,
+            shutdown_close_at: None,
             refuse: None,
             served: 0,
             idle_since: now,
@@ -154,8 +160,19 @@ impl Connection {
 
     // ---- inputs ------------------------------------------------------------------------------
 
-    /// Bytes received from the peer.
+    /// Bytes received from the peer. Call only while [`Connection::wants_read`]; input beyond a
+    /// hard limit (a head, a message and two reads) closes the connection with `413`.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        let hard_limit = self.config.limits.max_head + self.config.max_message_size + 2 * crate::READ_CHUNK;
+        if self.inbuf.len() + data.len() > hard_limit && !matches!(self.state, State::Closing { .. } | State::Closed) {
+            self.inbuf.clear();
+            return self.fail(
+                now,
+                HttpError::PayloadTooLarge {
+                    limit: self.config.max_message_size,
+                },
+            );
+        }
         match self.state {
             State::Closed | State::Closing { .. } => return,
             State::Head if self.request_start.is_none() => {
@@ -187,6 +204,7 @@ impl Connection {
             State::Head => {
                 match self.request_start {
                     Some(start) if now >= start + timeout => self.fail(now, HttpError::Timeout),
+                    None if self.shutdown_close_at.is_some_and(|t| now >= t) => self.close(now),
                     // A new connection that never sends a request is told so; an idle
                     // keep-alive connection is closed quietly (RFC 9112 §9.5).
                     None if now >= self.idle_since + timeout => {
@@ -230,11 +248,11 @@ impl Connection {
     }
 
     /// The broker is shutting down: finish the request in progress, close listeners with `1001`,
-    /// take no new requests.
+    /// answer a request already on its way (for up to the linger time) and take no more.
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
         match &mut self.state {
-            State::Head if self.request_start.is_none() => self.close(now),
+            State::Head if self.request_start.is_none() => self.shutdown_close_at = Some(now + self.config.linger),
             State::WebSocket(ws, _) => ws.close(now, CloseReason::GoingAway, true, &mut self.out),
             _ => {}
         }
@@ -246,9 +264,7 @@ impl Connection {
         let State::Waiting(_, Wait::Authorize { .. }) = self.state else {
             return;
         };
-        let State::Waiting(req, Wait::Authorize { handshake }) =
-            std::mem::replace(&mut self.state, State::Head)
-        else {
+        let State::Waiting(req, Wait::Authorize { handshake }) = std::mem::replace(&mut self.state, State::Head) else {
             return;
         };
         match decision {
@@ -280,8 +296,7 @@ impl Connection {
         let State::Waiting(_, Wait::Listen { .. }) = self.state else {
             return;
         };
-        let State::Waiting(req, Wait::Listen { handshake, until }) =
-            std::mem::replace(&mut self.state, State::Head)
+        let State::Waiting(req, Wait::Listen { handshake, until }) = std::mem::replace(&mut self.state, State::Head)
         else {
             return;
         };
@@ -293,12 +308,7 @@ impl Connection {
                     ping_interval: self.config.ping_interval,
                     close_timeout: self.config.close_timeout,
                 };
-                let mut ws = Box::new(WsSession::new(
-                    role,
-                    self.config.max_message_size,
-                    timers,
-                    now,
-                ));
+                let mut ws = Box::new(WsSession::new(role, self.config.max_message_size, timers, now));
                 if self.shutting_down {
                     ws.close(now, CloseReason::GoingAway, true, &mut self.out);
                 }
@@ -358,7 +368,10 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timeout = self.config.request_timeout;
         match &self.state {
-            State::Head => Some(self.request_start.unwrap_or(self.idle_since) + timeout),
+            State::Head => match (self.request_start, self.shutdown_close_at) {
+                (None, Some(at)) => Some(at.min(self.idle_since + timeout)),
+                (start, _) => Some(start.unwrap_or(self.idle_since) + timeout),
+            },
             State::Body(_, _, started) => Some(*started + timeout),
             State::Waiting(req, _) => Some(req.started + timeout),
             State::WebSocket(ws, until) => match (ws.poll_timeout(), until) {
@@ -377,12 +390,8 @@ impl Connection {
             return false;
         }
         match &self.state {
-            State::Head => {
-                self.inbuf.len() <= self.config.limits.max_head && self.out.len() < HIGH_WATER
-            }
-            State::Body(_, reader, _) => {
-                self.inbuf.len() < reader.remaining_hint().max(self.config.limits.max_head)
-            }
+            State::Head => self.inbuf.len() <= self.config.limits.max_head && self.out.len() < HIGH_WATER,
+            State::Body(_, reader, _) => self.inbuf.len() < reader.remaining_hint().max(self.config.limits.max_head),
             State::Waiting(..) => false,
             State::WebSocket(ws, _) => !ws.is_finished() && self.out.len() < HIGH_WATER,
             State::Closing { .. } => true,
@@ -427,7 +436,7 @@ impl Connection {
                             self.begin(now, head, started);
                         }
                         Ok(None) => {
-                            if self.eof || (self.shutting_down && self.request_start.is_none()) {
+                            if self.eof {
                                 self.close(now);
                             }
                             if self.request_start.is_none() && self.heads.started(&self.inbuf) {
@@ -497,6 +506,7 @@ impl Connection {
             framing,
             started,
             body_read: !framing.has_body(),
+            http10: head.version() == http::Version::HTTP_10,
         };
         if let Some(err) = self.refuse.clone() {
             return self.refuse_request(now, req, err);
@@ -508,16 +518,11 @@ impl Connection {
         req.route = Some(route);
         match route {
             Route::Health => {
-                let resp =
-                    Response::new(200).body("text/plain; charset=utf-8", Bytes::from_static(b"ok"));
+                let resp = Response::new(200).body("text/plain; charset=utf-8", Bytes::from_static(b"ok"));
                 self.respond(now, req, resp)
             }
-            Route::Options { allow } => {
-                self.respond(now, req, Response::new(204).header("Allow", allow))
-            }
-            Route::Stats | Route::Metrics => {
-                self.authorize(req, &head, Action::ReadStats, None, None)
-            }
+            Route::Options { allow } => self.respond(now, req, Response::new(204).header("Allow", allow)),
+            Route::Stats | Route::Metrics => self.authorize(req, &head, Action::ReadStats, None, None),
             Route::Send(id) => {
                 let max = self.config.max_message_size;
                 match framing {
@@ -563,13 +568,7 @@ impl Connection {
     }
 
     /// Continues an allowed request.
-    fn proceed(
-        &mut self,
-        now: Instant,
-        mut req: Request,
-        handshake: Option<Handshake>,
-        until: Option<Instant>,
-    ) {
+    fn proceed(&mut self, now: Instant, mut req: Request, handshake: Option<Handshake>, until: Option<Instant>) {
         match req.route {
             Some(Route::Send(id)) => {
                 if req.body_read {
@@ -581,8 +580,7 @@ impl Connection {
                     return;
                 }
                 if req.expect_continue {
-                    self.out
-                        .push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                    self.out.push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
                     req.expect_continue = false;
                 }
                 let reader = BodyReader::new(req.framing, self.config.max_message_size, false);
@@ -632,6 +630,9 @@ impl Connection {
         }
         let resp = if closing && !resp.closes() {
             resp.close()
+        } else if !closing && req.http10 {
+            // HTTP/1.0 closes unless the response confirms keep-alive (RFC 9112 §9.3).
+            resp.header("Connection", "keep-alive")
         } else {
             resp
         };
@@ -651,6 +652,9 @@ impl Connection {
         self.request_start = None;
         self.idle_since = now;
         self.state = State::Head;
+        if self.shutting_down {
+            self.close(now);
+        }
     }
 
     /// Answers a broken request with `err` and closes.

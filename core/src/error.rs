@@ -75,8 +75,8 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         use HttpError::*;
         match self {
-            MalformedHead | BadHost | InvalidId | LengthAndChunked | BadContentLength
-            | BadTransferEncoding | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
+            MalformedHead | BadHost | InvalidId | LengthAndChunked | BadContentLength | BadTransferEncoding
+            | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
             Unauthorized => 401,
             Forbidden => 403,
             NoListener(_) | NotFound => 404,
@@ -87,8 +87,7 @@ impl HttpError {
             ExpectationFailed => 417,
             UpgradeRequired => 426,
             HeadTooLarge => 431,
-            QueueFull(_) | TooManyConnections | ShuttingDown | AuthUnavailable
-            | DecisionTimeout => 503,
+            QueueFull(_) | TooManyConnections | ShuttingDown | AuthUnavailable | DecisionTimeout => 503,
             VersionNotSupported => 505,
         }
     }
@@ -123,7 +122,9 @@ impl fmt::Display for HttpError {
         match self {
             MalformedHead => f.write_str("malformed request line or header"),
             BadHost => f.write_str("an HTTP/1.1 request needs exactly one Host header"),
-            InvalidId => f.write_str("invalid id: expected a decimal number from 1 to 2147483647 without sign or leading zero"),
+            InvalidId => {
+                f.write_str("invalid id: expected a decimal number from 1 to 2147483647 without sign or leading zero")
+            }
             LengthAndChunked => f.write_str("request has both Content-Length and Transfer-Encoding"),
             BadContentLength => f.write_str("invalid or conflicting Content-Length"),
             BadTransferEncoding => f.write_str("unsupported Transfer-Encoding: only chunked is accepted, on HTTP/1.1"),

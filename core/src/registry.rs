@@ -90,11 +90,7 @@ impl Registry {
 
     /// Queues `payload` for the listener of `id`.
     pub fn deliver(&self, id: Id, payload: Bytes) -> Result<(), DeliveryError> {
-        let mailbox = self
-            .shard(id)
-            .get(&id)
-            .cloned()
-            .ok_or(DeliveryError::NoListener)?;
+        let mailbox = self.shard(id).get(&id).cloned().ok_or(DeliveryError::NoListener)?;
         mailbox.push(payload)
     }
 
@@ -242,18 +238,12 @@ mod tests {
     #[test]
     fn deliver_queue_replace_remove() {
         let r = Registry::new(2);
-        assert_eq!(
-            r.deliver(id(1), Bytes::new()),
-            Err(DeliveryError::NoListener)
-        );
+        assert_eq!(r.deliver(id(1), Bytes::new()), Err(DeliveryError::NoListener));
         let a = r.listen(id(1));
         assert_eq!(r.listeners(), 1);
         r.deliver(id(1), Bytes::from_static(b"x")).unwrap();
         r.deliver(id(1), Bytes::from_static(b"y")).unwrap();
-        assert_eq!(
-            r.deliver(id(1), Bytes::new()),
-            Err(DeliveryError::QueueFull)
-        );
+        assert_eq!(r.deliver(id(1), Bytes::new()), Err(DeliveryError::QueueFull));
         let b = r.listen(id(1));
         assert_eq!(r.listeners(), 1);
         // The replaced listener still gets what was queued for it, then learns it was replaced.

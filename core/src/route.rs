@@ -104,9 +104,6 @@ mod tests {
         assert_eq!(c(Method::GET, "/mq/metrics", "/mq"), Ok(Route::Metrics));
         assert_eq!(c(Method::POST, "/42", "/mq"), Err(HttpError::NotFound));
         assert_eq!(c(Method::GET, "/mqx/1", "/mq"), Err(HttpError::NotFound));
-        assert_eq!(
-            c(Method::OPTIONS, "/1", ""),
-            Ok(Route::Options { allow: ALLOW_ID })
-        );
+        assert_eq!(c(Method::OPTIONS, "/1", ""), Ok(Route::Options { allow: ALLOW_ID }));
     }
 }

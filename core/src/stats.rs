@@ -53,16 +53,14 @@ impl Stats {
     }
     pub(crate) fn received(&self, bytes: usize) {
         self.messages_received.fetch_add(1, Ordering::Relaxed);
-        self.bytes_received
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
     }
     pub(crate) fn rejected(&self) {
         self.messages_rejected.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn delivered(&self, bytes: usize) {
         self.messages_delivered.fetch_add(1, Ordering::Relaxed);
-        self.bytes_delivered
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_delivered.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Reads the counters.
@@ -87,12 +85,7 @@ impl Stats {
 impl Snapshot {
     fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
         [
-            (
-                "connections",
-                "gauge",
-                "Connections open now.",
-                self.connections,
-            ),
+            ("connections", "gauge", "Connections open now.", self.connections),
             ("listeners", "gauge", "Ids listened on now.", self.listeners),
             (
                 "messages_received",
@@ -124,12 +117,7 @@ impl Snapshot {
                 "Payload bytes delivered.",
                 self.bytes_delivered,
             ),
-            (
-                "uptime_seconds",
-                "gauge",
-                "Seconds since start.",
-                self.uptime_seconds,
-            ),
+            ("uptime_seconds", "gauge", "Seconds since start.", self.uptime_seconds),
         ]
     }
 
@@ -156,10 +144,7 @@ impl Snapshot {
             } else {
                 format!("fedbroker_{key}")
             };
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
         let _ = writeln!(
             s,
@@ -182,10 +167,7 @@ mod tests {
         st.delivered(5);
         let snap = st.snapshot("tokio", Duration::from_secs(3), 1);
         let json = snap.to_json();
-        assert!(
-            json.starts_with("{\"name\":\"fedbroker\",\"version\":\""),
-            "{json}"
-        );
+        assert!(json.starts_with("{\"name\":\"fedbroker\",\"version\":\""), "{json}");
         for key in [
             "runtime\":\"tokio\"",
             "\"uptime_seconds\":3",
@@ -200,10 +182,7 @@ mod tests {
             assert!(json.contains(key), "{key} in {json}");
         }
         let prom = snap.to_prometheus();
-        assert!(
-            prom.contains("\nfedbroker_messages_received_total 1\n"),
-            "{prom}"
-        );
+        assert!(prom.contains("\nfedbroker_messages_received_total 1\n"), "{prom}");
         assert!(prom.contains("# TYPE fedbroker_connections gauge\n"));
     }
 }

@@ -31,8 +31,7 @@ impl Req {
             Req::Post { id, body } => post(*id, body),
             Req::Chunked { id, chunks } => {
                 let mut r =
-                    format!("POST /{id} HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n")
-                        .into_bytes();
+                    format!("POST /{id} HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
                 for c in chunks {
                     r.extend_from_slice(format!("{:x};x=y\r\n", c.len()).as_bytes());
                     r.extend_from_slice(c);
@@ -159,12 +158,7 @@ fn client_wire(msgs: &[Msg], mask: [u8; 4]) -> Vec<u8> {
     let mut out = Vec::new();
     for m in msgs {
         let mut bounds: Vec<usize> = vec![0];
-        bounds.extend(
-            m.cuts
-                .iter()
-                .copied()
-                .filter(|&c| c > 0 && c < m.data.len()),
-        );
+        bounds.extend(m.cuts.iter().copied().filter(|&c| c > 0 && c < m.data.len()));
         bounds.push(m.data.len());
         let pieces: Vec<&[u8]> = bounds.windows(2).map(|w| &m.data[w[0]..w[1]]).collect();
         // A ping goes between the first two fragments, or before an unfragmented message, so its

@@ -52,9 +52,7 @@ fn hundreds_of_senders_and_listeners_deliver_in_order() {
     let mut c = config();
     c.queue_limit = 4096;
     let broker = Broker::new(c, "sim", clock.0);
-    let mut listeners: Vec<Listener> = (1..=LISTENERS)
-        .map(|id| Listener::open(&broker, &clock, id))
-        .collect();
+    let mut listeners: Vec<Listener> = (1..=LISTENERS).map(|id| Listener::open(&broker, &clock, id)).collect();
     let mut senders: Vec<Session> = (0..SENDERS).map(|_| broker.accept(clock.0)).collect();
 
     // Interleave: each round every sender posts one message on its keep-alive connection.
@@ -101,12 +99,8 @@ fn hundreds_of_senders_and_listeners_deliver_in_order() {
 fn pings_keep_live_listeners_and_drop_silent_ones() {
     let mut clock = Clock::new();
     let broker = Broker::new(config(), "sim", clock.0);
-    let mut live: Vec<Listener> = (1..=100)
-        .map(|id| Listener::open(&broker, &clock, id))
-        .collect();
-    let mut silent: Vec<Listener> = (101..=200)
-        .map(|id| Listener::open(&broker, &clock, id))
-        .collect();
+    let mut live: Vec<Listener> = (1..=100).map(|id| Listener::open(&broker, &clock, id)).collect();
+    let mut silent: Vec<Listener> = (101..=200).map(|id| Listener::open(&broker, &clock, id)).collect();
 
     for interval in 1..=4 {
         let now = clock.advance(Duration::from_secs(30));
@@ -119,20 +113,13 @@ fn pings_keep_live_listeners_and_drop_silent_ones() {
                     due - now
                 );
             } else {
-                assert!(
-                    k >= 100 && l.session.is_closed(),
-                    "listener {k} has no timer"
-                );
+                assert!(k >= 100 && l.session.is_closed(), "listener {k} has no timer");
             }
             l.session.handle_timeout(now);
         }
         for l in &mut live {
             let frames = l.frames(&clock);
-            assert_eq!(
-                frames,
-                vec![(OpCode::Ping, vec![])],
-                "one ping per interval"
-            );
+            assert_eq!(frames, vec![(OpCode::Ping, vec![])], "one ping per interval");
             l.session
                 .handle_input(now, &client_frame(true, OpCode::Pong, b"", [1, 2, 3, 4]));
             assert!(!l.session.is_closed());
@@ -179,20 +166,12 @@ fn request_timeouts_without_sleeping() {
         );
     }
     let now = clock.advance(Duration::from_secs(9));
-    for s in partial_head
-        .iter_mut()
-        .chain(&mut partial_body)
-        .chain(&mut silent)
-    {
+    for s in partial_head.iter_mut().chain(&mut partial_body).chain(&mut silent) {
         s.handle_timeout(now);
         assert!(drain(s, now).is_empty(), "nothing before the timeout");
     }
     let now = clock.advance(Duration::from_secs(1));
-    for s in partial_head
-        .iter_mut()
-        .chain(&mut partial_body)
-        .chain(&mut silent)
-    {
+    for s in partial_head.iter_mut().chain(&mut partial_body).chain(&mut silent) {
         assert!(s.poll_timeout().unwrap() <= now);
         s.handle_timeout(now);
         let rs = responses(&drain(s, now));
@@ -254,10 +233,7 @@ fn replacement_and_slow_consumer() {
     let (_, headers, body) = refused.expect("a full queue answers 503");
     assert!(headers.contains(&("retry-after".into(), "1".into())));
     assert!(String::from_utf8(body).unwrap().contains("id 5"));
-    assert!(
-        accepted >= 8,
-        "queue limit 8 plus what fits the outbox: {accepted}"
-    );
+    assert!(accepted >= 8, "queue limit 8 plus what fits the outbox: {accepted}");
     // Now the listener reads: every accepted message arrives, none lost.
     let mut got = 0;
     for _ in 0..1000 {
@@ -278,10 +254,7 @@ fn listener_protocol_errors_get_their_close_codes() {
     c.max_message_size = 100;
     let broker = Broker::new(c, "sim", clock.0);
     let cases: Vec<(Vec<u8>, u16)> = vec![
-        (
-            client_frame(true, OpCode::Binary, b"hi", [1, 2, 3, 4]),
-            1003,
-        ),
+        (client_frame(true, OpCode::Binary, b"hi", [1, 2, 3, 4]), 1003),
         (client_frame(true, OpCode::Text, b"hi", [1, 2, 3, 4]), 1003),
         (
             {
@@ -299,23 +272,11 @@ fn listener_protocol_errors_get_their_close_codes() {
             },
             1002,
         ),
-        (
-            client_frame(true, OpCode::Ping, &[0; 126], [1, 2, 3, 4]),
-            1002,
-        ),
+        (client_frame(true, OpCode::Ping, &[0; 126], [1, 2, 3, 4]), 1002),
         (client_frame(false, OpCode::Ping, b"", [1, 2, 3, 4]), 1002),
-        (
-            client_frame(true, OpCode::Reserved(3), b"", [1, 2, 3, 4]),
-            1002,
-        ),
-        (
-            client_frame(true, OpCode::Continuation, b"x", [1, 2, 3, 4]),
-            1002,
-        ),
-        (
-            client_frame(true, OpCode::Binary, &[0; 101], [1, 2, 3, 4]),
-            1009,
-        ),
+        (client_frame(true, OpCode::Reserved(3), b"", [1, 2, 3, 4]), 1002),
+        (client_frame(true, OpCode::Continuation, b"x", [1, 2, 3, 4]), 1002),
+        (client_frame(true, OpCode::Binary, &[0; 101], [1, 2, 3, 4]), 1009),
         (
             [
                 client_frame(false, OpCode::Binary, &[0; 60], [1, 2, 3, 4]),
@@ -345,21 +306,14 @@ fn listener_protocol_errors_get_their_close_codes() {
     }
     // Ping → pong with the same payload; a client Close is echoed and ends the session.
     let mut l = Listener::open(&broker, &clock, 1);
-    l.session.handle_input(
-        clock.0,
-        &client_frame(true, OpCode::Ping, b"abc", [9, 8, 7, 6]),
-    );
+    l.session
+        .handle_input(clock.0, &client_frame(true, OpCode::Ping, b"abc", [9, 8, 7, 6]));
     assert_eq!(l.frames(&clock), vec![(OpCode::Pong, b"abc".to_vec())]);
     l.session.handle_input(
         clock.0,
         &client_frame(true, OpCode::Close, &1000u16.to_be_bytes(), [9, 8, 7, 6]),
     );
-    assert_eq!(
-        l.frames(&clock),
-        vec![(OpCode::Close, 1000u16.to_be_bytes().to_vec())]
-    );
+    assert_eq!(l.frames(&clock), vec![(OpCode::Close, 1000u16.to_be_bytes().to_vec())]);
     assert!(l.session.should_shutdown_write());
-    assert!(!broker
-        .registry()
-        .is_listened(fedbroker_core::Id::new(1).unwrap()));
+    assert!(!broker.registry().is_listened(fedbroker_core::Id::new(1).unwrap()));
 }

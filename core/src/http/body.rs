@@ -54,10 +54,7 @@ impl BodyReader {
     pub fn new(framing: BodyFraming, max: usize, discard: bool) -> Self {
         let state = match framing {
             BodyFraming::Length(n) => State::Length { remaining: n },
-            BodyFraming::Chunked => State::ChunkSize {
-                value: 0,
-                digits: 0,
-            },
+            BodyFraming::Chunked => State::ChunkSize { value: 0, digits: 0 },
         };
         BodyReader {
             state,
@@ -109,9 +106,7 @@ impl BodyReader {
                     if buf.is_empty() {
                         return Ok(BodyProgress::NeedMore);
                     }
-                    let n = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
+                    let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
                     if self.discard {
                         buf.advance(n);
                     } else {
@@ -152,15 +147,10 @@ impl BodyReader {
             (State::ChunkSize { value, digits }, b';' | b' ' | b'\t') if digits > 0 => {
                 State::ChunkExt { value, len: 0 }
             }
-            (State::ChunkSize { value, digits }, b'\r') if digits > 0 => {
-                State::ChunkSizeLf { value }
-            }
+            (State::ChunkSize { value, digits }, b'\r') if digits > 0 => State::ChunkSizeLf { value },
             (State::ChunkExt { value, .. }, b'\r') => State::ChunkSizeLf { value },
             (State::ChunkExt { value, len }, _) if b != b'\n' && len < MAX_CHUNK_METADATA => {
-                State::ChunkExt {
-                    value,
-                    len: len + 1,
-                }
+                State::ChunkExt { value, len: len + 1 }
             }
             (State::ChunkSizeLf { value }, b'\n') => {
                 if value == 0 {
@@ -177,10 +167,7 @@ impl BodyReader {
                 }
             }
             (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
-            (State::ChunkDataLf, b'\n') => State::ChunkSize {
-                value: 0,
-                digits: 0,
-            },
+            (State::ChunkDataLf, b'\n') => State::ChunkSize { value: 0, digits: 0 },
             (State::TrailerLineStart, b'\r') => State::TrailerEndLf,
             (State::TrailerLine, b'\r') => State::TrailerLineLf,
             (State::TrailerLineStart | State::TrailerLine, _) if b != b'\n' => {

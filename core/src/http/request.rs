@@ -139,10 +139,7 @@ impl HeadReader {
     /// Takes one complete head off the front of `buf`, if there is one.
     pub fn read(&mut self, buf: &mut BytesMut) -> Result<Option<RequestHead>, HttpError> {
         // RFC 9112 §2.2: ignore empty lines before the request line.
-        let skip = buf
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .count();
+        let skip = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
         if skip > 0 {
             buf.advance(skip);
             self.scanned = self.scanned.saturating_sub(skip);
@@ -156,9 +153,7 @@ impl HeadReader {
             .position(|&b| b == b'\n');
         let line_len = match line_end {
             Some(p) => p,
-            None if buf.len() > self.limits.max_request_line + 1 => {
-                return Err(HttpError::UriTooLong)
-            }
+            None if buf.len() > self.limits.max_request_line + 1 => return Err(HttpError::UriTooLong),
             None => return Ok(None),
         };
         let line = trim_cr(&buf[..line_len]);
@@ -218,21 +213,22 @@ fn parse(bytes: &[u8], line: &[u8], max_headers: usize) -> Result<RequestHead, H
         Some(1) => Version::HTTP_11,
         _ => return Err(HttpError::VersionNotSupported),
     };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| HttpError::MalformedHead)?;
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HttpError::MalformedHead)?;
     let (path, query) = split_target(req.path.unwrap_or(""), &method)?;
 
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HttpError::MalformedHead)?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HttpError::MalformedHead)?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| HttpError::MalformedHead)?;
         headers.append(name, value);
     }
 
-    let hosts = headers.get_all(http::header::HOST).iter().count();
-    if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
-        return Err(HttpError::BadHost);
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(HttpError::BadHost),
+        (None, _) if version == Version::HTTP_11 => return Err(HttpError::BadHost),
+        (Some(h), None) if !valid_host(h.as_bytes()) => return Err(HttpError::BadHost),
+        _ => {}
     }
 
     let framing = framing(&headers, version)?;
@@ -272,18 +268,47 @@ fn parse(bytes: &[u8], line: &[u8], max_headers: usize) -> Result<RequestHead, H
     })
 }
 
+/// `Host` = uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986 §3.2.2); empty is allowed.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if h.first() == Some(&b'[') {
+        // IP-literal: [ IPv6 / IPvFuture ] — hex digits, ':', '.', and the IPvFuture characters.
+        let Some(end) = h.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &h[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=".contains(&b))
+        {
+            return false;
+        }
+        (&h[..0], &h[end + 1..])
+    } else {
+        match h.iter().rposition(|&b| b == b':') {
+            Some(i) => (&h[..i], &h[i..]),
+            None => (h, &h[h.len()..]),
+        }
+    };
+    let reg_name = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    reg_name && port_ok
+}
+
 /// `HTTP/2.0` and the like are well-formed but unsupported (505); anything else is malformed (400).
 fn version_error(line: &[u8]) -> HttpError {
     let last = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
     match last {
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
             HttpError::VersionNotSupported
         }
-        [b'H', b'T', b'T', b'P', b'/', major] if major.is_ascii_digit() => {
-            HttpError::VersionNotSupported
-        }
+        [b'H', b'T', b'T', b'P', b'/', major] if major.is_ascii_digit() => HttpError::VersionNotSupported,
         _ => HttpError::MalformedHead,
     }
 }
@@ -358,9 +383,9 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<BodyFraming, HttpErr
                 return Err(HttpError::BadContentLength);
             }
             // Saturate: a length beyond u64 is simply too large (413), not malformed.
-            let n = part.iter().fold(0u64, |n, &d| {
-                n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-            });
+            let n = part
+                .iter()
+                .fold(0u64, |n, &d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
             match length {
                 Some(prev) if prev != n => return Err(HttpError::BadContentLength),
                 _ => length = Some(n),
@@ -402,6 +427,10 @@ mod tests {
         let cases: &[(&[u8], u16)] = &[
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: host:port\r\n\r\n", 400),
             (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
             (b"GET / FOO\r\nHost: a\r\n\r\n", 400),
@@ -409,14 +438,29 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n folded\r\n\r\n", 400),
-            (b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-            (b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            (
+                b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
             (b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n", 400),
             (b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n", 400),
             (b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
-            (b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
-            (b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-            (b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            (
+                b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+                400,
+            ),
             (b"POST /1 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             (b"POST /1 HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
             (b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
@@ -429,11 +473,9 @@ mod tests {
 
     #[test]
     fn accepted_shapes() {
-        let h = read(
-            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\ncontent-length: 3, 3\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
+        let h = read(b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\ncontent-length: 3, 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing(), BodyFraming::Length(3));
         let h = read(b"POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n")
             .unwrap()
@@ -449,18 +491,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!h.keep_alive());
-        let h = read(b"\r\nGET http://h:1/7?x HTTP/1.1\nHost: a\n\n")
-            .unwrap()
-            .unwrap();
+        let h = read(b"\r\nGET http://h:1/7?x HTTP/1.1\nHost: a\n\n").unwrap().unwrap();
         assert_eq!((h.path(), h.query()), ("/7", Some("x")));
-        let h = read(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        for host in ["127.0.0.1:8080", "[::1]:80", "example.com", "a-b.c_d~e", "", "[v1.x]"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(read(raw.as_bytes()).unwrap().is_some(), "{host}");
+        }
+        let h = read(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.path(), "*");
+        let h = read(b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.path(), "*");
-        let h =
-            read(b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n")
-                .unwrap()
-                .unwrap();
         assert_eq!(h.framing(), BodyFraming::Length(u64::MAX));
     }
 

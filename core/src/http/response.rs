@@ -32,8 +32,7 @@ impl Response {
     /// The response to a refused request: its status, one sentence of `text/plain`, and the headers
     /// the status calls for (`Allow`, `Upgrade`, `Retry-After`, `WWW-Authenticate`).
     pub fn error(err: &HttpError) -> Self {
-        let mut r = Response::new(err.status())
-            .body("text/plain; charset=utf-8", Bytes::from(format!("{err}\n")));
+        let mut r = Response::new(err.status()).body("text/plain; charset=utf-8", Bytes::from(format!("{err}\n")));
         match err {
             HttpError::MethodNotAllowed { allow } => r = r.header("Allow", *allow),
             HttpError::UpgradeRequired => r = r.header("Upgrade", "websocket"),
@@ -132,13 +131,9 @@ mod tests {
     #[test]
     fn error_bodies_and_headers() {
         let mut out = BytesMut::new();
-        Response::error(&HttpError::MethodNotAllowed { allow: "GET, HEAD" })
-            .encode(false, &mut out);
+        Response::error(&HttpError::MethodNotAllowed { allow: "GET, HEAD" }).encode(false, &mut out);
         let text = std::str::from_utf8(&out).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
-            "{text}"
-        );
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{text}");
         assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
         assert!(text.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"));
         assert!(text.ends_with("allowed: GET, HEAD\n"));

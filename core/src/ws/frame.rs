@@ -127,14 +127,7 @@ impl FrameHeader {
 }
 
 /// Writes a frame header with the shortest length encoding.
-pub fn encode_header(
-    fin: bool,
-    rsv: u8,
-    opcode: OpCode,
-    mask: Option<[u8; 4]>,
-    len: u64,
-    out: &mut BytesMut,
-) {
+pub fn encode_header(fin: bool, rsv: u8, opcode: OpCode, mask: Option<[u8; 4]>, len: u64, out: &mut BytesMut) {
     out.reserve(MAX_HEADER_LEN);
     out.put_u8((u8::from(fin) << 7) | ((rsv & 0x07) << 4) | opcode.as_u8());
     let m = if mask.is_some() { 0x80 } else { 0 };
@@ -180,10 +173,7 @@ mod tests {
         assert_eq!(FrameHeader::decode(&[0x82]), Ok(None));
         assert_eq!(FrameHeader::decode(&[0x82, 0xfe, 0]), Ok(None));
         assert_eq!(FrameHeader::decode(&[0x82, 0x85, 1, 2, 3]), Ok(None));
-        assert_eq!(
-            FrameHeader::decode(&[0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0]),
-            Err(())
-        );
+        assert_eq!(FrameHeader::decode(&[0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0]), Err(()));
     }
 
     proptest! {

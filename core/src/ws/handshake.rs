@@ -41,23 +41,16 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Handshake, HttpError> {
         .map_err(|_| HttpError::BadHandshake("Sec-WebSocket-Key is not base64"))?
         .trim();
     if !is_base64_of_16_bytes(key) {
-        return Err(HttpError::BadHandshake(
-            "Sec-WebSocket-Key must be 16 bytes in base64",
-        ));
+        return Err(HttpError::BadHandshake("Sec-WebSocket-Key must be 16 bytes in base64"));
     }
-    Ok(Handshake {
-        key: key.to_owned(),
-    })
+    Ok(Handshake { key: key.to_owned() })
 }
 
 /// 16 bytes in base64: 22 alphabet characters, the last carrying 2 bits only, then `==`.
 fn is_base64_of_16_bytes(key: &str) -> bool {
     let b = key.as_bytes();
     let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
-    b.len() == 24
-        && b[..22].iter().all(|&c| is_b64(c))
-        && &b[22..] == b"=="
-        && b"AQgw".contains(&b[21])
+    b.len() == 24 && b[..22].iter().all(|&c| is_b64(c)) && &b[22..] == b"==" && b"AQgw".contains(&b[21])
 }
 
 impl Handshake {
@@ -92,10 +85,7 @@ mod tests {
     #[test]
     fn rfc_example_key() {
         let mut out = BytesMut::new();
-        check_upgrade(&head(GOOD))
-            .unwrap()
-            .accept()
-            .encode(false, &mut out);
+        check_upgrade(&head(GOOD)).unwrap().accept().encode(false, &mut out);
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(
             text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
@@ -105,10 +95,7 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(
-            check_upgrade(&head("")).unwrap_err(),
-            HttpError::UpgradeRequired
-        );
+        assert_eq!(check_upgrade(&head("")).unwrap_err(), HttpError::UpgradeRequired);
         for bad in [
             GOOD.replace("keep-alive, Upgrade", "keep-alive"),
             GOOD.replace("13", "8"),
@@ -118,11 +105,7 @@ mod tests {
             GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
             format!("{GOOD}Content-Length: 3\r\n"),
         ] {
-            assert_eq!(
-                check_upgrade(&head(&bad)).unwrap_err().status(),
-                400,
-                "{bad}"
-            );
+            assert_eq!(check_upgrade(&head(&bad)).unwrap_err().status(), 400, "{bad}");
         }
     }
 }

@@ -200,13 +200,7 @@ impl WsSession {
                     let (header, n) = match FrameHeader::decode(buf) {
                         Ok(Some(h)) => h,
                         Ok(None) => return,
-                        Err(()) => {
-                            return self.fail(
-                                now,
-                                CloseReason::ProtocolError("invalid frame length"),
-                                out,
-                            )
-                        }
+                        Err(()) => return self.fail(now, CloseReason::ProtocolError("invalid frame length"), out),
                     };
                     buf.advance(n);
                     match self.check_header(&header) {
@@ -229,8 +223,8 @@ impl WsSession {
                     if header.opcode.is_control() {
                         self.control.clear();
                     } else if header.opcode != OpCode::Continuation {
-                        let utf8 = (header.opcode == OpCode::Text && self.role == Role::Echo)
-                            .then(Utf8Validator::default);
+                        let utf8 =
+                            (header.opcode == OpCode::Text && self.role == Role::Echo).then(Utf8Validator::default);
                         self.message = Some(Message {
                             opcode: header.opcode,
                             len: 0,
@@ -249,9 +243,7 @@ impl WsSession {
                     remaining,
                     offset,
                 } => {
-                    let take = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
+                    let take = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
                     if take == 0 && remaining > 0 {
                         return;
                     }
@@ -299,20 +291,14 @@ impl WsSession {
                 return Err(CloseReason::ProtocolError("fragmented control frame"));
             }
             if h.len > 125 {
-                return Err(CloseReason::ProtocolError(
-                    "control frame longer than 125 bytes",
-                ));
+                return Err(CloseReason::ProtocolError("control frame longer than 125 bytes"));
             }
             return Ok(());
         }
         let so_far = match (&self.message, h.opcode) {
-            (None, OpCode::Continuation) => {
-                return Err(CloseReason::ProtocolError("continuation without a message"))
-            }
+            (None, OpCode::Continuation) => return Err(CloseReason::ProtocolError("continuation without a message")),
             (Some(_), OpCode::Text | OpCode::Binary) => {
-                return Err(CloseReason::ProtocolError(
-                    "new message inside a fragmented one",
-                ))
+                return Err(CloseReason::ProtocolError("new message inside a fragmented one"))
             }
             (Some(m), _) => m.len,
             (None, _) => 0,
@@ -346,12 +332,7 @@ impl WsSession {
         Ok(())
     }
 
-    fn end_frame(
-        &mut self,
-        now: Instant,
-        h: &FrameHeader,
-        out: &mut Outbox,
-    ) -> Result<(), CloseReason> {
+    fn end_frame(&mut self, now: Instant, h: &FrameHeader, out: &mut Outbox) -> Result<(), CloseReason> {
         match h.opcode {
             OpCode::Ping if self.phase == Phase::Open => {
                 send_frame(OpCode::Pong, self.control.split().freeze(), out);
@@ -382,11 +363,7 @@ impl WsSession {
         let payload = self.control.split().freeze();
         let code = match payload.len() {
             0 => None,
-            1 => {
-                return Err(CloseReason::ProtocolError(
-                    "close frame with a 1-byte payload",
-                ))
-            }
+            1 => return Err(CloseReason::ProtocolError("close frame with a 1-byte payload")),
             _ => {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
                 if !valid_close_code(code) {
@@ -411,11 +388,7 @@ impl WsSession {
     /// Fails the connection (RFC 6455 §7.1.7): Close with `reason` unless one was sent already,
     /// then drop everything else the peer sends.
     fn fail(&mut self, now: Instant, reason: CloseReason, out: &mut Outbox) {
-        tracing::debug!(
-            code = reason.code(),
-            reason = reason.reason(),
-            "failing websocket"
-        );
+        tracing::debug!(code = reason.code(), reason = reason.reason(), "failing websocket");
         self.close(now, reason, false, out);
         self.rx = Rx::Discard;
     }

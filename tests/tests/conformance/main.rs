@@ -1,0 +1,11 @@
+//! The black-box conformance suite: every test runs once per adapter binary (see `adapter_tests!`),
+//! against a broker instance of its own. Build the binaries first:
+//! `cargo build --workspace --bins && cargo test -p fedbroker-tests`.
+
+mod cli;
+mod delivery;
+mod http1;
+mod lifecycle;
+mod routes;
+mod status;
+mod websocket;
