@@ -11,8 +11,7 @@ use std::net::{Shutdown, TcpListener as StdListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
-use fedbroker_cli::ShutdownSignal;
+use fedbroker_cli::{Server, Transport};
 use fedbroker_core::{Broker, Session};
 use smol::channel::{Receiver, Sender};
 use smol::future::{or, FutureExt};
@@ -21,8 +20,9 @@ use smol::{Async, Executor, Timer};
 /// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `broker` on `listeners` until `signal` (SIGINT or SIGTERM), then shuts down gracefully.
-pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSignal) -> io::Result<()> {
+/// Serves `broker` on the server's listeners until its signal (SIGINT or SIGTERM), then shuts down
+/// gracefully.
+pub fn run(broker: Arc<Broker>, server: Server) -> io::Result<()> {
     let ex = Arc::new(Executor::new());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Extra executor threads run until `stop` closes; the calling thread runs `serve`.
@@ -33,7 +33,7 @@ pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSig
             std::thread::spawn(move || smol::block_on(ex.run(stopped.recv())))
         })
         .collect();
-    let result = smol::block_on(ex.run(serve(ex.clone(), broker, listeners, signal)));
+    let result = smol::block_on(ex.run(serve(ex.clone(), broker, server)));
     drop(stop);
     for w in workers {
         let _ = w.join();
@@ -41,12 +41,8 @@ pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSig
     result
 }
 
-async fn serve(
-    ex: Arc<Executor<'static>>,
-    broker: Arc<Broker>,
-    listeners: Vec<StdListener>,
-    signal: ShutdownSignal,
-) -> io::Result<()> {
+async fn serve(ex: Arc<Executor<'static>>, broker: Arc<Broker>, server: Server) -> io::Result<()> {
+    let Server { listeners, tls, signal } = server;
     // `shutdown` closes on shutdown; every connection task holds an `alive` sender, so `recv` on
     // `all_done` fails once they have all finished.
     let (shutdown_tx, shutdown) = smol::channel::bounded::<()>(1);
@@ -57,6 +53,7 @@ async fn serve(
             ex.clone(),
             l,
             broker.clone(),
+            tls.clone(),
             shutdown.clone(),
             alive.clone(),
         ))
@@ -83,6 +80,7 @@ async fn accept_loop(
     ex: Arc<Executor<'static>>,
     l: Async<StdListener>,
     broker: Arc<Broker>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: Receiver<()>,
     alive: Sender<()>,
 ) {
@@ -96,9 +94,14 @@ async fn accept_loop(
             None => return,
             Some(Ok((sock, _))) => {
                 let _ = sock.get_ref().set_nodelay(true);
-                let session = broker.accept(Instant::now());
-                ex.spawn(connection(sock, session, shutdown.clone(), alive.clone()))
-                    .detach();
+                match Transport::new(tls.as_ref()) {
+                    Ok(t) => {
+                        let s = broker.accept(Instant::now());
+                        ex.spawn(connection(sock, s, t, shutdown.clone(), alive.clone()))
+                            .detach();
+                    }
+                    Err(e) => tracing::warn!("cannot start TLS: {e}"),
+                }
             }
             Some(Err(e)) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -119,7 +122,13 @@ enum Wake {
 }
 
 /// The drive loop of one connection.
-async fn connection(sock: Async<TcpStream>, mut s: Session, shutdown: Receiver<()>, _alive: Sender<()>) {
+async fn connection(
+    sock: Async<TcpStream>,
+    mut s: Session,
+    mut t: Transport,
+    shutdown: Receiver<()>,
+    _alive: Sender<()>,
+) {
     let mut write_shut = false;
     let mut shutting_down = shutdown.is_closed();
     if shutting_down {
@@ -140,8 +149,8 @@ async fn connection(sock: Async<TcpStream>, mut s: Session, shutdown: Receiver<(
             return;
         }
         let deadline = s.poll_timeout();
-        let wants_read = s.wants_read();
-        let wants_write = s.transmit().has_remaining();
+        let wants_read = t.wants_read(&s);
+        let wants_write = t.wants_write(&mut s);
         let readable = async {
             if !wants_read {
                 pending::<()>().await;
@@ -177,7 +186,7 @@ async fn connection(sock: Async<TcpStream>, mut s: Session, shutdown: Receiver<(
         let wake = readable.or(writable).or(woke).or(timer).or(stop).await;
         let now = Instant::now();
         match wake {
-            Wake::Readable => s.read_from(now, |buf| sock.get_ref().read(buf)),
+            Wake::Readable => t.read_from(&mut s, now, |buf| sock.get_ref().read(buf)),
             Wake::Writable => {}
             Wake::Session => s.handle_wake(now),
             Wake::Timer => s.handle_timeout(now),

@@ -19,15 +19,14 @@
 //! the core.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
-use fedbroker_cli::ShutdownSignal;
+use fedbroker_cli::{Server, Transport};
 use fedbroker_core::{Broker, Session, READ_CHUNK};
 
 /// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
@@ -86,6 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// State shared by every thread of the broker.
 struct Shared {
     broker: Arc<Broker>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: AtomicBool,
     /// Drivers to wake at shutdown (dead entries are pruned as new ones come).
     drivers: Mutex<Vec<Weak<Signal>>>,
@@ -94,24 +94,34 @@ struct Shared {
     all_done: Condvar,
 }
 
-/// One connection: the session both threads use, and the reader's gate (it waits while the
-/// session does not want input: backpressure).
+/// One connection: the session and its transport, which both threads use, and the reader's gate
+/// (it waits while the session does not want input: backpressure).
 struct Conn {
-    session: Mutex<Session>,
+    io: Mutex<Io>,
     read_gate: Condvar,
     signal: Arc<Signal>,
 }
 
-/// Serves `broker` on `listeners` until `signal` (SIGINT or SIGTERM), then shuts down gracefully.
-pub fn run(broker: Arc<Broker>, listeners: Vec<TcpListener>, signal: ShutdownSignal) -> io::Result<()> {
+struct Io {
+    s: Session,
+    t: Transport,
+}
+
+/// Serves `broker` on the server's listeners until its signal (SIGINT or SIGTERM), then shuts down
+/// gracefully.
+pub fn run(broker: Arc<Broker>, server: Server) -> io::Result<()> {
+    let Server { listeners, tls, signal } = server;
     let shared = Arc::new(Shared {
         broker,
+        tls,
         shutdown: AtomicBool::new(false),
         drivers: Mutex::new(Vec::new()),
         live: Mutex::new(0),
         all_done: Condvar::new(),
     });
+    let mut addrs = Vec::new();
     for l in listeners {
+        addrs.push(l.local_addr()?);
         let shared = shared.clone();
         thread::Builder::new()
             .name("accept".into())
@@ -122,6 +132,18 @@ pub fn run(broker: Arc<Broker>, listeners: Vec<TcpListener>, signal: ShutdownSig
     shared.shutdown.store(true, Ordering::SeqCst);
     for d in lock(&shared.drivers).iter().filter_map(Weak::upgrade) {
         d.notify();
+    }
+    // A blocking accept cannot be interrupted: a connection of our own wakes each accept thread,
+    // which then sees the flag and closes its listener.
+    for mut addr in addrs {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
     }
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     let mut live = lock(&shared.live);
@@ -165,8 +187,12 @@ fn start(sock: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     let _ = sock.set_nodelay(true);
     sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let reader_sock = sock.try_clone()?;
+    let t = Transport::new(shared.tls.as_ref())?;
     let conn = Arc::new(Conn {
-        session: Mutex::new(shared.broker.accept(Instant::now())),
+        io: Mutex::new(Io {
+            s: shared.broker.accept(Instant::now()),
+            t,
+        }),
         read_gate: Condvar::new(),
         signal: Arc::new(Signal::default()),
     });
@@ -203,28 +229,33 @@ fn read_loop(conn: &Conn, mut sock: TcpStream) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         {
-            let s = lock(&conn.session);
-            let s = conn
+            let io = lock(&conn.io);
+            let io = conn
                 .read_gate
-                .wait_while(s, |s| !s.wants_read() && !s.is_closed())
+                .wait_while(io, |io| !io.t.wants_read(&io.s) && !io.s.is_closed())
                 .unwrap_or_else(|e| e.into_inner());
-            if s.is_closed() {
+            if io.s.is_closed() {
                 return;
             }
         }
         let n = sock.read(&mut buf);
-        let mut s = lock(&conn.session);
-        match n {
-            Ok(0) | Err(_) => {
-                s.handle_eof(Instant::now());
-                drop(s);
-                conn.signal.notify();
-                return;
+        let mut io = lock(&conn.io);
+        let Io { s, t } = &mut *io;
+        let open = match n {
+            Ok(n) if n > 0 => {
+                t.on_bytes(s, Instant::now(), &buf[..n]);
+                true
             }
-            Ok(n) => s.handle_input(Instant::now(), &buf[..n]),
-        }
-        drop(s);
+            _ => {
+                t.on_eof(s, Instant::now());
+                false
+            }
+        };
+        drop(io);
         conn.signal.notify();
+        if !open {
+            return;
+        }
     }
 }
 
@@ -234,7 +265,8 @@ fn drive(conn: &Conn, mut sock: &TcpStream, shared: &Shared) {
     let mut shutting_down = false;
     let mut write_shut = false;
     loop {
-        let mut s = lock(&conn.session);
+        let mut io = lock(&conn.io);
+        let Io { s, t } = &mut *io;
         let now = Instant::now();
         if !shutting_down && shared.shutdown.load(Ordering::SeqCst) {
             shutting_down = true;
@@ -244,10 +276,10 @@ fn drive(conn: &Conn, mut sock: &TcpStream, shared: &Shared) {
             s.handle_timeout(now);
         }
         s.handle_wake(now);
-        if s.write_to(now, |iov| sock.write_vectored(iov)).is_err() {
+        if t.write_to(s, now, |iov| sock.write_vectored(iov)).is_err() {
             return;
         }
-        if s.should_shutdown_write() && !write_shut {
+        if !write_shut && t.should_shutdown_write(s) {
             write_shut = true;
             // The peer sees our FIN; we keep reading until it closes too (or the linger ends).
             let _ = sock.shutdown(Shutdown::Write);
@@ -258,8 +290,8 @@ fn drive(conn: &Conn, mut sock: &TcpStream, shared: &Shared) {
         conn.read_gate.notify_one();
         let ready = s.poll_wake(&mut Context::from_waker(&waker)).is_ready();
         let deadline = s.poll_timeout();
-        let unsent = s.transmit().has_remaining();
-        drop(s);
+        let unsent = t.wants_write(s);
+        drop(io);
         if !ready && !unsent {
             conn.signal.wait(deadline);
         }

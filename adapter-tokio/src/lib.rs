@@ -6,12 +6,10 @@
 //! (`Session::read_from`, `Session::write_to`), so an idle connection holds no buffer of its own. All protocol logic is in the core.
 
 use std::io;
-use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
-use fedbroker_cli::ShutdownSignal;
+use fedbroker_cli::{Server, Transport};
 use fedbroker_core::{Broker, Session};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,20 +18,28 @@ use tokio::sync::{mpsc, watch};
 /// How long in-flight work may take after SIGINT/SIGTERM (SPEC §4).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `broker` on `listeners` until `signal` (SIGINT or SIGTERM), then shuts down gracefully.
-pub fn run(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSignal) -> io::Result<()> {
+/// Serves `broker` on the server's listeners until its signal (SIGINT or SIGTERM), then shuts down
+/// gracefully.
+pub fn run(broker: Arc<Broker>, server: Server) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(broker, listeners, signal))
+    rt.block_on(serve(broker, server))
 }
 
-async fn serve(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: ShutdownSignal) -> io::Result<()> {
+async fn serve(broker: Arc<Broker>, server: Server) -> io::Result<()> {
+    let Server { listeners, tls, signal } = server;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Every connection task holds a clone of `alive`; when all are dropped, `recv` returns None.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     for l in listeners {
         l.set_nonblocking(true)?;
         let l = TcpListener::from_std(l)?;
-        tokio::spawn(accept_loop(l, broker.clone(), shutdown_rx.clone(), alive.clone()));
+        tokio::spawn(accept_loop(
+            l,
+            broker.clone(),
+            tls.clone(),
+            shutdown_rx.clone(),
+            alive.clone(),
+        ));
     }
     drop(alive);
     let _ = tokio::task::spawn_blocking(move || signal.wait()).await;
@@ -48,6 +54,7 @@ async fn serve(broker: Arc<Broker>, listeners: Vec<StdListener>, signal: Shutdow
 async fn accept_loop(
     l: TcpListener,
     broker: Arc<Broker>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -56,7 +63,13 @@ async fn accept_loop(
             r = l.accept() => match r {
                 Ok((sock, _)) => {
                     let _ = sock.set_nodelay(true);
-                    tokio::spawn(connection(sock, broker.accept(Instant::now()), shutdown.clone(), alive.clone()));
+                    match Transport::new(tls.as_ref()) {
+                        Ok(t) => {
+                            let s = broker.accept(Instant::now());
+                            tokio::spawn(connection(sock, s, t, shutdown.clone(), alive.clone()));
+                        }
+                        Err(e) => tracing::warn!("cannot start TLS: {e}"),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -73,6 +86,7 @@ async fn accept_loop(
 async fn connection(
     mut sock: TcpStream,
     mut s: Session,
+    mut t: Transport,
     mut shutdown: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -82,10 +96,12 @@ async fn connection(
         s.handle_shutdown(Instant::now());
     }
     loop {
-        if s.write_to(Instant::now(), |iov| sock.try_write_vectored(iov)).is_err() {
+        if t.write_to(&mut s, Instant::now(), |iov| sock.try_write_vectored(iov))
+            .is_err()
+        {
             return;
         }
-        if s.should_shutdown_write() && !write_shut {
+        if !write_shut && t.should_shutdown_write(&mut s) {
             write_shut = true;
             // The peer sees our FIN; we keep reading until it closes too (or the linger ends).
             let _ = sock.shutdown().await;
@@ -94,11 +110,11 @@ async fn connection(
             return;
         }
         let deadline = s.poll_timeout().map(tokio::time::Instant::from_std);
-        let wants_read = s.wants_read();
-        let wants_write = s.transmit().has_remaining();
+        let wants_read = t.wants_read(&s);
+        let wants_write = t.wants_write(&mut s);
         tokio::select! {
             r = sock.readable(), if wants_read => match r {
-                Ok(()) => s.read_from(Instant::now(), |buf| sock.try_read(buf)),
+                Ok(()) => t.read_from(&mut s, Instant::now(), |buf| sock.try_read(buf)),
                 Err(_) => s.handle_eof(Instant::now()),
             },
             _ = sock.writable(), if wants_write => {}

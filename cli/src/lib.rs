@@ -2,6 +2,10 @@
 //! flags, the `--config` TOML file, validation with one-line errors and exit code 2, logging to
 //! stderr, binding the listeners and printing their `listening on` lines.
 //!
+//! It also holds what every adapter needs besides the core: the authorization mode and TLS
+//! settings loaded from their files, and [`Transport`], which puts TLS (rustls) between a socket
+//! and a [`fedbroker_core::Session`] the same way in every runtime.
+//!
 //! A binary's `main` is one call to [`main_with`], giving the runtime's name and a function that
 //! serves the already-bound listeners until shutdown.
 
@@ -15,9 +19,13 @@ use std::time::Duration;
 use clap::Parser;
 use std::sync::Arc;
 
+mod security;
+mod transport;
+
 pub use fedbroker_core::ws::Role;
-use fedbroker_core::{Broker, Config};
+use fedbroker_core::{Authorizer, Broker, Config, CorsPolicy};
 use serde::Deserialize;
+pub use transport::Transport;
 
 /// The flags of SPEC §8. Every value is optional here so that the config file can fill what the
 /// command line leaves out; defaults apply last.
@@ -131,7 +139,6 @@ impl OneOrMany {
 }
 
 /// Everything a binary needs to run, checked.
-#[derive(Debug, Clone)]
 pub struct Settings {
     /// Addresses to listen on.
     pub listen: Vec<SocketAddr>,
@@ -139,6 +146,21 @@ pub struct Settings {
     pub core: Config,
     /// Log filter level.
     pub log_level: tracing::Level,
+    /// Who decides requests (open, tokens file or JWT).
+    pub authorizer: Box<dyn Authorizer>,
+    /// TLS settings, when every listener speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("core", &self.core)
+            .field("log_level", &self.log_level)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Largest `--max-message-size` accepted (a message is held in memory whole).
@@ -186,56 +208,27 @@ impl Settings {
             listen.push(addr);
         }
 
-        // Security features not in this build are refused, never silently ignored.
-        let unsupported = [
-            ("--tls-cert", flags.tls_cert.is_some() || file.tls_cert.is_some()),
-            ("--tls-key", flags.tls_key.is_some() || file.tls_key.is_some()),
-            (
-                "--auth-tokens",
-                flags.auth_tokens.is_some() || file.auth_tokens.is_some(),
-            ),
-            (
-                "--auth-jwt-secret",
-                flags.auth_jwt_secret.is_some() || file.auth_jwt_secret.is_some(),
-            ),
-            (
-                "--auth-jwt-public-key",
-                flags.auth_jwt_public_key.is_some() || file.auth_jwt_public_key.is_some(),
-            ),
-            (
-                "--auth-jwt-audience",
-                flags.auth_jwt_audience.is_some() || file.auth_jwt_audience.is_some(),
-            ),
-            (
-                "--auth-jwt-issuer",
-                flags.auth_jwt_issuer.is_some() || file.auth_jwt_issuer.is_some(),
-            ),
-            (
-                "--auth-jwt-leeway",
-                flags.auth_jwt_leeway.is_some() || file.auth_jwt_leeway.is_some(),
-            ),
-            (
-                "--cors-allow-origin",
-                !flags.cors_allow_origin.is_empty() || file.cors_allow_origin.is_some(),
-            ),
-            (
-                "--stats-token",
-                flags.stats_token.is_some() || file.stats_token.is_some(),
-            ),
-        ];
-        if let Some((name, _)) = unsupported.iter().find(|(_, given)| *given) {
-            return err(format!(
-                "{name}: not supported by this version of fedbroker yet; only the open mode (loopback) is"
-            ));
-        }
+        let security = security::Security::resolve(security::Choices {
+            tls_cert: flags.tls_cert.or(file.tls_cert),
+            tls_key: flags.tls_key.or(file.tls_key),
+            auth_tokens: flags.auth_tokens.or(file.auth_tokens),
+            auth_jwt_secret: flags.auth_jwt_secret.or(file.auth_jwt_secret),
+            auth_jwt_public_key: flags.auth_jwt_public_key.or(file.auth_jwt_public_key),
+            auth_jwt_audience: flags.auth_jwt_audience.or(file.auth_jwt_audience),
+            auth_jwt_issuer: flags.auth_jwt_issuer.or(file.auth_jwt_issuer),
+            auth_jwt_leeway: flags.auth_jwt_leeway.or(file.auth_jwt_leeway),
+        })?;
 
         let allow_anonymous = flags.allow_anonymous || file.allow_anonymous.unwrap_or(false);
-        if let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback()) {
-            if !allow_anonymous {
-                return err(format!(
-                    "--listen {addr}: refusing to run without authentication on a non-loopback address \
-                     (anyone who can reach it could send and listen); pass --allow-anonymous to accept that"
-                ));
+        if security.open {
+            if let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback()) {
+                if !allow_anonymous {
+                    return err(format!(
+                        "--listen {addr}: refusing to run without authentication on a non-loopback address \
+                         (anyone who can reach it could send and listen); configure --auth-tokens or \
+                         --auth-jwt-secret/--auth-jwt-public-key, or pass --allow-anonymous to accept that"
+                    ));
+                }
             }
         }
 
@@ -279,10 +272,24 @@ impl Settings {
             ))
         })?;
 
+        let origins = if !flags.cors_allow_origin.is_empty() {
+            flags.cors_allow_origin
+        } else {
+            file.cors_allow_origin.map(OneOrMany::into_vec).unwrap_or_default()
+        };
+        core.cors = CorsPolicy::new(&origins).map_err(|e| ConfigError(format!("--cors-allow-origin {e}")))?;
+        core.stats_token = flags.stats_token.or(file.stats_token);
+        if core.stats_token.as_deref() == Some("") {
+            return err("--stats-token: must not be empty");
+        }
+        core.secure = security.tls.is_some();
+
         Ok(Settings {
             listen,
             core,
             log_level,
+            authorizer: security.authorizer,
+            tls: security.tls,
         })
     }
 }
@@ -382,7 +389,7 @@ pub fn init_logging(level: tracing::Level) {
 
 /// Binds every listen address, then prints `listening on http://ADDR` per listener to stdout.
 /// Sockets are left blocking: adapters set them as their runtime needs.
-pub fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+pub fn bind_all(addrs: &[SocketAddr], tls: bool) -> std::io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let l = TcpListener::bind(addr)
@@ -391,10 +398,22 @@ pub fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     }
     let mut out = std::io::stdout().lock();
     for l in &listeners {
-        writeln!(out, "listening on http://{}", l.local_addr()?)?;
+        let scheme = if tls { "https" } else { "http" };
+        writeln!(out, "listening on {scheme}://{}", l.local_addr()?)?;
     }
     out.flush()?;
     Ok(listeners)
+}
+
+/// What an adapter serves: the bound listeners, the TLS settings (if every listener speaks TLS),
+/// and the signal that starts the graceful shutdown.
+pub struct Server {
+    /// Bound listening sockets (blocking; adapters set them as their runtime needs).
+    pub listeners: Vec<TcpListener>,
+    /// TLS settings; build each connection's [`Transport`] with them.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// SIGINT/SIGTERM.
+    pub signal: ShutdownSignal,
 }
 
 /// SIGINT and SIGTERM, caught from before the `listening on` lines are printed, so a signal that
@@ -421,7 +440,7 @@ impl ShutdownSignal {
 pub fn main_with(
     runtime: &'static str,
     role: Role,
-    serve: impl FnOnce(Arc<Broker>, Vec<TcpListener>, ShutdownSignal) -> std::io::Result<()>,
+    serve: impl FnOnce(Arc<Broker>, Server) -> std::io::Result<()>,
 ) -> ExitCode {
     let binary = format!("fedbroker-{runtime}");
     let settings = match parse_args(std::env::args_os(), &binary) {
@@ -436,7 +455,7 @@ pub fn main_with(
             return ExitCode::from(1);
         }
     };
-    let listeners = match bind_all(&settings.listen) {
+    let listeners = match bind_all(&settings.listen, settings.tls.is_some()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{binary}: {e}");
@@ -446,9 +465,19 @@ pub fn main_with(
     tracing::info!(runtime, version = fedbroker_core::VERSION, "broker started");
     let mut core = settings.core;
     core.websocket_role = role;
-    #[allow(clippy::disallowed_methods)] // the adapter side reads the clock, never the core
     let now = std::time::Instant::now();
-    match serve(Broker::new(core, runtime, now), listeners, signal) {
+    let unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let broker = Broker::with_authorizer(core, runtime, settings.authorizer, now, unix_secs);
+    match serve(
+        broker,
+        Server {
+            listeners,
+            tls: settings.tls,
+            signal,
+        },
+    ) {
         Ok(()) => {
             tracing::info!("broker stopped");
             ExitCode::SUCCESS
@@ -490,7 +519,11 @@ mod tests {
             (&["--ping-interval", "0"], "--ping-interval"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--base-path", "/a?b"], "--base-path"),
-            (&["--stats-token", "x"], "--stats-token"),
+            (&["--stats-token", ""], "--stats-token"),
+            (&["--auth-jwt-leeway", "5"], "--auth-jwt-leeway"),
+            (&["--cors-allow-origin", "example.com"], "--cors-allow-origin"),
+            (&["--auth-tokens", "/nonexistent/tokens.toml"], "/nonexistent/tokens.toml"),
+            (&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "/nonexistent/c.pem"),
             (&["--max-message-size", "99999999999"], "--max-message-size"),
         ] {
             let e = parse(args).unwrap_err().0;

@@ -13,7 +13,7 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
 
-use crate::auth::{decision_channel, AllowAll, Authorizer, PendingDecision};
+use crate::auth::{decision_channel, token_matches, Action, AllowAll, AuthTime, Authorizer, Decision, PendingDecision};
 use crate::conn::{Connection, Event, StatsFormat};
 use crate::registry::{ListenerHandle, Pop, Registry};
 use crate::stats::{Snapshot, Stats};
@@ -32,6 +32,9 @@ pub struct Broker {
     stats: Stats,
     authorizer: Box<dyn Authorizer>,
     started: Instant,
+    /// Wall-clock time at `started`, in Unix seconds: JWT `exp`/`nbf` are checked against
+    /// `started_unix + (now - started)`.
+    started_unix: u64,
     runtime: &'static str,
 }
 
@@ -45,10 +48,11 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// An open broker (everything allowed) started at `now`; `runtime` names the adapter in the
-    /// statistics (`tokio`, `smol`, `std`).
-    pub fn new(config: Config, runtime: &'static str, now: Instant) -> Arc<Broker> {
-        Self::with_authorizer(config, runtime, AllowAll, now)
+    /// An open broker (everything allowed) started at `now`, when the wall clock read
+    /// `unix_secs` seconds since the Unix epoch; `runtime` names the adapter in the statistics
+    /// (`tokio`, `smol`, `std`).
+    pub fn new(config: Config, runtime: &'static str, now: Instant, unix_secs: u64) -> Arc<Broker> {
+        Self::with_authorizer(config, runtime, AllowAll, now, unix_secs)
     }
 
     /// A broker whose requests are decided by `authorizer`.
@@ -57,6 +61,7 @@ impl Broker {
         runtime: &'static str,
         authorizer: impl Authorizer,
         now: Instant,
+        unix_secs: u64,
     ) -> Arc<Broker> {
         let registry = Registry::new(config.queue_limit);
         Arc::new(Broker {
@@ -65,6 +70,7 @@ impl Broker {
             stats: Stats::default(),
             authorizer: Box::new(authorizer),
             started: now,
+            started_unix: unix_secs,
             runtime,
         })
     }
@@ -77,6 +83,11 @@ impl Broker {
     /// The listeners by id.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The wall-clock time at `now`, in Unix seconds.
+    pub fn unix_secs(&self, now: Instant) -> u64 {
+        self.started_unix + now.saturating_duration_since(self.started).as_secs()
     }
 
     /// The statistics at `now`.
@@ -280,7 +291,23 @@ impl Session {
             match event {
                 Event::Authorize(request) => {
                     let (reply, pending) = decision_channel();
-                    broker.authorizer.authorize(&request, now, reply);
+                    match (&broker.config.stats_token, request.action) {
+                        (Some(expected), Action::ReadStats) => {
+                            let ok = token_matches(request.token.as_deref(), expected);
+                            reply.decide(if ok {
+                                Decision::Allow { until: None }
+                            } else {
+                                Decision::Unauthenticated
+                            });
+                        }
+                        _ => {
+                            let time = AuthTime {
+                                now,
+                                unix_secs: broker.unix_secs(now),
+                            };
+                            broker.authorizer.authorize(&request, time, reply);
+                        }
+                    }
                     self.pending = Some(pending);
                 }
                 Event::Deliver { id, payload } => {

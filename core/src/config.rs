@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::cors::CorsPolicy;
 use crate::http::Limits;
 use crate::ws::Role;
 
@@ -29,6 +30,12 @@ pub struct Config {
     pub linger: Duration,
     /// Request head limits.
     pub limits: Limits,
+    /// Whether connections are TLS (the broker's own origin is then `https://` + `Host`).
+    pub secure: bool,
+    /// Origins allowed to use the broker from a browser (SPEC §6).
+    pub cors: CorsPolicy,
+    /// Token required to read the statistics (`--stats-token`); compared in constant time.
+    pub stats_token: Option<String>,
     /// What a WebSocket connection is: a listener on its id (the broker), or an echo endpoint
     /// that sends every message back (to test the codec against a conformance suite).
     pub websocket_role: Role,
@@ -46,6 +53,9 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             linger: Duration::from_secs(2),
             limits: Limits::default(),
+            secure: false,
+            cors: CorsPolicy::default(),
+            stats_token: None,
             websocket_role: Role::Listener,
         }
     }

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 
 use crate::auth::{bearer_token, Action, AuthRequest, Decision};
+use crate::cors::OriginCheck;
 use crate::http::{BodyFraming, BodyProgress, BodyReader, HeadReader, RequestHead, Response};
 use crate::route::{classify, Route};
 use crate::transmit::Outbox;
@@ -83,6 +84,8 @@ struct Request {
     body_read: bool,
     /// An HTTP/1.0 request: keep-alive must be confirmed in the response.
     http10: bool,
+    /// The allowed cross-origin `Origin` its responses must name (SPEC §6).
+    cors: Option<String>,
 }
 
 #[derive(Debug)]
@@ -507,9 +510,15 @@ impl Connection {
             started,
             body_read: !framing.has_body(),
             http10: head.version() == http::Version::HTTP_10,
+            cors: None,
         };
         if let Some(err) = self.refuse.clone() {
             return self.refuse_request(now, req, err);
+        }
+        match self.config.cors.check(&head, self.config.secure) {
+            OriginCheck::Absent | OriginCheck::SameOrigin => {}
+            OriginCheck::Allowed(origin) => req.cors = Some(origin),
+            OriginCheck::Refused => return self.refuse_request(now, req, HttpError::OriginNotAllowed),
         }
         let route = match classify(head.method(), head.path(), &self.config.base_path) {
             Ok(route) => route,
@@ -521,7 +530,16 @@ impl Connection {
                 let resp = Response::new(200).body("text/plain; charset=utf-8", Bytes::from_static(b"ok"));
                 self.respond(now, req, resp)
             }
-            Route::Options { allow } => self.respond(now, req, Response::new(204).header("Allow", allow)),
+            Route::Options { allow } => {
+                let mut resp = Response::new(204).header("Allow", allow);
+                if req.cors.is_some() && head.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD) {
+                    resp = resp
+                        .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+                        .header("Access-Control-Allow-Headers", "authorization, content-type")
+                        .header("Access-Control-Max-Age", "600");
+                }
+                self.respond(now, req, resp)
+            }
             Route::Stats | Route::Metrics => self.authorize(req, &head, Action::ReadStats, None, None),
             Route::Send(id) => {
                 let max = self.config.max_message_size;
@@ -628,6 +646,13 @@ impl Connection {
         {
             closing = true;
         }
+        let resp = match &req.cors {
+            Some(origin) => resp
+                .header("Access-Control-Allow-Origin", origin.clone())
+                .header("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
+                .header("Vary", "Origin"),
+            None => resp,
+        };
         let resp = if closing && !resp.closes() {
             resp.close()
         } else if !closing && req.http10 {

@@ -32,6 +32,8 @@ pub enum HttpError {
     Unauthorized,
     /// Credentials are valid but not for this action on this id.
     Forbidden,
+    /// The request's `Origin` is neither allowed nor the broker's own (SPEC §6).
+    OriginNotAllowed,
     /// Nobody listens on the id a message was sent to.
     NoListener(Id),
     /// No route has this path.
@@ -78,7 +80,7 @@ impl HttpError {
             MalformedHead | BadHost | InvalidId | LengthAndChunked | BadContentLength | BadTransferEncoding
             | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
             Unauthorized => 401,
-            Forbidden => 403,
+            Forbidden | OriginNotAllowed => 403,
             NoListener(_) | NotFound => 404,
             MethodNotAllowed { .. } => 405,
             Timeout => 408,
@@ -133,6 +135,7 @@ impl fmt::Display for HttpError {
             UnexpectedBody => f.write_str("a WebSocket upgrade request must not have a body"),
             Unauthorized => f.write_str("missing or invalid credentials"),
             Forbidden => f.write_str("credentials do not allow this action on this id"),
+            OriginNotAllowed => f.write_str("requests from this origin are not allowed"),
             NoListener(id) => write!(f, "no listener on id {id}"),
             NotFound => f.write_str("no such route"),
             MethodNotAllowed { allow } => write!(f, "method not allowed here; allowed: {allow}"),
@@ -227,6 +230,7 @@ mod tests {
             HttpError::UnexpectedBody,
             HttpError::Unauthorized,
             HttpError::Forbidden,
+            HttpError::OriginNotAllowed,
             HttpError::NoListener(id),
             HttpError::NotFound,
             HttpError::MethodNotAllowed { allow: "GET" },

@@ -60,7 +60,7 @@
 //! }
 //!
 //! let mut now = Instant::now(); // the adapter reads the clock, never the core
-//! let broker = Broker::new(Config::default(), "example", now);
+//! let broker = Broker::new(Config::default(), "example", now, 1_800_000_000); // and the wall clock
 //!
 //! // A listener upgrades on id 42.
 //! let mut listener = broker.accept(now);
@@ -91,6 +91,7 @@ pub mod auth;
 mod broker;
 mod config;
 mod conn;
+mod cors;
 mod error;
 pub mod http;
 mod id;
@@ -100,10 +101,11 @@ mod stats;
 mod transmit;
 pub mod ws;
 
-pub use auth::{Action, AllowAll, AuthReply, AuthRequest, Authorizer, Decision};
+pub use auth::{Action, AllowAll, AuthReply, AuthRequest, AuthTime, Authorizer, Decision};
 pub use broker::{Broker, Session, READ_CHUNK};
 pub use config::Config;
 pub use conn::{Connection, Event, StatsFormat, HIGH_WATER};
+pub use cors::{CorsPolicy, OriginCheck};
 pub use error::{CloseReason, HttpError};
 pub use id::Id;
 pub use registry::{DeliveryError, ListenerHandle, Pop, Registry};

@@ -5,6 +5,14 @@
 //! [`crate::Connection::handle_decision`]; [`crate::Session`] asks the broker's [`Authorizer`]
 //! and passes it an [`AuthReply`] to answer through, now or from another task or thread.
 
+mod idset;
+mod jwt;
+mod tokens;
+
+pub use idset::IdSet;
+pub use jwt::{JwtAuthorizer, JwtOptions, MIN_HMAC_SECRET};
+pub use tokens::{StaticTokens, TokenSpec, TokensFile};
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -66,11 +74,46 @@ pub enum Decision {
     Unavailable,
 }
 
+/// When a decision is made: the monotonic instant (for deadlines such as a token's expiry) and
+/// the wall-clock time in Unix seconds (for `exp`/`nbf`), both given by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthTime {
+    /// The caller's `now`.
+    pub now: Instant,
+    /// Seconds since the Unix epoch at `now`.
+    pub unix_secs: u64,
+}
+
 /// Decides requests. An implementation that must ask a remote service moves the [`AuthReply`] to
 /// wherever the answer arrives and calls [`AuthReply::decide`] there; the core never blocks on it.
+///
+/// ```
+/// use fedbroker_core::{Action, AuthReply, AuthRequest, AuthTime, Authorizer, Decision};
+///
+/// /// Lets anyone send, but only to even ids, and nobody listen; a real one might ask a
+/// /// remote service from another task and call `reply.decide` when the answer arrives.
+/// struct EvenIdsOnly;
+///
+/// impl Authorizer for EvenIdsOnly {
+///     fn authorize(&self, request: &AuthRequest, _time: AuthTime, reply: AuthReply) {
+///         let decision = match (request.action, request.id) {
+///             (Action::Send, Some(id)) if id.get() % 2 == 0 => Decision::Allow { until: None },
+///             (Action::ReadStats, _) => Decision::Allow { until: None },
+///             _ => Decision::Forbidden,
+///         };
+///         reply.decide(decision);
+///     }
+/// }
+/// ```
 pub trait Authorizer: Send + Sync + 'static {
-    /// Decides `request` at `now`, through `reply` (now or later).
-    fn authorize(&self, request: &AuthRequest, now: Instant, reply: AuthReply);
+    /// Decides `request` at `time`, through `reply` (now or later).
+    fn authorize(&self, request: &AuthRequest, time: AuthTime, reply: AuthReply);
+}
+
+impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
+    fn authorize(&self, request: &AuthRequest, time: AuthTime, reply: AuthReply) {
+        (**self).authorize(request, time, reply)
+    }
 }
 
 /// Allows everything: the open mode of SPEC §5.
@@ -78,9 +121,20 @@ pub trait Authorizer: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &AuthRequest, _: Instant, reply: AuthReply) {
+    fn authorize(&self, _: &AuthRequest, _: AuthTime, reply: AuthReply) {
         reply.decide(Decision::Allow { until: None });
     }
+}
+
+/// Whether `presented` equals `expected`, in time that depends on neither (both are hashed
+/// first, so not even the length leaks).
+pub fn token_matches(presented: Option<&str>, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(p) = presented else { return false };
+    let a: [u8; 32] = Sha256::digest(p.as_bytes()).into();
+    let b: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    a.ct_eq(&b).into()
 }
 
 /// The way back for one decision. Dropping it undecided answers [`Decision::Unavailable`].
