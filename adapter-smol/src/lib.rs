@@ -135,12 +135,12 @@ async fn connection(
         s.handle_shutdown(Instant::now());
     }
     loop {
-        if s.write_to(Instant::now(), |iov| sock.get_ref().write_vectored(iov))
+        if t.write_to(&mut s, Instant::now(), |iov| sock.get_ref().write_vectored(iov))
             .is_err()
         {
             return;
         }
-        if s.should_shutdown_write() && !write_shut {
+        if !write_shut && t.should_shutdown_write(&mut s) {
             write_shut = true;
             // The peer sees our FIN; we keep reading until it closes too (or the linger ends).
             let _ = sock.get_ref().shutdown(Shutdown::Write);

@@ -45,10 +45,10 @@ pub struct Flags {
     #[arg(long, value_name = "P")]
     pub base_path: Option<String>,
     /// TLS certificate chain (PEM).
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    #[arg(long, value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    #[arg(long, value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
     /// Allow the open mode (no authentication) on non-loopback addresses.
     #[arg(long)]
@@ -522,8 +522,14 @@ mod tests {
             (&["--stats-token", ""], "--stats-token"),
             (&["--auth-jwt-leeway", "5"], "--auth-jwt-leeway"),
             (&["--cors-allow-origin", "example.com"], "--cors-allow-origin"),
-            (&["--auth-tokens", "/nonexistent/tokens.toml"], "/nonexistent/tokens.toml"),
-            (&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "/nonexistent/c.pem"),
+            (
+                &["--auth-tokens", "/nonexistent/tokens.toml"],
+                "/nonexistent/tokens.toml",
+            ),
+            (
+                &["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"],
+                "/nonexistent/c.pem",
+            ),
             (&["--max-message-size", "99999999999"], "--max-message-size"),
         ] {
             let e = parse(args).unwrap_err().0;

@@ -100,12 +100,12 @@ impl Broker {
     }
 
     /// A session for a connection accepted at `now`. Over `max_connections`, the session answers
-    /// its first request with `503` and closes.
+    /// `503` at once and closes.
     pub fn accept(self: &Arc<Self>, now: Instant) -> Session {
         let open = self.stats.connection_opened();
         let mut conn = Connection::new(self.config.clone(), now);
         if open > self.config.max_connections as u64 {
-            conn.refuse_all(HttpError::TooManyConnections);
+            conn.refuse_all(now, HttpError::TooManyConnections);
         }
         Session {
             broker: self.clone(),

@@ -128,7 +128,6 @@ pub struct Connection {
     /// When an idle connection closes during shutdown: a request that was already on its way
     /// when shutdown began is still served until then.
     shutdown_close_at: Option<Instant>,
-    refuse: Option<HttpError>,
     served: u64,
     idle_since: Instant,
     request_start: Option<Instant>,
@@ -148,17 +147,17 @@ impl Connection {
             eof: false,
             shutting_down: false,
             shutdown_close_at: None,
-            refuse: None,
             served: 0,
             idle_since: now,
             request_start: None,
         }
     }
 
-    /// Answers the first request with `err` (and closes), whatever it asks: for connections over
-    /// the limit, which still get a proper response once their request head has arrived.
-    pub fn refuse_all(&mut self, err: HttpError) {
-        self.refuse = Some(err);
+    /// Answers with `err` at once and closes, whatever the peer sends: for connections over the
+    /// limit. What the peer sends meanwhile is read and dropped (the linger), so it reads the
+    /// response rather than a reset.
+    pub fn refuse_all(&mut self, now: Instant, err: HttpError) {
+        self.fail(now, err);
     }
 
     // ---- inputs ------------------------------------------------------------------------------
@@ -220,9 +219,14 @@ impl Connection {
                     _ => {}
                 }
             }
-            State::Body(_, _, started) => {
+            State::Body(req, _, started) => {
                 if now >= *started + timeout {
-                    self.fail(now, HttpError::Timeout);
+                    if req.is_some() {
+                        self.fail(now, HttpError::Timeout);
+                    } else {
+                        // Discarding the body of a request already answered: no second response.
+                        self.close(now);
+                    }
                 }
             }
             State::Waiting(req, _) => {
@@ -471,6 +475,12 @@ impl Connection {
                             self.state = State::Waiting(req, Wait::Deliver);
                         }
                     },
+                    // A body being discarded belongs to a request already answered: a second
+                    // response would desynchronise the client, so the connection just closes.
+                    Err(e) if req.is_none() => {
+                        tracing::debug!("closing connection: discarded body was bad: {e}");
+                        self.close(now);
+                    }
                     Err(e) => self.fail(now, e),
                 },
                 State::Waiting(..) => return,
@@ -512,9 +522,6 @@ impl Connection {
             http10: head.version() == http::Version::HTTP_10,
             cors: None,
         };
-        if let Some(err) = self.refuse.clone() {
-            return self.refuse_request(now, req, err);
-        }
         match self.config.cors.check(&head, self.config.secure) {
             OriginCheck::Absent | OriginCheck::SameOrigin => {}
             OriginCheck::Allowed(origin) => req.cors = Some(origin),

@@ -14,6 +14,8 @@ pub enum HttpError {
     MalformedHead,
     /// An HTTP/1.1 request without a `Host` header, or with several.
     BadHost,
+    /// A `Host` header whose value is not `host[:port]`.
+    InvalidHost,
     /// The path names an id that is not canonical or out of range.
     InvalidId,
     /// Both `Content-Length` and `Transfer-Encoding` are present (a smuggling shape).
@@ -62,8 +64,6 @@ pub enum HttpError {
     QueueFull(Id),
     /// The broker is at its connection limit.
     TooManyConnections,
-    /// The broker is shutting down.
-    ShuttingDown,
     /// The authorizer could not decide (for example, a remote service it asks failed).
     AuthUnavailable,
     /// The authorizer or router did not answer within the request timeout.
@@ -77,8 +77,8 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         use HttpError::*;
         match self {
-            MalformedHead | BadHost | InvalidId | LengthAndChunked | BadContentLength | BadTransferEncoding
-            | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
+            MalformedHead | BadHost | InvalidHost | InvalidId | LengthAndChunked | BadContentLength
+            | BadTransferEncoding | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
             Unauthorized => 401,
             Forbidden | OriginNotAllowed => 403,
             NoListener(_) | NotFound => 404,
@@ -89,7 +89,7 @@ impl HttpError {
             ExpectationFailed => 417,
             UpgradeRequired => 426,
             HeadTooLarge => 431,
-            QueueFull(_) | TooManyConnections | ShuttingDown | AuthUnavailable | DecisionTimeout => 503,
+            QueueFull(_) | TooManyConnections | AuthUnavailable | DecisionTimeout => 503,
             VersionNotSupported => 505,
         }
     }
@@ -102,6 +102,7 @@ impl HttpError {
             self,
             MalformedHead
                 | BadHost
+                | InvalidHost
                 | LengthAndChunked
                 | BadContentLength
                 | BadTransferEncoding
@@ -111,7 +112,6 @@ impl HttpError {
                 | UriTooLong
                 | HeadTooLarge
                 | TooManyConnections
-                | ShuttingDown
                 | DecisionTimeout
                 | VersionNotSupported
         )
@@ -124,6 +124,7 @@ impl fmt::Display for HttpError {
         match self {
             MalformedHead => f.write_str("malformed request line or header"),
             BadHost => f.write_str("an HTTP/1.1 request needs exactly one Host header"),
+            InvalidHost => f.write_str("invalid Host header: expected host[:port]"),
             InvalidId => {
                 f.write_str("invalid id: expected a decimal number from 1 to 2147483647 without sign or leading zero")
             }
@@ -147,7 +148,6 @@ impl fmt::Display for HttpError {
             ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             QueueFull(id) => write!(f, "the listener on id {id} is not keeping up; retry later"),
             TooManyConnections => f.write_str("the broker is at its connection limit; retry later"),
-            ShuttingDown => f.write_str("the broker is shutting down"),
             AuthUnavailable => f.write_str("authorization is unavailable; retry later"),
             DecisionTimeout => f.write_str("the request could not be decided in time; retry later"),
             VersionNotSupported => f.write_str("only HTTP/1.0 and HTTP/1.1 are supported"),
@@ -177,6 +177,8 @@ pub enum CloseReason {
     MessageTooBig,
     /// Another connection became the listener of this id.
     Replaced,
+    /// The peer sent nothing, not even a pong, for two ping intervals.
+    PingTimeout,
     /// The credentials the listener connected with have expired.
     TokenExpired,
 }
@@ -192,6 +194,7 @@ impl CloseReason {
             CloseReason::InvalidPayload => 1007,
             CloseReason::MessageTooBig => 1009,
             CloseReason::Replaced => 4000,
+            CloseReason::PingTimeout => 1001,
             CloseReason::TokenExpired => 4001,
         }
     }
@@ -206,6 +209,7 @@ impl CloseReason {
             CloseReason::InvalidPayload => "invalid UTF-8",
             CloseReason::MessageTooBig => "message too big",
             CloseReason::Replaced => "replaced",
+            CloseReason::PingTimeout => "ping timeout",
             CloseReason::TokenExpired => "token expired",
         }
     }
@@ -221,6 +225,7 @@ mod tests {
         let all = [
             HttpError::MalformedHead,
             HttpError::BadHost,
+            HttpError::InvalidHost,
             HttpError::InvalidId,
             HttpError::LengthAndChunked,
             HttpError::BadContentLength,
@@ -242,7 +247,6 @@ mod tests {
             HttpError::ExpectationFailed,
             HttpError::QueueFull(id),
             HttpError::TooManyConnections,
-            HttpError::ShuttingDown,
             HttpError::AuthUnavailable,
             HttpError::DecisionTimeout,
             HttpError::VersionNotSupported,

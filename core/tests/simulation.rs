@@ -126,11 +126,16 @@ fn pings_keep_live_listeners_and_drop_silent_ones() {
         }
         for l in &mut silent {
             let frames = l.frames(&clock);
-            if interval == 1 {
-                assert_eq!(frames, vec![(OpCode::Ping, vec![])]);
-            } else {
-                // Two intervals without a byte: dropped without a word, and no longer listening.
-                assert!(frames.is_empty(), "{frames:?}");
+            match interval {
+                1 => assert_eq!(frames, vec![(OpCode::Ping, vec![])]),
+                // Two intervals without a byte: dropped with a Close saying why, no longer listening.
+                2 => {
+                    assert_eq!(frames.len(), 1, "{frames:?}");
+                    assert_eq!(frames[0].0, OpCode::Close);
+                    assert_eq!(close_code(&frames[0].1), 1001);
+                    assert_eq!(&frames[0].1[2..], b"ping timeout");
+                }
+                _ => assert!(frames.is_empty(), "{frames:?}"),
             }
         }
     }
@@ -316,4 +321,40 @@ fn listener_protocol_errors_get_their_close_codes() {
     assert_eq!(l.frames(&clock), vec![(OpCode::Close, 1000u16.to_be_bytes().to_vec())]);
     assert!(l.session.should_shutdown_write());
     assert!(!broker.registry().is_listened(fedbroker_core::Id::new(1).unwrap()));
+}
+
+#[test]
+fn one_response_per_request_even_when_a_discarded_body_is_bad() {
+    let clock = Clock::new();
+    let broker = Broker::new(config(), "sim", clock.0, 1_800_000_000);
+    let mut s = broker.accept(clock.0);
+    // Refused early (invalid id), then its chunked body turns out malformed: no second answer.
+    s.handle_input(
+        clock.0,
+        b"POST /abc HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    );
+    let rs = responses(&drain(&mut s, clock.0));
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    assert_eq!(rs[0].0, 400);
+    assert!(s.should_shutdown_write());
+}
+
+#[test]
+fn over_the_connection_limit_answers_503_at_once() {
+    let clock = Clock::new();
+    let mut c = config();
+    c.max_connections = 2;
+    let broker = Broker::new(c, "sim", clock.0, 1_800_000_000);
+    let _a = broker.accept(clock.0);
+    let _b = broker.accept(clock.0);
+    let mut refused = broker.accept(clock.0);
+    let rs = responses(&drain(&mut refused, clock.0));
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].0, 503);
+    assert!(rs[0].1.contains(&("retry-after".into(), "1".into())));
+    // Its request, if it sends one, is read and dropped until it closes.
+    refused.handle_input(clock.0, b"GET / HTTP/1.1\r\nHost: sim\r\n\r\n");
+    assert!(drain(&mut refused, clock.0).is_empty());
+    refused.handle_eof(clock.0);
+    assert!(refused.is_closed());
 }

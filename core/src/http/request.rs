@@ -227,7 +227,7 @@ fn parse(bytes: &[u8], line: &[u8], max_headers: usize) -> Result<RequestHead, H
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(HttpError::BadHost),
         (None, _) if version == Version::HTTP_11 => return Err(HttpError::BadHost),
-        (Some(h), None) if !valid_host(h.as_bytes()) => return Err(HttpError::BadHost),
+        (Some(h), None) if !valid_host(h.as_bytes()) => return Err(HttpError::InvalidHost),
         _ => {}
     }
 

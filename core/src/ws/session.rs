@@ -167,9 +167,10 @@ impl WsSession {
         match self.phase {
             Phase::Open => {
                 if now >= self.idle_deadline() {
+                    // Said with a Close frame (never a silent drop), without waiting for an answer
+                    // from a peer that has stopped answering.
                     tracing::debug!("websocket peer silent for two ping intervals: dropping");
-                    self.phase = Phase::Finished;
-                    self.rx = Rx::Discard;
+                    self.close(now, CloseReason::PingTimeout, false, out);
                     return;
                 }
                 if now >= self.next_ping {
