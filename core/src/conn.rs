@@ -488,6 +488,10 @@ impl Connection {
                     if !self.inbuf.is_empty() {
                         ws.handle_input(now, &mut self.inbuf, &mut self.out);
                     }
+                    if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+                        // A listener mostly waits: it keeps no input buffer while idle.
+                        self.inbuf = BytesMut::new();
+                    }
                     if ws.is_finished() || self.eof {
                         self.close(now);
                     }

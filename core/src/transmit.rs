@@ -17,8 +17,8 @@ pub struct Outbox {
     arena: BytesMut,
 }
 
-/// Scratch block size for headers and small responses.
-const ARENA_BLOCK: usize = 4096;
+/// Scratch block size for headers and small responses (a larger piece grows its block).
+const ARENA_BLOCK: usize = 1024;
 
 impl Outbox {
     /// An empty outbox.
@@ -89,6 +89,12 @@ impl Buf for Outbox {
     fn advance(&mut self, mut cnt: usize) {
         assert!(cnt <= self.len, "advance past the end of the outbox");
         self.len -= cnt;
+        if self.len == 0 {
+            // Everything is written: an idle connection keeps no scratch block.
+            self.segments.clear();
+            self.arena = BytesMut::new();
+            return;
+        }
         while cnt > 0 {
             let Some(front) = self.segments.front_mut() else {
                 break;
