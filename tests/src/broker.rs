@@ -5,18 +5,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::http::{Conn, Response};
+use crate::tls::TestCert;
 use crate::ws::{Listener, RawWs};
 use crate::Adapter;
 
 /// How long a broker may take to print its `listening on` lines, or a CLI run to exit.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Prefix of the line printed per listen address (SPEC §8).
-const LISTENING_PREFIX: &str = "listening on http://";
+/// Prefix of the line printed per listen address (SPEC §8), before the scheme.
+const LISTENING_PREFIX: &str = "listening on ";
 
 /// A scratch directory removed on drop (config files, captured stderr).
 pub struct TempDir {
@@ -38,10 +39,15 @@ impl TempDir {
     }
 
     /// Writes `contents` to `name` inside the directory and returns its path.
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path.join(name);
         std::fs::write(&path, contents).expect("write temp file");
         path
+    }
+
+    /// As [`TempDir::write`], returning the path as a `String` (for argument lists).
+    pub fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
+        self.write(name, contents).display().to_string()
     }
 
     /// The directory itself.
@@ -68,6 +74,9 @@ pub struct BrokerBuilder {
     args: Vec<String>,
     config: Option<String>,
     listeners: Option<usize>,
+    /// `(flag, file name, contents)`: written to the broker's scratch directory, passed as `flag PATH`.
+    files: Vec<(String, String, Vec<u8>)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl BrokerBuilder {
@@ -83,6 +92,29 @@ impl BrokerBuilder {
         self
     }
 
+    /// Writes `contents` to a file `name` in the broker's scratch directory and passes `flag PATH`
+    /// (`--auth-tokens`, `--auth-jwt-secret`, …).
+    pub fn file_arg(mut self, flag: &str, name: &str, contents: impl AsRef<[u8]>) -> Self {
+        self.files
+            .push((flag.to_string(), name.to_string(), contents.as_ref().to_vec()));
+        self
+    }
+
+    /// Serves TLS with `cert` (`--tls-cert`/`--tls-key`): the broker must print `https://` lines,
+    /// and [`Broker::connect`], [`Broker::listen`] and friends then speak TLS, trusting `cert`.
+    pub fn tls(self, cert: &TestCert) -> Self {
+        self.file_arg("--tls-cert", "cert.pem", cert.cert_pem())
+            .file_arg("--tls-key", "key.pem", cert.key_pem())
+            .expect_tls(cert)
+    }
+
+    /// Expects TLS with `cert` configured some other way (a config file): `https://` lines, and
+    /// TLS clients trusting `cert`.
+    pub fn expect_tls(mut self, cert: &TestCert) -> Self {
+        self.tls = Some(cert.client_config());
+        self
+    }
+
     /// How many `listening on` lines to wait for, when the listen addresses come from the config file.
     /// Without it: one per `--listen`, and `--listen 127.0.0.1:0` is added when there is none.
     pub fn expect_listeners(mut self, count: usize) -> Self {
@@ -94,6 +126,10 @@ impl BrokerBuilder {
     pub fn start(self) -> Broker {
         let dir = TempDir::new();
         let mut args = self.args;
+        for (flag, name, contents) in &self.files {
+            args.push(flag.clone());
+            args.push(dir.file(name, contents));
+        }
         if let Some(toml) = &self.config {
             let path = dir.write("config.toml", toml);
             args.push("--config".into());
@@ -133,8 +169,10 @@ impl BrokerBuilder {
             }
         });
 
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut broker = Broker {
             adapter: self.adapter,
+            tls: self.tls,
             child,
             addrs: Vec::new(),
             stdout_lines: Vec::new(),
@@ -158,7 +196,14 @@ impl BrokerBuilder {
                     );
                 }
             };
-            if let Some(addr) = line.trim_end().strip_prefix(LISTENING_PREFIX) {
+            if let Some(url) = line.trim_end().strip_prefix(LISTENING_PREFIX) {
+                let addr = url.strip_prefix(scheme).and_then(|rest| rest.strip_prefix("://"));
+                let addr = addr.unwrap_or_else(|| {
+                    panic!(
+                        "stdout line {line:?} should announce a {scheme}:// URL (SPEC §8)\nstderr:\n{}",
+                        broker.stderr()
+                    )
+                });
                 let addr = addr
                     .parse()
                     .unwrap_or_else(|e| panic!("bad address in stdout line {line:?}: {e}"));
@@ -174,6 +219,8 @@ impl BrokerBuilder {
 /// captured output shows what the broker logged.
 pub struct Broker {
     adapter: Adapter,
+    /// The client configuration when the broker serves TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
     child: Child,
     addrs: Vec<SocketAddr>,
     stdout_lines: Vec<String>,
@@ -195,6 +242,8 @@ impl Broker {
             args: Vec::new(),
             config: None,
             listeners: None,
+            files: Vec::new(),
+            tls: None,
         }
     }
 
@@ -225,14 +274,36 @@ impl Broker {
             .unwrap_or_default()
     }
 
-    /// A new HTTP connection to the first listen address.
+    /// A new HTTP connection to the first listen address (over TLS when the broker serves TLS).
     pub fn connect(&self) -> Conn {
-        Conn::connect(self.addr())
+        match &self.tls {
+            None => Conn::connect(self.addr()),
+            Some(config) => Conn::connect_tls(self.addr(), config.clone()),
+        }
+    }
+
+    /// The client TLS configuration trusting this broker's certificate, when it serves TLS.
+    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     /// The `Host` header value for this broker (`127.0.0.1:port`).
     pub fn host(&self) -> String {
         self.addr().to_string()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The broker's own origin as a browser sends it (SPEC §6): scheme + `Host`.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme(), self.host())
     }
 
     /// Sends raw bytes on a new connection and reads one response.
@@ -264,14 +335,29 @@ impl Broker {
         self.connect().post(&format!("/{id}"), body)
     }
 
-    /// A tungstenite listener on `/{id}`.
+    /// A tungstenite listener on `/{id}` (`wss://` when the broker serves TLS).
+    #[track_caller]
     pub fn listen(&self, id: u32) -> Listener {
-        Listener::connect(self.addr(), &format!("/{id}"))
+        self.listen_with(&format!("/{id}"), &[])
+    }
+
+    /// A tungstenite listener on `path` (which may carry a query, e.g. `?token=`), sending the extra
+    /// request `headers`; panics unless the broker answers `101`.
+    #[track_caller]
+    pub fn listen_with(&self, path: &str, headers: &[(&str, &str)]) -> Listener {
+        self.try_listen_with(path, headers)
+            .unwrap_or_else(|e| panic!("listen on {}{path} failed: {e}", self.addr()))
+    }
+
+    /// As [`Broker::listen_with`], returning the handshake error as text.
+    pub fn try_listen_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<Listener, String> {
+        Listener::try_connect_with(self.addr(), path, headers, self.tls.clone())
     }
 
     /// A raw-frame WebSocket connection on `/{id}`.
+    #[track_caller]
     pub fn listen_raw(&self, id: u32) -> RawWs {
-        RawWs::connect(self.addr(), &format!("/{id}"))
+        RawWs::upgrade(self.connect(), &format!("/{id}"))
     }
 
     /// `GET /` as parsed JSON, after checking status and content type.

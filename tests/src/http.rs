@@ -1,4 +1,4 @@
-//! A small, strict HTTP/1.1 client over `std::net::TcpStream`: the suite's oracle for §3.
+//! A small, strict HTTP/1.1 client over a TCP socket, plain or TLS: the suite's oracle for §3.
 //!
 //! It writes whatever bytes a test wants and reads responses one at a time from a buffered stream, so
 //! keep-alive and pipelining are observable. Every read is bounded by the connection's read timeout.
@@ -6,7 +6,10 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::tls;
 
 /// Default bound on every connect, read and write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,11 +151,19 @@ impl fmt::Debug for Response {
     }
 }
 
-/// One client connection: a socket plus the bytes read but not yet consumed.
+/// A byte stream a [`Conn`] or a [`crate::Listener`] runs over: a `TcpStream`, or TLS over one.
+pub trait Stream: Read + Write + Send {}
+
+impl<T: Read + Write + Send> Stream for T {}
+
+/// One client connection: a byte stream (plain or TLS) plus the bytes read but not yet consumed.
 pub struct Conn {
-    stream: TcpStream,
+    io: Box<dyn Stream>,
+    /// The socket under `io`, for timeouts and shutdown.
+    socket: TcpStream,
     buf: Vec<u8>,
     host: String,
+    tls: Option<tls::TlsInfo>,
 }
 
 impl Conn {
@@ -167,11 +178,41 @@ impl Conn {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
+        let socket = stream.try_clone()?;
         Ok(Conn {
-            stream,
+            io: Box::new(stream),
+            socket,
             buf: Vec::new(),
             host: addr.to_string(),
+            tls: None,
         })
+    }
+
+    /// Connects to `addr` over TLS with `config` (handshake completed); panics on failure.
+    pub fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Conn {
+        Conn::try_connect_tls(addr, config).unwrap_or_else(|e| panic!("cannot connect over TLS to {addr}: {e}"))
+    }
+
+    /// As [`Conn::connect_tls`], returning the error (a refused handshake included).
+    pub fn try_connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> io::Result<Conn> {
+        let (stream, socket, info) = tls::connect_tls(addr, config)?;
+        Ok(Conn {
+            io: Box::new(stream),
+            socket,
+            buf: Vec::new(),
+            host: addr.to_string(),
+            tls: Some(info),
+        })
+    }
+
+    /// The TLS version negotiated, `None` on a plain connection.
+    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.tls.as_ref().map(|info| info.version)
+    }
+
+    /// What the TLS handshake negotiated, `None` on a plain connection.
+    pub fn tls_info(&self) -> Option<&tls::TlsInfo> {
+        self.tls.as_ref()
     }
 
     /// The `Host` value requests built by this connection carry (`127.0.0.1:port`, `[::1]:port`).
@@ -179,14 +220,14 @@ impl Conn {
         &self.host
     }
 
-    /// The underlying socket (for timeouts or shutdown).
+    /// The underlying socket (for timeouts or shutdown; with TLS, writing to it bypasses TLS).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        &self.socket
     }
 
     /// Changes the bound on each read.
     pub fn set_read_timeout(&self, timeout: Duration) {
-        self.stream.set_read_timeout(Some(timeout)).expect("set_read_timeout");
+        self.socket.set_read_timeout(Some(timeout)).expect("set_read_timeout");
     }
 
     /// Writes all of `bytes`; panics on error.
@@ -199,8 +240,8 @@ impl Conn {
 
     /// Writes all of `bytes`.
     pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
+        self.io.write_all(bytes)?;
+        self.io.flush()
     }
 
     /// Builds `METHOD path HTTP/1.1` with `Host` (this connection's address), the given `headers`,
@@ -373,11 +414,25 @@ impl Conn {
         !matches!(result, Err(ReadError::Timeout))
     }
 
+    /// Reads until the connection ends or a read times out; returns every byte received (buffered
+    /// ones included) and how reading stopped (an `Eof`'s `partial` counts the bytes returned).
+    pub fn read_until_closed(&mut self) -> (Vec<u8>, ReadError) {
+        loop {
+            if let Err(e) = self.fill() {
+                return (std::mem::take(&mut self.buf), e);
+            }
+        }
+    }
+
     /// One `read` into the buffer; EOF and errors become [`ReadError`]s.
     fn fill(&mut self) -> Result<(), ReadError> {
         let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
+        match self.io.read(&mut chunk) {
             Ok(0) => Err(ReadError::Eof {
+                partial: self.buf.len(),
+            }),
+            // rustls: the peer closed TCP without `close_notify`; for these tests, a close like any other.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ReadError::Eof {
                 partial: self.buf.len(),
             }),
             Ok(n) => {

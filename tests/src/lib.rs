@@ -1,4 +1,4 @@
-//! Black-box conformance harness for the fedbroker adapter binaries (SPEC §2–§4, §7, §8).
+//! Black-box conformance harness for the fedbroker adapter binaries (SPEC §2–§8).
 //!
 //! Every test starts the real broker binary as a child process ([`Broker`]) and drives it over
 //! loopback sockets only, with:
@@ -6,7 +6,9 @@
 //!   arbitrary bytes and to read pipelined responses one by one;
 //! - [`Listener`]: a tungstenite WebSocket client, the well-behaved listener;
 //! - [`RawWs`] and [`Frame`]: raw WebSocket frames, to send what no library would (unmasked frames,
-//!   reserved bits, oversize control frames) and to read the server's close codes.
+//!   reserved bits, oversize control frames) and to read the server's close codes;
+//! - [`TestCert`]: a throwaway certificate; a broker started with [`BrokerBuilder::tls`] is then
+//!   reached over TLS (`https://`, `wss://`) by all of the above.
 //!
 //! Tests are written once inside [`adapter_tests!`], which generates one `#[test]` per adapter, so a
 //! failure names the binary that failed (`…::adapters::tokio::name`).
@@ -22,12 +24,14 @@ mod adapter;
 mod broker;
 mod data;
 mod http;
+mod tls;
 mod ws;
 
 pub use adapter::Adapter;
 pub use broker::{run_cli, Broker, BrokerBuilder, CliOutput, TempDir};
 pub use data::random_bytes;
-pub use http::{Conn, ReadError, Response, IO_TIMEOUT};
+pub use http::{Conn, ReadError, Response, Stream, IO_TIMEOUT};
+pub use tls::{connect_tls, TestCert, TlsInfo, TlsStream};
 pub use ws::{opcode, Frame, Listener, RawWs, UPGRADE_HEADERS, WS_ACCEPT, WS_KEY};
 
 /// Polls `probe` every 20 ms until it returns `Some`, for at most `timeout`; panics naming `what`.

@@ -1,11 +1,15 @@
 //! WebSocket clients: a tungstenite [`Listener`] that behaves, and [`RawWs`] frames that may not.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::{Message, WebSocket};
 
-use crate::http::{Conn, ReadError, IO_TIMEOUT};
+use crate::http::{Conn, ReadError, Stream, IO_TIMEOUT};
+use crate::tls;
 
 /// The RFC 6455 §1.3 sample key, so the expected accept value is a constant.
 pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -36,9 +40,12 @@ pub mod opcode {
     pub const PONG: u8 = 0xA;
 }
 
-/// A well-behaved listener (tungstenite): answers pings, honours the close handshake.
+/// A well-behaved listener (tungstenite): answers pings, honours the close handshake. Over plain
+/// TCP (`ws://`) or TLS (`wss://`).
 pub struct Listener {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Box<dyn Stream>>,
+    /// The socket under `ws`, for timeouts.
+    socket: TcpStream,
 }
 
 impl Listener {
@@ -50,13 +57,53 @@ impl Listener {
 
     /// As [`Listener::connect`], returning the handshake error as text.
     pub fn try_connect(addr: SocketAddr, path: &str) -> Result<Listener, String> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let url = format!("ws://{addr}{path}");
-        let (ws, _response) = tungstenite::client::client(url.as_str(), stream).map_err(|e| e.to_string())?;
-        Ok(Listener { ws })
+        Listener::try_connect_with(addr, path, &[], None)
+    }
+
+    /// Upgrades `GET path` on `addr` with extra request `headers` (`Authorization`, `Origin`), over
+    /// TLS when `tls` is given; returns the handshake error as text (with the status for a refusal).
+    pub fn try_connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Listener, String> {
+        let (stream, socket, scheme): (Box<dyn Stream>, TcpStream, &str) = match tls {
+            None => {
+                let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+                stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+                stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                let socket = stream.try_clone().map_err(|e| e.to_string())?;
+                (Box::new(stream), socket, "ws")
+            }
+            Some(config) => {
+                let (stream, socket, _version) =
+                    tls::connect_tls(addr, config).map_err(|e| format!("TLS handshake: {e}"))?;
+                (Box::new(stream), socket, "wss")
+            }
+        };
+        let url = format!("{scheme}://{addr}{path}");
+        let mut request = url.as_str().into_client_request().map_err(|e| e.to_string())?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+            request.headers_mut().append(name, value);
+        }
+        let (ws, _response) = tungstenite::client::client(request, stream).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response)) => format!(
+                "refused with {} ({})",
+                response.status(),
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+            ),
+            e => e.to_string(),
+        })?;
+        Ok(Listener { ws, socket })
+    }
+
+    /// Changes the bound on each read (e.g. to wait longer for a close the broker times).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.socket.set_read_timeout(Some(timeout)).expect("set_read_timeout");
     }
 
     /// The next message, which must be binary (§4); pings and pongs are skipped (pings get answered).
@@ -112,8 +159,7 @@ impl Listener {
     #[track_caller]
     pub fn stay_connected(&mut self, duration: Duration) {
         let deadline = Instant::now() + duration;
-        self.ws
-            .get_ref()
+        self.socket
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("set_read_timeout");
         while Instant::now() < deadline {
@@ -124,8 +170,7 @@ impl Listener {
                 Err(e) => panic!("listener dropped while it was answering pings: {e}"),
             }
         }
-        self.ws
-            .get_ref()
+        self.socket
             .set_read_timeout(Some(IO_TIMEOUT))
             .expect("set_read_timeout");
     }
@@ -246,7 +291,13 @@ impl RawWs {
     /// Upgrades `GET path` on `addr` with [`UPGRADE_HEADERS`]; panics unless the answer is a valid `101`.
     #[track_caller]
     pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut conn = Conn::connect(addr);
+        RawWs::upgrade(Conn::connect(addr), path)
+    }
+
+    /// Upgrades `GET path` on an open connection (plain or TLS) with [`UPGRADE_HEADERS`]; panics
+    /// unless the answer is a valid `101`.
+    #[track_caller]
+    pub fn upgrade(mut conn: Conn, path: &str) -> RawWs {
         let response = conn.request("GET", path, &UPGRADE_HEADERS, b"");
         response.assert_status(101);
         assert_eq!(

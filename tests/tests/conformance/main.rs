@@ -2,10 +2,15 @@
 //! against a broker instance of its own. Build the binaries first:
 //! `cargo build --workspace --bins && cargo test -p fedbroker-tests`.
 
+mod auth;
 mod cli;
+mod cors;
 mod delivery;
 mod http1;
+mod jwt;
 mod lifecycle;
 mod routes;
 mod status;
+mod support;
+mod tls;
 mod websocket;
