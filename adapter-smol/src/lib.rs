@@ -96,7 +96,7 @@ async fn accept_loop(
                 let _ = sock.get_ref().set_nodelay(true);
                 match Transport::new(tls.as_ref()) {
                     Ok(t) => {
-                        let s = broker.accept(Instant::now());
+                        let s = fedbroker_cli::accept(&broker);
                         ex.spawn(connection(sock, s, t, shutdown.clone(), alive.clone()))
                             .detach();
                     }

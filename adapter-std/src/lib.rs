@@ -190,7 +190,7 @@ fn start(sock: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     let t = Transport::new(shared.tls.as_ref())?;
     let conn = Arc::new(Conn {
         io: Mutex::new(Io {
-            s: shared.broker.accept(Instant::now()),
+            s: fedbroker_cli::accept(&shared.broker),
             t,
         }),
         read_gate: Condvar::new(),

@@ -65,7 +65,7 @@ async fn accept_loop(
                     let _ = sock.set_nodelay(true);
                     match Transport::new(tls.as_ref()) {
                         Ok(t) => {
-                            let s = broker.accept(Instant::now());
+                            let s = fedbroker_cli::accept(&broker);
                             tokio::spawn(connection(sock, s, t, shutdown.clone(), alive.clone()));
                         }
                         Err(e) => tracing::warn!("cannot start TLS: {e}"),

@@ -278,6 +278,10 @@ impl Settings {
             file.cors_allow_origin.map(OneOrMany::into_vec).unwrap_or_default()
         };
         core.cors = CorsPolicy::new(&origins).map_err(|e| ConfigError(format!("--cors-allow-origin {e}")))?;
+        if security.open {
+            // No credentials stand between a DNS-rebinding page and an open broker.
+            core.cors = core.cors.own_origin_loopback_only();
+        }
         core.stats_token = flags.stats_token.or(file.stats_token);
         if core.stats_token.as_deref() == Some("") {
             return err("--stats-token: must not be empty");
@@ -405,6 +409,22 @@ pub fn bind_all(addrs: &[SocketAddr], tls: bool) -> std::io::Result<Vec<TcpListe
     Ok(listeners)
 }
 
+/// The system's wall clock, since the Unix epoch (adapters pass it to
+/// [`Broker::set_wall_clock`] now and then).
+pub fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A session for a connection accepted now, the broker's wall clock refreshed on the way (so JWT
+/// `exp`/`nbf` follow a stepped system clock).
+pub fn accept(broker: &Arc<Broker>) -> fedbroker_core::Session {
+    let now = std::time::Instant::now();
+    broker.set_wall_clock(now, wall_clock());
+    broker.accept(now)
+}
+
 /// What an adapter serves: the bound listeners, the TLS settings (if every listener speaks TLS),
 /// and the signal that starts the graceful shutdown.
 pub struct Server {
@@ -466,10 +486,8 @@ pub fn main_with(
     let mut core = settings.core;
     core.websocket_role = role;
     let now = std::time::Instant::now();
-    let unix_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let broker = Broker::with_authorizer(core, runtime, settings.authorizer, now, unix_secs);
+    let since_epoch = wall_clock();
+    let broker = Broker::with_authorizer(core, runtime, settings.authorizer, now, since_epoch);
     match serve(
         broker,
         Server {
@@ -506,6 +524,8 @@ mod tests {
         assert_eq!(s.core, {
             let mut c = Config::default();
             c.close_timeout = c.close_timeout.min(c.ping_interval);
+            // The open mode counts only loopback Host names as the broker's own origin.
+            c.cors = c.cors.own_origin_loopback_only();
             c
         });
     }

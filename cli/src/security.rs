@@ -132,12 +132,16 @@ fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Config
         .map_err(|e| ConfigError(format!("TLS: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
-        .or_else(|e| {
-            fail(
-                "--tls-key",
-                key,
-                format_args!("does not fit the certificate in {}: {e}", cert.display()),
-            )
+        .map_err(|e| match e {
+            // The certificate itself could not be read: name its file, not the key's.
+            rustls::Error::InvalidCertificate(_) => {
+                ConfigError(format!("--tls-cert {}: not a usable certificate: {e}", cert.display()))
+            }
+            e => ConfigError(format!(
+                "--tls-key {}: does not fit the certificate in {}: {e}",
+                key.display(),
+                cert.display()
+            )),
         })?;
     Ok(Arc::new(config))
 }

@@ -54,7 +54,7 @@ fn main() {
     let remote = Remote {
         questions: std::sync::Mutex::new(tx),
     };
-    let broker = Broker::with_authorizer(Config::default(), "example", remote, Instant::now(), 0);
+    let broker = Broker::with_authorizer(Config::default(), "example", remote, Instant::now(), Duration::ZERO);
 
     for id in [7, 4242] {
         let mut session = broker.accept(Instant::now());

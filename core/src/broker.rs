@@ -5,9 +5,10 @@
 //! Embedders who route or authorize elsewhere (a cluster engine, a remote service) drive a
 //! [`Connection`] directly and answer its events themselves.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::io::IoSlice;
 
@@ -32,9 +33,10 @@ pub struct Broker {
     stats: Stats,
     authorizer: Box<dyn Authorizer>,
     started: Instant,
-    /// Wall-clock time at `started`, in Unix seconds: JWT `exp`/`nbf` are checked against
-    /// `started_unix + (now - started)`.
-    started_unix: u64,
+    /// Wall-clock time at `started`, in nanoseconds since the Unix epoch: JWT `exp`/`nbf` are
+    /// checked against it plus `now - started`. Adapters may move it ([`Broker::set_wall_clock`])
+    /// when the system clock is stepped.
+    wall_at_start: AtomicU64,
     runtime: &'static str,
 }
 
@@ -49,10 +51,10 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// An open broker (everything allowed) started at `now`, when the wall clock read
-    /// `unix_secs` seconds since the Unix epoch; `runtime` names the adapter in the statistics
+    /// `since_epoch` since the Unix epoch; `runtime` names the adapter in the statistics
     /// (`tokio`, `smol`, `std`).
-    pub fn new(config: Config, runtime: &'static str, now: Instant, unix_secs: u64) -> Arc<Broker> {
-        Self::with_authorizer(config, runtime, AllowAll, now, unix_secs)
+    pub fn new(config: Config, runtime: &'static str, now: Instant, since_epoch: Duration) -> Arc<Broker> {
+        Self::with_authorizer(config, runtime, AllowAll, now, since_epoch)
     }
 
     /// A broker whose requests are decided by `authorizer`.
@@ -61,7 +63,7 @@ impl Broker {
         runtime: &'static str,
         authorizer: impl Authorizer,
         now: Instant,
-        unix_secs: u64,
+        since_epoch: Duration,
     ) -> Arc<Broker> {
         let registry = Registry::new(config.queue_limit);
         Arc::new(Broker {
@@ -70,7 +72,7 @@ impl Broker {
             stats: Stats::default(),
             authorizer: Box::new(authorizer),
             started: now,
-            started_unix: unix_secs,
+            wall_at_start: AtomicU64::new(nanos(since_epoch)),
             runtime,
         })
     }
@@ -85,9 +87,16 @@ impl Broker {
         &self.registry
     }
 
-    /// The wall-clock time at `now`, in Unix seconds.
-    pub fn unix_secs(&self, now: Instant) -> u64 {
-        self.started_unix + now.saturating_duration_since(self.started).as_secs()
+    /// The wall-clock time at `now`, since the Unix epoch.
+    pub fn wall_clock(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.wall_at_start.load(Ordering::Relaxed)) + now.saturating_duration_since(self.started)
+    }
+
+    /// Tells the broker that the wall clock reads `since_epoch` at `now` (adapters call this now
+    /// and then, so that a stepped system clock is followed).
+    pub fn set_wall_clock(&self, now: Instant, since_epoch: Duration) {
+        let at_start = since_epoch.saturating_sub(now.saturating_duration_since(self.started));
+        self.wall_at_start.store(nanos(at_start), Ordering::Relaxed);
     }
 
     /// The statistics at `now`.
@@ -303,7 +312,7 @@ impl Session {
                         _ => {
                             let time = AuthTime {
                                 now,
-                                unix_secs: broker.unix_secs(now),
+                                since_epoch: broker.wall_clock(now),
                             };
                             broker.authorizer.authorize(&request, time, reply);
                         }
@@ -342,4 +351,8 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.broker.stats.connection_closed();
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

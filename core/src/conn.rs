@@ -71,6 +71,17 @@ pub enum StatsFormat {
     Prometheus,
 }
 
+/// Adds the headers an allowed cross-origin caller needs to read the response (SPEC §6).
+fn with_cors(resp: Response, origin: Option<&str>) -> Response {
+    match origin {
+        Some(origin) => resp
+            .header("Access-Control-Allow-Origin", origin)
+            .header("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
+            .header("Vary", "Origin"),
+        None => resp,
+    }
+}
+
 /// The request being served.
 #[derive(Debug)]
 struct Request {
@@ -657,13 +668,7 @@ impl Connection {
         {
             closing = true;
         }
-        let resp = match &req.cors {
-            Some(origin) => resp
-                .header("Access-Control-Allow-Origin", origin.clone())
-                .header("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
-                .header("Vary", "Origin"),
-            None => resp,
-        };
+        let resp = with_cors(resp, req.cors.as_deref());
         let resp = if closing && !resp.closes() {
             resp.close()
         } else if !closing && req.http10 {
@@ -696,7 +701,12 @@ impl Connection {
     /// Answers a broken request with `err` and closes.
     fn fail(&mut self, now: Instant, err: HttpError) {
         tracing::debug!(status = err.status(), "closing connection: {err}");
-        let resp = Response::error(&err);
+        // The request in progress, if any, may come from an allowed origin.
+        let cors = match &self.state {
+            State::Waiting(req, _) | State::Body(Some(req), _, _) => req.cors.clone(),
+            _ => None,
+        };
+        let resp = with_cors(Response::error(&err), cors.as_deref());
         let resp = if resp.closes() { resp } else { resp.close() };
         self.out.write_with(|b| resp.encode(false, b));
         self.close(now);

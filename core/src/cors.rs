@@ -13,6 +13,10 @@ pub struct CorsPolicy {
     any: bool,
     /// Lowercased `scheme://host[:port]`, default ports removed.
     origins: Vec<String>,
+    /// Count the broker's own origin only when `Host` names a loopback host (`localhost`,
+    /// `127.0.0.0/8`, `[::1]`): against DNS rebinding, where a hostile page's own name resolves to
+    /// the broker and its `Host` and `Origin` agree.
+    own_origin_loopback_only: bool,
 }
 
 /// What the `Origin` of a request means for it.
@@ -49,6 +53,13 @@ impl CorsPolicy {
         Ok(p)
     }
 
+    /// Counts the broker's own origin only for loopback `Host` names (see the field). For the
+    /// open mode, where no credentials stand between a rebinding page and the broker.
+    pub fn own_origin_loopback_only(mut self) -> Self {
+        self.own_origin_loopback_only = true;
+        self
+    }
+
     /// Whether any origin is configured.
     pub fn is_empty(&self) -> bool {
         !self.any && self.origins.is_empty()
@@ -72,6 +83,9 @@ impl CorsPolicy {
         }
         let host = head.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
         if let (Some(n), Some(host)) = (normalized, host) {
+            if self.own_origin_loopback_only && !is_loopback_host(host.trim()) {
+                return OriginCheck::Refused;
+            }
             let own = normalize(&format!("{}://{}", if secure { "https" } else { "http" }, host.trim()));
             if own.as_deref() == Some(n.as_str()) {
                 return OriginCheck::SameOrigin;
@@ -79,6 +93,15 @@ impl CorsPolicy {
         }
         OriginCheck::Refused
     }
+}
+
+/// Whether a `Host` value names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `scheme://host[:port]` lowercased, with the scheme's default port removed; `None` if it is not
@@ -141,6 +164,15 @@ mod tests {
             c("Host: b:1\r\nOrigin: http://a\r\nOrigin: http://b:1\r\n"),
             OriginCheck::Refused
         );
+        // DNS rebinding: a hostile name resolving to a loopback broker agrees with its own Host.
+        let strict = CorsPolicy::new::<&str>(&[]).unwrap().own_origin_loopback_only();
+        let rebinding = head("Host: evil.example:8080\r\nOrigin: http://evil.example:8080\r\n");
+        assert_eq!(p.check(&rebinding, false), OriginCheck::SameOrigin);
+        assert_eq!(strict.check(&rebinding, false), OriginCheck::Refused);
+        for own in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+            let h = head(&format!("Host: {own}\r\nOrigin: http://{own}\r\n"));
+            assert_eq!(strict.check(&h, false), OriginCheck::SameOrigin, "{own}");
+        }
         let any = CorsPolicy::new(&["*"]).unwrap();
         assert_eq!(
             any.check(&head("Host: b\r\nOrigin: null\r\n"), false),

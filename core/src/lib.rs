@@ -60,7 +60,7 @@
 //! }
 //!
 //! let mut now = Instant::now(); // the adapter reads the clock, never the core
-//! let broker = Broker::new(Config::default(), "example", now, 1_800_000_000); // and the wall clock
+//! let broker = Broker::new(Config::default(), "example", now, Duration::from_secs(1_800_000_000));
 //!
 //! // A listener upgrades on id 42.
 //! let mut listener = broker.accept(now);
@@ -81,7 +81,6 @@
 //! now = listener.poll_timeout().unwrap();
 //! listener.handle_timeout(now);
 //! assert_eq!(turn(&mut listener, now, b""), b"\x89\x00");
-//! # let _ = Duration::ZERO;
 //! ```
 
 #![forbid(unsafe_code)]

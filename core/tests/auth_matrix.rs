@@ -18,7 +18,7 @@ const ALLOW: Decision = Decision::Allow { until: None };
 fn time(clock: &Clock) -> AuthTime {
     AuthTime {
         now: clock.0,
-        unix_secs: NOW,
+        since_epoch: Duration::from_secs(NOW),
     }
 }
 
@@ -175,6 +175,7 @@ fn key_file(name: &str) -> Vec<u8> {
         "ec.pub" => include_bytes!("keys/ec.pub"),
         "ed25519.key" => include_bytes!("keys/ed25519.key"),
         "ed25519.pub" => include_bytes!("keys/ed25519.pub"),
+        "p384.pub" => include_bytes!("keys/p384.pub"),
         other => panic!("no test key {other}"),
     };
     pem.to_vec()
@@ -382,7 +383,7 @@ fn jwt_listener_is_closed_4001_when_its_token_expires() {
     let mut clock = Clock::new();
     let secret = [5u8; 32];
     let a = JwtAuthorizer::hmac(&secret, JwtOptions::default()).unwrap();
-    let broker = Broker::with_authorizer(Config::default(), "sim", a, clock.0, NOW);
+    let broker = Broker::with_authorizer(Config::default(), "sim", a, clock.0, Duration::from_secs(NOW));
     let token = jwt(
         Algorithm::HS256,
         &EncodingKey::from_secret(&secret),
@@ -420,7 +421,7 @@ fn stats_token_guards_statistics_only() {
     let clock = Clock::new();
     let mut c = Config::default();
     c.stats_token = Some("st4ts".into());
-    let broker = Broker::new(c, "sim", clock.0, NOW);
+    let broker = Broker::new(c, "sim", clock.0, Duration::from_secs(NOW));
     for (req, status) in [
         ("GET / HTTP/1.1\r\nHost: s\r\n\r\n", 401),
         (
@@ -460,7 +461,7 @@ fn failed_auth_says_nothing_about_listeners() {
         ],
     })
     .unwrap();
-    let broker = Broker::with_authorizer(Config::default(), "sim", tokens, clock.0, NOW);
+    let broker = Broker::with_authorizer(Config::default(), "sim", tokens, clock.0, Duration::from_secs(NOW));
     let mut l = broker.accept(clock.0);
     l.handle_input(
         clock.0,
@@ -486,4 +487,45 @@ fn failed_auth_says_nothing_about_listeners() {
     }
     assert_eq!(answer(1, "").0, 401);
     assert_eq!(answer(1, "s").0, 403);
+}
+
+#[test]
+fn jwt_time_is_exact_and_fractional_dates_work() {
+    let clock = Clock::new();
+    let secret = [3u8; 32];
+    let key = EncodingKey::from_secret(&secret);
+    let a = JwtAuthorizer::hmac(&secret, JwtOptions::default()).unwrap();
+    let at = |secs: f64| AuthTime {
+        now: clock.0,
+        since_epoch: Duration::from_secs_f64(secs),
+    };
+    let tok = jwt(
+        Algorithm::HS256,
+        &key,
+        json!({"exp": NOW as f64 + 0.5, "nbf": NOW as f64 - 0.25}),
+    );
+    let until = Some(clock.0 + Duration::from_millis(250));
+    assert_eq!(
+        decide(&a, Action::Listen, 42, Some(&tok), at(NOW as f64 + 0.25)),
+        Decision::Allow { until }
+    );
+    assert_eq!(
+        decide(&a, Action::Listen, 42, Some(&tok), at(NOW as f64 + 0.5)),
+        Decision::Unauthenticated
+    );
+    assert_eq!(
+        decide(&a, Action::Listen, 42, Some(&tok), at(NOW as f64 - 0.5)),
+        Decision::Unauthenticated
+    );
+}
+
+#[test]
+fn broker_wall_clock_follows_a_stepped_system_clock() {
+    let mut clock = Clock::new();
+    let broker = Broker::new(Config::default(), "sim", clock.0, Duration::from_secs(NOW));
+    let later = clock.advance(Duration::from_millis(1500));
+    assert_eq!(broker.wall_clock(later), Duration::from_millis(NOW * 1000 + 1500));
+    broker.set_wall_clock(later, Duration::from_secs(NOW + 3600));
+    let after = clock.advance(Duration::from_secs(1));
+    assert_eq!(broker.wall_clock(after), Duration::from_secs(NOW + 3601));
 }

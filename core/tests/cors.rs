@@ -9,7 +9,7 @@ use fedbroker_core::{Broker, Config, CorsPolicy};
 fn broker(clock: &Clock) -> std::sync::Arc<Broker> {
     let mut c = Config::default();
     c.cors = CorsPolicy::new(&["https://app.example"]).unwrap();
-    Broker::new(c, "sim", clock.0, 1_800_000_000)
+    Broker::new(c, "sim", clock.0, std::time::Duration::from_secs(1_800_000_000))
 }
 
 fn ask(b: &std::sync::Arc<Broker>, clock: &Clock, raw: &str) -> Resp {
@@ -54,6 +54,18 @@ fn actual_responses_carry_cors_headers() {
         header(&r, "access-control-expose-headers"),
         Some("Retry-After, WWW-Authenticate")
     );
+}
+
+#[test]
+fn errors_that_end_the_connection_carry_cors_headers_too() {
+    let clock = Clock::new();
+    let b = broker(&clock);
+    // A chunked body over the limit is refused mid-body, and the connection closes.
+    let big = format!("{:x}\r\n", 2 * 1024 * 1024);
+    let r = ask(&b, &clock, &format!("POST /42 HTTP/1.1\r\nHost: broker:1\r\nOrigin: https://app.example\r\nTransfer-Encoding: chunked\r\n\r\n{big}"));
+    assert_eq!(r.0, 413);
+    assert_eq!(header(&r, "access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(header(&r, "connection"), Some("close"));
 }
 
 #[test]

@@ -70,7 +70,12 @@ fn req() -> impl Strategy<Value = Req> {
 /// the pieces `cuts` gives; returns (sender output, listener 1 output, listener 2 output).
 fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let clock = Clock::new();
-    let broker = Broker::new(Config::default(), "prop", clock.0, 1_800_000_000);
+    let broker = Broker::new(
+        Config::default(),
+        "prop",
+        clock.0,
+        std::time::Duration::from_secs(1_800_000_000),
+    );
     let mut listeners: Vec<_> = [1, 2]
         .iter()
         .map(|&id| {

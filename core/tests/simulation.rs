@@ -51,7 +51,7 @@ fn hundreds_of_senders_and_listeners_deliver_in_order() {
     let clock = Clock::new();
     let mut c = config();
     c.queue_limit = 4096;
-    let broker = Broker::new(c, "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(c, "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     let mut listeners: Vec<Listener> = (1..=LISTENERS).map(|id| Listener::open(&broker, &clock, id)).collect();
     let mut senders: Vec<Session> = (0..SENDERS).map(|_| broker.accept(clock.0)).collect();
 
@@ -98,7 +98,7 @@ fn hundreds_of_senders_and_listeners_deliver_in_order() {
 #[test]
 fn pings_keep_live_listeners_and_drop_silent_ones() {
     let mut clock = Clock::new();
-    let broker = Broker::new(config(), "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(config(), "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     let mut live: Vec<Listener> = (1..=100).map(|id| Listener::open(&broker, &clock, id)).collect();
     let mut silent: Vec<Listener> = (101..=200).map(|id| Listener::open(&broker, &clock, id)).collect();
 
@@ -155,7 +155,7 @@ fn pings_keep_live_listeners_and_drop_silent_ones() {
 #[test]
 fn request_timeouts_without_sleeping() {
     let mut clock = Clock::new();
-    let broker = Broker::new(config(), "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(config(), "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     // A partial head, a partial body, and a connection that never sends anything.
     let mut partial_head: Vec<Session> = (0..100).map(|_| broker.accept(clock.0)).collect();
     let mut partial_body: Vec<Session> = (0..100).map(|_| broker.accept(clock.0)).collect();
@@ -200,7 +200,7 @@ fn request_timeouts_without_sleeping() {
 #[test]
 fn replacement_and_slow_consumer() {
     let clock = Clock::new();
-    let broker = Broker::new(config(), "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(config(), "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     let mut first = Listener::open(&broker, &clock, 5);
     let mut sender = broker.accept(clock.0);
     sender.handle_input(clock.0, &post(5, b"before"));
@@ -257,7 +257,7 @@ fn listener_protocol_errors_get_their_close_codes() {
     let clock = Clock::new();
     let mut c = config();
     c.max_message_size = 100;
-    let broker = Broker::new(c, "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(c, "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (client_frame(true, OpCode::Binary, b"hi", [1, 2, 3, 4]), 1003),
         (client_frame(true, OpCode::Text, b"hi", [1, 2, 3, 4]), 1003),
@@ -326,7 +326,7 @@ fn listener_protocol_errors_get_their_close_codes() {
 #[test]
 fn one_response_per_request_even_when_a_discarded_body_is_bad() {
     let clock = Clock::new();
-    let broker = Broker::new(config(), "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(config(), "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     let mut s = broker.accept(clock.0);
     // Refused early (invalid id), then its chunked body turns out malformed: no second answer.
     s.handle_input(
@@ -344,7 +344,7 @@ fn over_the_connection_limit_answers_503_at_once() {
     let clock = Clock::new();
     let mut c = config();
     c.max_connections = 2;
-    let broker = Broker::new(c, "sim", clock.0, 1_800_000_000);
+    let broker = Broker::new(c, "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
     let _a = broker.accept(clock.0);
     let _b = broker.accept(clock.0);
     let mut refused = broker.accept(clock.0);

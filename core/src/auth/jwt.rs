@@ -47,8 +47,9 @@ struct Claims {
     listen: IdSet,
     #[serde(default)]
     send: IdSet,
-    exp: Option<u64>,
-    nbf: Option<u64>,
+    /// NumericDate: seconds since the epoch, possibly fractional (RFC 7519 §2).
+    exp: Option<f64>,
+    nbf: Option<f64>,
 }
 
 impl JwtAuthorizer {
@@ -78,6 +79,9 @@ impl JwtAuthorizer {
         let (key, alg) = if let Ok(k) = DecodingKey::from_ed_pem(pem) {
             (k, Algorithm::EdDSA)
         } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+            if !is_p256(pem) {
+                return Err("the EC public key is not on P-256, the curve of ES256".to_owned());
+            }
             (k, Algorithm::ES256)
         } else if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
             (k, Algorithm::RS256)
@@ -129,12 +133,16 @@ impl JwtAuthorizer {
                 return Decision::Unauthenticated;
             }
         };
-        let now = time.unix_secs;
-        // RFC 7519 §4.1.4/§4.1.5: not on or after `exp`, not before `nbf`.
-        if claims.exp.is_some_and(|exp| now >= exp.saturating_add(self.leeway)) {
+        let now = time.since_epoch.as_secs_f64();
+        let leeway = self.leeway as f64;
+        if claims.exp.is_some_and(|e| !e.is_finite()) || claims.nbf.is_some_and(|n| !n.is_finite()) {
             return Decision::Unauthenticated;
         }
-        if claims.nbf.is_some_and(|nbf| now.saturating_add(self.leeway) < nbf) {
+        // RFC 7519 §4.1.4/§4.1.5: not on or after `exp`, not before `nbf`.
+        if claims.exp.is_some_and(|exp| now >= exp + leeway) {
+            return Decision::Unauthenticated;
+        }
+        if claims.nbf.is_some_and(|nbf| now + leeway < nbf) {
             return Decision::Unauthenticated;
         }
         let allowed = match (request.action, request.id) {
@@ -147,9 +155,16 @@ impl JwtAuthorizer {
         }
         let until = claims
             .exp
-            .map(|exp| time.now + Duration::from_secs(exp.saturating_add(self.leeway) - now));
+            .map(|exp| time.now + Duration::from_secs_f64((exp + leeway - now).max(0.0)));
         Decision::Allow { until }
     }
+}
+
+/// Whether an EC SPKI key names the P-256 curve (OID 1.2.840.10045.3.1.7 in its algorithm
+/// parameters).
+fn is_p256(pem: &[u8]) -> bool {
+    const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    pem::parse(pem).is_ok_and(|p| p.contents().windows(P256.len()).take(32).any(|w| w == P256))
 }
 
 impl Authorizer for JwtAuthorizer {

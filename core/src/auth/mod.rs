@@ -16,7 +16,7 @@ pub use tokens::{StaticTokens, TokenSpec, TokensFile};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::Id;
 
@@ -75,13 +75,13 @@ pub enum Decision {
 }
 
 /// When a decision is made: the monotonic instant (for deadlines such as a token's expiry) and
-/// the wall-clock time in Unix seconds (for `exp`/`nbf`), both given by the caller.
+/// the wall-clock time (for `exp`/`nbf`), both given by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthTime {
     /// The caller's `now`.
     pub now: Instant,
-    /// Seconds since the Unix epoch at `now`.
-    pub unix_secs: u64,
+    /// Time since the Unix epoch at `now`.
+    pub since_epoch: Duration,
 }
 
 /// Decides requests. An implementation that must ask a remote service moves the [`AuthReply`] to
