@@ -5,7 +5,7 @@
 //! same loop as the tokio adapter in smol's idiom: `Async` readiness, `Timer::at`, and
 //! `future::or` to wait for whichever comes first. All protocol logic is in the core.
 
-use std::future::{pending, poll_fn};
+use std::future::{pending, poll_fn, Future};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener as StdListener, TcpStream};
 use std::sync::Arc;
@@ -121,6 +121,15 @@ enum Wake {
     Shutdown,
 }
 
+/// `wake` once `fut` completes, if `enabled`; never otherwise.
+async fn when<F: Future>(enabled: bool, fut: F, wake: Wake) -> Wake {
+    if !enabled {
+        pending::<()>().await;
+    }
+    let _ = fut.await;
+    wake
+}
+
 /// The drive loop of one connection.
 async fn connection(
     sock: Async<TcpStream>,
@@ -151,39 +160,17 @@ async fn connection(
         let deadline = s.poll_timeout();
         let wants_read = t.wants_read(&s);
         let wants_write = t.wants_write(&mut s);
-        let readable = async {
-            if !wants_read {
-                pending::<()>().await;
-            }
-            let _ = sock.readable().await;
-            Wake::Readable
-        };
-        let writable = async {
-            if !wants_write {
-                pending::<()>().await;
-            }
-            let _ = sock.writable().await;
-            Wake::Writable
-        };
-        let timer = async {
-            match deadline {
-                Some(d) => Timer::at(d).await,
-                None => pending().await,
-            };
-            Wake::Timer
-        };
-        let stop = async {
-            if shutting_down {
-                pending::<()>().await;
-            }
-            let _ = shutdown.recv().await;
-            Wake::Shutdown
-        };
-        let woke = async {
-            poll_fn(|cx| s.poll_wake(cx)).await;
-            Wake::Session
-        };
-        let wake = readable.or(writable).or(woke).or(timer).or(stop).await;
+        // Whichever comes first, as tokio's `select!` with its `if` guards.
+        let wake = when(wants_read, sock.readable(), Wake::Readable)
+            .or(when(wants_write, sock.writable(), Wake::Writable))
+            .or(when(true, poll_fn(|cx| s.poll_wake(cx)), Wake::Session))
+            .or(when(
+                deadline.is_some(),
+                Timer::at(deadline.unwrap_or_else(Instant::now)),
+                Wake::Timer,
+            ))
+            .or(when(!shutting_down, shutdown.recv(), Wake::Shutdown))
+            .await;
         let now = Instant::now();
         match wake {
             Wake::Readable => t.read_from(&mut s, now, |buf| sock.get_ref().read(buf)),
