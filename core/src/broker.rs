@@ -14,7 +14,9 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
 
-use crate::auth::{decision_channel, token_matches, Action, AllowAll, AuthTime, Authorizer, Decision, PendingDecision};
+use crate::auth::{
+    decision_channel_reusing, token_matches, Action, AllowAll, AuthTime, Authorizer, Decision, PendingDecision,
+};
 use crate::conn::{Connection, Event, StatsFormat};
 use crate::registry::{ListenerHandle, Pop, Registry};
 use crate::stats::{Snapshot, Stats};
@@ -121,6 +123,7 @@ impl Broker {
             conn,
             listener: None,
             pending: None,
+            spare: None,
         }
     }
 }
@@ -136,6 +139,8 @@ pub struct Session {
     conn: Connection,
     listener: Option<ListenerHandle>,
     pending: Option<PendingDecision>,
+    /// A decided channel, to reuse for the next request.
+    spare: Option<PendingDecision>,
 }
 
 impl Session {
@@ -270,7 +275,7 @@ impl Session {
         let broker = &*self.broker;
         loop {
             if let Some(decision) = self.pending.as_ref().and_then(PendingDecision::try_take) {
-                self.pending = None;
+                self.spare = self.pending.take();
                 self.conn.handle_decision(now, decision);
             }
             if let Some(listener) = &self.listener {
@@ -299,7 +304,7 @@ impl Session {
             };
             match event {
                 Event::Authorize(request) => {
-                    let (reply, pending) = decision_channel();
+                    let (reply, pending) = decision_channel_reusing(self.spare.take());
                     match (&broker.config.stats_token, request.action) {
                         (Some(expected), Action::ReadStats) => {
                             let ok = token_matches(request.token.as_deref(), expected);

@@ -157,7 +157,20 @@ struct Slot {
 
 /// A reply channel for one decision.
 pub fn decision_channel() -> (AuthReply, PendingDecision) {
-    let slot = Arc::new(Slot::default());
+    decision_channel_reusing(None)
+}
+
+/// A reply channel for one decision, reusing a finished one's allocation when nobody else holds it
+/// (a connection asks for one decision per request).
+pub fn decision_channel_reusing(spare: Option<PendingDecision>) -> (AuthReply, PendingDecision) {
+    let slot = match spare {
+        // Only we hold it: no reply can write to it any more.
+        Some(p) if Arc::strong_count(&p.slot) == 1 => {
+            *p.slot.state.lock().unwrap_or_else(|e| e.into_inner()) = (None, None);
+            p.slot
+        }
+        _ => Arc::new(Slot::default()),
+    };
     (
         AuthReply {
             slot: slot.clone(),

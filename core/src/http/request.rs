@@ -13,7 +13,7 @@ pub struct Limits {
     pub max_request_line: usize,
     /// Largest head, request line and headers included (`431` above).
     pub max_head: usize,
-    /// Most header fields (`431` above).
+    /// Most header fields (`431` above); at most [`MAX_HEADERS`].
     pub max_headers: usize,
 }
 
@@ -26,6 +26,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// Most header fields any request may have (SPEC §3: `431` above 64).
+pub const MAX_HEADERS: usize = 64;
 
 /// How the body of a request is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,8 +202,9 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 
 /// Parses a complete head and applies the framing rules of RFC 9112 §6.
 fn parse(bytes: &[u8], line: &[u8], max_headers: usize) -> Result<RequestHead, HttpError> {
-    let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut storage);
+    // On the stack: no allocation per request. The limit can only be lowered below this.
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage[..max_headers.min(MAX_HEADERS)]);
     match req.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HttpError::MalformedHead),

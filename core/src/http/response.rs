@@ -88,7 +88,7 @@ impl Response {
             .unwrap_or("");
         out.reserve(128 + self.body.len());
         out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(itoa3(self.status).as_bytes());
+        put_decimal(out, u64::from(self.status));
         out.put_u8(b' ');
         out.put_slice(reason.as_bytes());
         out.put_slice(b"\r\n");
@@ -100,7 +100,9 @@ impl Response {
         }
         // 1xx, 204 and 101 carry no Content-Length (RFC 9110 §8.6).
         if self.status >= 200 && self.status != 204 {
-            put_header(out, "Content-Length", &self.body.len().to_string());
+            out.put_slice(b"Content-Length: ");
+            put_decimal(out, self.body.len() as u64);
+            out.put_slice(b"\r\n");
         }
         if self.close {
             put_header(out, "Connection", "close");
@@ -119,8 +121,19 @@ fn put_header(out: &mut BytesMut, name: &str, value: &str) {
     out.put_slice(b"\r\n");
 }
 
-fn itoa3(status: u16) -> String {
-    format!("{status:03}")
+/// Writes `v` in decimal without allocating.
+fn put_decimal(out: &mut BytesMut, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
 }
 
 #[cfg(test)]
