@@ -384,11 +384,45 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>, binary: &str) -> Res
 
 /// Sends logs to stderr at `level`.
 pub fn init_logging(level: tracing::Level) {
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
+        // Colours only for a person at a terminal: never escape codes in files or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection is a file, and the
+/// usual soft default (1024) would cap the broker far below `--max-connections`.
+fn raise_open_files_limit(max_connections: usize) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        if (lim.rlim_cur as u64) < max_connections as u64 + 64 {
+            tracing::warn!(
+                open_files = lim.rlim_cur,
+                max_connections,
+                "the open-files limit is below --max-connections: raise it (ulimit -n, LimitNOFILE=)"
+            );
+        }
+    }
 }
 
 /// Binds every listen address, then prints `listening on http://ADDR` per listener to stdout.
@@ -396,8 +430,7 @@ pub fn init_logging(level: tracing::Level) {
 pub fn bind_all(addrs: &[SocketAddr], tls: bool) -> std::io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let l = TcpListener::bind(addr)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let l = bind(addr).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         listeners.push(l);
     }
     let mut out = std::io::stdout().lock();
@@ -436,6 +469,16 @@ pub struct Server {
     pub signal: ShutdownSignal,
 }
 
+/// Binds like `TcpListener::bind`, but with a listen backlog of 1024 instead of std's fixed 128, so
+/// bursts of connections wait in the kernel rather than being refused (`net.core.somaxconn` caps it).
+fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&(*addr).into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// SIGINT and SIGTERM, caught from before the `listening on` lines are printed, so a signal that
 /// arrives while the runtime starts still shuts the broker down gracefully.
 pub struct ShutdownSignal(signal_hook::iterator::Signals);
@@ -443,13 +486,21 @@ pub struct ShutdownSignal(signal_hook::iterator::Signals);
 impl ShutdownSignal {
     /// Starts catching SIGINT and SIGTERM.
     pub fn register() -> std::io::Result<Self> {
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]).map(Self)
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map(Self)
     }
 
     /// Blocks until SIGINT or SIGTERM arrives (or has arrived). Async adapters run it on their
-    /// runtime's blocking pool.
+    /// runtime's blocking pool. SIGHUP (a closed terminal, a reload request) is logged and ignored:
+    /// there is nothing to reload, and dying of it would drop every listener.
     pub fn wait(mut self) {
-        let _ = self.0.forever().next();
+        for signal in self.0.forever() {
+            if signal == signal_hook::consts::SIGHUP {
+                tracing::info!("SIGHUP ignored: fedbroker has nothing to reload; restart it to change settings");
+                continue;
+            }
+            return;
+        }
     }
 }
 
@@ -468,6 +519,7 @@ pub fn main_with(
         Err(code) => return code,
     };
     init_logging(settings.log_level);
+    raise_open_files_limit(settings.core.max_connections);
     let signal = match ShutdownSignal::register() {
         Ok(s) => s,
         Err(e) => {
