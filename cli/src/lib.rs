@@ -415,7 +415,7 @@ fn raise_open_files_limit(max_connections: usize) {
                 lim = raised;
             }
         }
-        if (lim.rlim_cur as u64) < max_connections as u64 + 64 {
+        if lim.rlim_cur < max_connections as libc::rlim_t + 64 {
             tracing::warn!(
                 open_files = lim.rlim_cur,
                 max_connections,
