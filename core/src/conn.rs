@@ -542,6 +542,18 @@ impl Connection {
             OriginCheck::Allowed(origin) => req.cors = Some(origin),
             OriginCheck::Refused => return self.refuse_request(now, req, HttpError::OriginNotAllowed),
         }
+        // A browser's preflight must succeed for the browser to send the request at all; whether
+        // the path is a valid id is then answered to the request itself, readably.
+        if req.cors.is_some()
+            && head.method() == Method::OPTIONS
+            && head.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let resp = Response::new(204)
+                .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+                .header("Access-Control-Allow-Headers", "authorization, content-type")
+                .header("Access-Control-Max-Age", "600");
+            return self.respond(now, req, resp);
+        }
         let route = match classify(head.method(), head.path(), &self.config.base_path) {
             Ok(route) => route,
             Err(e) => return self.refuse_request(now, req, e),
@@ -552,16 +564,7 @@ impl Connection {
                 let resp = Response::new(200).body("text/plain; charset=utf-8", Bytes::from_static(b"ok"));
                 self.respond(now, req, resp)
             }
-            Route::Options { allow } => {
-                let mut resp = Response::new(204).header("Allow", allow);
-                if req.cors.is_some() && head.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD) {
-                    resp = resp
-                        .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-                        .header("Access-Control-Allow-Headers", "authorization, content-type")
-                        .header("Access-Control-Max-Age", "600");
-                }
-                self.respond(now, req, resp)
-            }
+            Route::Options { allow } => self.respond(now, req, Response::new(204).header("Allow", allow)),
             Route::Stats | Route::Metrics => self.authorize(req, &head, Action::ReadStats, None, None),
             Route::Send(id) => {
                 let max = self.config.max_message_size;
@@ -575,6 +578,10 @@ impl Connection {
             Route::Listen(id) => {
                 if req.head_only {
                     return self.refuse_request(now, req, HttpError::UpgradeRequired);
+                }
+                if self.shutting_down {
+                    // It would be closed with 1001 right after its 101: say so plainly instead.
+                    return self.refuse_request(now, req, HttpError::ShuttingDown);
                 }
                 match check_upgrade(&head) {
                     Ok(hs) => self.authorize(req, &head, Action::Listen, Some(id), Some(hs)),

@@ -64,6 +64,8 @@ pub enum HttpError {
     QueueFull(Id),
     /// The broker is at its connection limit.
     TooManyConnections,
+    /// The broker is shutting down and takes no new listeners.
+    ShuttingDown,
     /// The authorizer could not decide (for example, a remote service it asks failed).
     AuthUnavailable,
     /// The authorizer or router did not answer within the request timeout.
@@ -89,7 +91,7 @@ impl HttpError {
             ExpectationFailed => 417,
             UpgradeRequired => 426,
             HeadTooLarge => 431,
-            QueueFull(_) | TooManyConnections | AuthUnavailable | DecisionTimeout => 503,
+            QueueFull(_) | TooManyConnections | ShuttingDown | AuthUnavailable | DecisionTimeout => 503,
             VersionNotSupported => 505,
         }
     }
@@ -112,6 +114,7 @@ impl HttpError {
                 | UriTooLong
                 | HeadTooLarge
                 | TooManyConnections
+                | ShuttingDown
                 | DecisionTimeout
                 | VersionNotSupported
         )
@@ -148,6 +151,7 @@ impl fmt::Display for HttpError {
             ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             QueueFull(id) => write!(f, "the listener on id {id} is not keeping up; retry later"),
             TooManyConnections => f.write_str("the broker is at its connection limit; retry later"),
+            ShuttingDown => f.write_str("the broker is shutting down; retry later"),
             AuthUnavailable => f.write_str("authorization is unavailable; retry later"),
             DecisionTimeout => f.write_str("the request could not be decided in time; retry later"),
             VersionNotSupported => f.write_str("only HTTP/1.0 and HTTP/1.1 are supported"),
@@ -247,6 +251,7 @@ mod tests {
             HttpError::ExpectationFailed,
             HttpError::QueueFull(id),
             HttpError::TooManyConnections,
+            HttpError::ShuttingDown,
             HttpError::AuthUnavailable,
             HttpError::DecisionTimeout,
             HttpError::VersionNotSupported,

@@ -40,6 +40,25 @@ fn preflight_from_an_allowed_origin() {
 }
 
 #[test]
+fn preflights_succeed_whatever_the_path() {
+    let clock = Clock::new();
+    let b = broker(&clock);
+    for path in ["/042", "/a/b", "/"] {
+        let r = ask(&b, &clock, &format!("OPTIONS {path} HTTP/1.1\r\nHost: broker:1\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n\r\n"));
+        assert_eq!(r.0, 204, "{path}");
+        assert_eq!(header(&r, "access-control-allow-origin"), Some("https://app.example"));
+    }
+    // The request itself then gets its readable refusal.
+    let r = ask(
+        &b,
+        &clock,
+        "POST /042 HTTP/1.1\r\nHost: broker:1\r\nOrigin: https://app.example\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.0, 400);
+    assert_eq!(header(&r, "access-control-allow-origin"), Some("https://app.example"));
+}
+
+#[test]
 fn actual_responses_carry_cors_headers() {
     let clock = Clock::new();
     let b = broker(&clock);

@@ -358,3 +358,20 @@ fn over_the_connection_limit_answers_503_at_once() {
     refused.handle_eof(clock.0);
     assert!(refused.is_closed());
 }
+
+#[test]
+fn no_new_listener_during_shutdown() {
+    let clock = Clock::new();
+    let broker = Broker::new(config(), "sim", clock.0, std::time::Duration::from_secs(1_800_000_000));
+    let mut s = broker.accept(clock.0);
+    s.handle_input(clock.0, b"GET /healthz HTTP/1.1\r\nHost: sim\r\n\r\n");
+    assert_eq!(responses(&drain(&mut s, clock.0))[0].0, 200);
+    // Shutdown begins while the keep-alive connection is idle; an upgrade then arrives on it.
+    s.handle_shutdown(clock.0);
+    s.handle_input(clock.0, &listen(3));
+    let rs = responses(&drain(&mut s, clock.0));
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].0, 503);
+    assert!(rs[0].1.contains(&("connection".into(), "close".into())));
+    assert_eq!(broker.snapshot(clock.0).listeners, 0);
+}

@@ -39,6 +39,7 @@ impl Response {
             HttpError::BadHandshake(_) => r = r.header("Sec-WebSocket-Version", "13"),
             HttpError::QueueFull(_)
             | HttpError::TooManyConnections
+            | HttpError::ShuttingDown
             | HttpError::AuthUnavailable
             | HttpError::DecisionTimeout => r = r.header("Retry-After", "1"),
             HttpError::Unauthorized => r = r.header("WWW-Authenticate", "Bearer"),
