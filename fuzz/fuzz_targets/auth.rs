@@ -30,14 +30,26 @@ fn authorizer(mode: u8) -> Box<dyn Authorizer> {
             };
             Box::new(StaticTokens::new(TokensFile { token: vec![spec] }).unwrap())
         }
-        _ => Box::new(JwtAuthorizer::hmac(SECRET, JwtOptions { leeway: 5, ..Default::default() }).unwrap()),
+        _ => Box::new(
+            JwtAuthorizer::hmac(
+                SECRET,
+                JwtOptions {
+                    leeway: 5,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        ),
     }
 }
 
 /// Header-safe text from fuzz bytes (the head reader refuses control characters anyway; keeping
 /// them out lets the fuzzer reach the authorizers more often).
 fn text(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { 'x' }).collect()
+    bytes
+        .iter()
+        .map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { 'x' })
+        .collect()
 }
 
 fn response(mode: u8, request: &[u8]) -> Vec<u8> {
@@ -45,7 +57,13 @@ fn response(mode: u8, request: &[u8]) -> Vec<u8> {
     config.cors = CorsPolicy::new(&["https://app.example"]).unwrap();
     config.stats_token = Some("st".into());
     let now = epoch();
-    let broker = Broker::with_authorizer(config, "fuzz", authorizer(mode), now, Duration::from_secs(1_800_000_000));
+    let broker = Broker::with_authorizer(
+        config,
+        "fuzz",
+        authorizer(mode),
+        now,
+        Duration::from_secs(1_800_000_000),
+    );
     let _listener = broker.registry().listen(fedbroker_core::Id::new(7).unwrap());
     let mut s = broker.accept(now);
     s.handle_input(now, request);
@@ -86,7 +104,11 @@ fuzz_target!(|data: &[u8]| {
     req.push_str("Content-Length: 0\r\n\r\n");
 
     let first = response(mode, req.as_bytes());
-    assert_eq!(first, response(mode, req.as_bytes()), "the same request decided twice differently");
+    assert_eq!(
+        first,
+        response(mode, req.as_bytes()),
+        "the same request decided twice differently"
+    );
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut headers);
     let parsed = r.parse(&first).expect("a well-formed response");
@@ -95,9 +117,15 @@ fuzz_target!(|data: &[u8]| {
     // Refusals come before routing: 401 and 403 never depend on a listener, and a refused
     // request never gets a routing answer.
     if status == 401 {
-        assert!(r.headers.iter().any(|h| h.name.eq_ignore_ascii_case("www-authenticate")));
+        assert!(r
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("www-authenticate")));
     }
     if mode % 3 != 0 && method == "POST" && kind & 0x10 == 0 && !query.contains("token=") {
-        assert!(!matches!(status, 101 | 204 | 404), "no credentials, yet routed: {status}");
+        assert!(
+            !matches!(status, 101 | 204 | 404),
+            "no credentials, yet routed: {status}"
+        );
     }
 });
