@@ -122,7 +122,7 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("www-authenticate")));
     }
-    if mode % 3 != 0 && method == "POST" && kind & 0x10 == 0 && !query.contains("token=") {
+    if !mode.is_multiple_of(3) && method == "POST" && kind & 0x10 == 0 && !query.contains("token=") {
         assert!(
             !matches!(status, 101 | 204 | 404),
             "no credentials, yet routed: {status}"
