@@ -408,10 +408,10 @@ impl Connection {
             return false;
         }
         match &self.state {
-            State::Head => self.inbuf.len() <= self.config.limits.max_head && self.out.len() < HIGH_WATER,
+            State::Head => self.inbuf.len() <= self.config.limits.max_head && !self.out.is_full(),
             State::Body(_, reader, _) => self.inbuf.len() < reader.remaining_hint().max(self.config.limits.max_head),
             State::Waiting(..) => false,
-            State::WebSocket(ws, _) => !ws.is_finished() && self.out.len() < HIGH_WATER,
+            State::WebSocket(ws, _) => !ws.is_finished() && !self.out.is_full(),
             State::Closing { .. } => true,
             State::Closed => false,
         }
@@ -419,7 +419,7 @@ impl Connection {
 
     /// Whether this connection is a live listener with room for more messages.
     pub fn wants_messages(&self) -> bool {
-        self.is_listening() && self.out.len() < HIGH_WATER
+        self.is_listening() && !self.out.is_full()
     }
 
     /// Whether this connection is a listener that has not begun closing.
@@ -445,7 +445,7 @@ impl Connection {
         loop {
             match &mut self.state {
                 State::Head => {
-                    if self.out.len() >= HIGH_WATER {
+                    if self.out.is_full() {
                         return;
                     }
                     match self.heads.read(&mut self.inbuf) {

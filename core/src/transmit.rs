@@ -17,6 +17,9 @@ pub struct Outbox {
     arena: BytesMut,
 }
 
+/// Most pieces queued before the outbox counts as full.
+const MAX_SEGMENTS: usize = 1024;
+
 /// Scratch block size for headers and small responses (a larger piece grows its block).
 const ARENA_BLOCK: usize = 1024;
 
@@ -29,6 +32,12 @@ impl Outbox {
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether the connection should stop taking work until some is written: `HIGH_WATER` bytes,
+    /// or as many pieces (many tiny frames cost more in bookkeeping than in bytes).
+    pub fn is_full(&self) -> bool {
+        self.len >= crate::HIGH_WATER || self.segments.len() >= MAX_SEGMENTS
     }
 
     /// Whether nothing waits.
@@ -90,8 +99,9 @@ impl Buf for Outbox {
         assert!(cnt <= self.len, "advance past the end of the outbox");
         self.len -= cnt;
         if self.len == 0 {
-            // Everything is written: an idle connection keeps no scratch block.
-            self.segments.clear();
+            // Everything is written: an idle connection keeps no scratch block and no queue (a
+            // burst of tiny frames may have grown it far).
+            self.segments = VecDeque::new();
             self.arena = BytesMut::new();
             return;
         }
@@ -106,6 +116,12 @@ impl Buf for Outbox {
                 front.advance(cnt);
                 cnt = 0;
             }
+        }
+        // Give back the room of a burst of many pieces as it drains (amortised: only once the
+        // queue uses less than a quarter of it).
+        let (used, room) = (self.segments.len(), self.segments.capacity());
+        if room > 256 && used < room / 4 {
+            self.segments.shrink_to(used * 2);
         }
     }
 }

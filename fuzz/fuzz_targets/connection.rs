@@ -62,7 +62,7 @@ const TX_BOUND: usize = HIGH_WATER + MAX_STEP_INPUT + 4096 + 16 * 1024;
 const OUTBOX_HEAP_PER_BYTE: usize = 96;
 /// Whether the heap an outbox took must be released once it is drained (see `ws_frame.rs`):
 /// off for now, so a session's bound follows its largest backlog so far.
-const DRAINED_OUTBOX_RELEASES_HEAP: bool = false;
+const DRAINED_OUTBOX_RELEASES_HEAP: bool = true;
 /// Heap of one session besides its outbox: input buffer (a head, a body, one read), queue,
 /// parser state.
 const SESSION_HEAP: usize = 512 * 1024;

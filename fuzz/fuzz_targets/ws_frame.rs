@@ -50,7 +50,7 @@ const OUTBOX_HEAP_PER_BYTE: usize = 96;
 /// outbox's `VecDeque` keeps the capacity of its largest backlog for the connection's lifetime
 /// (reported to the core with `fuzz/regressions/ws_frame/outbox-keeps-capacity`); until then,
 /// memory is bounded by the largest backlog of the run instead of the current one.
-const DRAINED_OUTBOX_RELEASES_HEAP: bool = false;
+const DRAINED_OUTBOX_RELEASES_HEAP: bool = true;
 
 /// A frame header as the fuzzer makes it, for the round trip.
 #[derive(Arbitrary, Debug)]
