@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# fedbroker side by side with mosquitto and nats-server, on loopback, in one run.
+#
+#   bench/run.sh                 # full run (~15 min on 2 cores): results in bench/results/
+#   bench/run.sh --smoke         # a few hundred messages against fedbroker-tokio only, no peers,
+#                                # no charts, results in target/bench-smoke/ (what CI runs)
+#   bench/run.sh --rounds 5      # more rounds per relay figure (medians are reported)
+#
+# Phases of the full run, each server started here on its own port with its own config (never a
+# Debian service) and stopped on exit:
+#   1. relay: 64 B, 1 KiB, 64 KiB × window 1 and 16, 16 listeners and 16 senders, for every system,
+#      systems interleaved round-robin (and rotated each round) so machine drift cancels out;
+#   2. latency at half of each system's own measured maximum (64 B and 1 KiB, window 16);
+#   3. idle: 10 000 subscribed listeners against a fresh instance of each system;
+#   4. fan-in: 64 senders to one listener of each fedbroker adapter, --queue-limit 16.
+# Then one table with ratios to the best peer (bench/results/table.md), raw JSON lines
+# (raw.jsonl), aggregates (results.json), machine facts (machine.txt) and SVG charts.
+# Any lost, duplicated, reordered or corrupted message fails the run (non-zero exit).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+ORIG_ARGS=("$@")
+
+SMOKE=0
+ROUNDS=3
+OUT=
+IDLE_CONNECTIONS=10000
+while (($#)); do
+    case $1 in
+    --smoke) SMOKE=1 ;;
+    --rounds)
+        ROUNDS=$2
+        shift
+        ;;
+    --out)
+        OUT=$2
+        shift
+        ;;
+    --idle-connections)
+        IDLE_CONNECTIONS=$2
+        shift
+        ;;
+    -h | --help)
+        sed -n '2,19p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "run.sh: unknown argument '$1' (try --help)" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+if ((SMOKE)); then
+    OUT=${OUT:-$ROOT/target/bench-smoke}
+else
+    OUT=${OUT:-$ROOT/bench/results}
+fi
+mkdir -p "$OUT"
+RAW=$OUT/raw.jsonl
+: >"$RAW"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/fedbroker-bench.XXXXXX")
+# Server configs and logs are kept here after the run (a failure's cause is usually in them).
+LOGS=$ROOT/target/bench-logs
+PIDS=()
+FAILED=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$LOGS"
+    mkdir -p "$LOGS"
+    cp -r "$WORK"/. "$LOGS"/ 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 10 000 idle listeners need more than the usual 1024 descriptors, in the servers started below
+# (they inherit this limit) and in the load generator.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# ---- build ---------------------------------------------------------------------------------
+if ((SMOKE)); then
+    log "building fedbroker-tokio and fedbroker-bench (release)"
+    cargo build --release -p fedbroker-tokio -p fedbroker-bench
+    SYSTEMS=(tokio)
+else
+    log "building the three adapters and fedbroker-bench (release)"
+    cargo build --release -p fedbroker-tokio -p fedbroker-smol -p fedbroker-std -p fedbroker-bench
+    SYSTEMS=(tokio smol std mosquitto nats)
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+BIN=${TARGET_DIR:-$ROOT/target}/release
+BENCH=$BIN/fedbroker-bench
+
+# ---- peers ---------------------------------------------------------------------------------
+PATH=$PATH:/usr/sbin:/usr/local/sbin
+if ((!SMOKE)); then
+    if ! command -v mosquitto >/dev/null || ! command -v nats-server >/dev/null; then
+        log "installing mosquitto and nats-server (Debian packages)"
+        as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto nats-server >/dev/null
+    fi
+fi
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
+        echo $((20000 + RANDOM % 20000))
+}
+
+wait_port() { # PORT PID NAME
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        if ! running "$2"; then
+            echo "run.sh: $3 exited at start:" >&2
+            cat "$WORK/$3".log >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "run.sh: $3 did not open port $1 in 10 s" >&2
+    return 1
+}
+
+# Is child PID still running (not exited; a zombie child still answers kill -0)?
+running() {
+    local st
+    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $st && $st != Z && $st != X ]]
+}
+
+declare -A ADDR PID
+# start SYSTEM [extra fedbroker flags...]: starts a fresh instance (one retry after a failed
+# start, with what is known about the failure logged); sets ADDR[SYSTEM], PID[SYSTEM].
+start() {
+    start_once "$@" && return 0
+    echo "run.sh: retrying the start of $1 in 2 s" >&2
+    sleep 2
+    start_once "$@"
+}
+
+start_once() {
+    local sys=$1 port port2 p
+    shift
+    case $sys in
+    tokio | smol | std)
+        "$BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
+            >"$WORK/$sys.out" 2>>"$WORK/$sys.log" &
+        p=$!
+        local i
+        for ((i = 0; i < 300; i++)); do
+            if grep -q '^listening on http://' "$WORK/$sys.out" 2>/dev/null; then break; fi
+            if ! running "$p"; then
+                local rc=0
+                wait "$p" || rc=$?
+                echo "run.sh: fedbroker-$sys exited at start with status $rc; its stderr ends:" >&2
+                tail -5 "$WORK/$sys.log" >&2
+                return 1
+            fi
+            sleep 0.1
+        done
+        ADDR[$sys]=fedbroker://$(sed -n 's#^listening on http://##p' "$WORK/$sys.out" | head -1)
+        if [[ ${ADDR[$sys]} == fedbroker:// ]]; then
+            {
+                echo "run.sh: fedbroker-$sys printed no 'listening on' line in 30 s; its state:"
+                grep -E '^(State|Threads)' "/proc/$p/status" 2>/dev/null
+                cat "/proc/$p/task/"*/stack 2>/dev/null | sort | uniq -c | sort -rn | head -5
+            } | tee -a "$WORK/$sys.log" >&2
+            kill "$p" 2>/dev/null || true
+            wait "$p" 2>/dev/null || true
+            return 1
+        fi
+        ;;
+    mosquitto)
+        port=$(free_port)
+        port2=$(free_port)
+        # A WebSocket listener alone does not start in 2.0.11: a plain MQTT listener comes first.
+        # socket_domain ipv4 keeps the WebSocket listener on 127.0.0.1 only.
+        cat >"$WORK/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+protocol mqtt
+listener $port2 127.0.0.1
+protocol websockets
+socket_domain ipv4
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+EOF
+        mosquitto -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
+        p=$!
+        wait_port "$port2" "$p" mosquitto || return 1
+        ADDR[$sys]=mqtt-ws://127.0.0.1:$port2
+        ;;
+    nats)
+        port=$(free_port)
+        port2=$(free_port)
+        cat >"$WORK/nats.conf" <<EOF
+listen: "127.0.0.1:$port"
+websocket {
+  listen: "127.0.0.1:$port2"
+  no_tls: true
+}
+EOF
+        nats-server -c "$WORK/nats.conf" >>"$WORK/nats.log" 2>&1 &
+        p=$!
+        wait_port "$port2" "$p" nats || return 1
+        ADDR[$sys]=nats-ws://127.0.0.1:$port2
+        ;;
+    esac
+    PID[$sys]=$p
+    PIDS+=("$p")
+}
+
+stop() {
+    local p=${PID[$1]}
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+
+# Waits (up to BENCH_QUIET_WAIT s, default 60) while other builds (rustc) run on this shared machine.
+quiet() {
+    local i max=${BENCH_QUIET_WAIT:-60}
+    for ((i = 0; i < max; i++)); do
+        [[ $(pgrep -c rustc || true) == 0 ]] && return 0
+        ((i == 0)) && echo "   (waiting for other builds to finish: $(pgrep -c rustc) rustc running)"
+        sleep 1
+    done
+    echo "   (still $(pgrep -c rustc || true) rustc running after ${max} s; measuring anyway, load is recorded)"
+}
+
+relay() { # SYSTEM PAYLOAD WINDOW MESSAGES [extra args]
+    local sys=$1 payload=$2 window=$3 messages=$4
+    shift 4
+    "$BENCH" relay --target "${ADDR[$sys]}" --pid "${PID[$sys]}" --listeners 16 --senders 16 --payload "$payload" \
+        --window "$window" --messages "$messages" --label "$sys" --json "$RAW" "$@"
+}
+
+# record_failure SCENARIO SYSTEM ERRFILE: a JSON line the report shows, and a non-zero exit later.
+record_failure() {
+    local msg
+    msg=$(grep -m1 '^FAIL' "$3" | sed 's/\\/\\\\/g; s/"/\\"/g')
+    printf '{"scenario":"%s","label":"%s","error":"%s"}\n' "$1" "$2" "${msg:-failed}" >>"$RAW"
+    FAILED+=("$1 $2")
+}
+
+machine() {
+    {
+        echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+        echo "command: bench/run.sh${ARGS:+ $ARGS}"
+        echo "cores: $(nproc)"
+        echo "cpu: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+        echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+        echo "kernel: $(uname -r)"
+        echo "rustc: $(rustc --version)"
+        if ((!SMOKE)); then
+            echo "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
+            echo "nats-server: $(nats-server --version 2>/dev/null)"
+        fi
+    } >"$OUT/machine.txt"
+}
+ARGS="${ORIG_ARGS[*]}"
+
+# ---- smoke ---------------------------------------------------------------------------------
+if ((SMOKE)); then
+    start tokio
+    log "smoke: relay, paced relay, idle, fan-in against fedbroker-tokio"
+    relay tokio 64 16 800
+    relay tokio 1024 1 320
+    relay tokio 64 16 400 --rate 2000
+    "$BENCH" idle --target "${ADDR[tokio]}" --pid "${PID[tokio]}" --connections 300 --sources 4 \
+        --settle 0 --label tokio --json "$RAW"
+    stop tokio
+    start tokio --queue-limit 2
+    "$BENCH" fanin --target "${ADDR[tokio]}" --senders 8 --messages 400 --listener-pause-us 200 \
+        --label tokio --json "$RAW"
+    stop tokio
+    "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
+    echo "bench smoke ok: results in $OUT"
+    exit 0
+fi
+
+machine
+echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg); cargo processes: $(pgrep -c cargo || true)" | tee -a "$OUT/machine.txt"
+
+# ---- 1. relay ------------------------------------------------------------------------------
+# fedbroker's default --queue-limit (1024) answers 503 in this scenario whenever the generator's
+# listeners fall behind its senders (a 204 means "queued", so a sender's window does not bound
+# the listener's queue); the relay is about throughput, so the queue is made large here (still
+# bounded; mosquitto queues QoS 0 without bound, nats-server up to 64 MB per subscriber).
+# The fan-in phase exercises the 503 path with a small limit.
+for s in "${SYSTEMS[@]}"; do start "$s" --queue-limit 65536; done
+log "servers: $(for s in "${SYSTEMS[@]}"; do printf '%s=%s ' "$s" "${ADDR[$s]}"; done)"
+
+# messages per payload and window: enough for a second or more at fedbroker's pace; 64 KiB runs
+# have a 10 s budget (mosquitto's WebSocket path crawls at that size; the result says so).
+declare -A COUNT=([64w16]=200000 [64w1]=100000 [1024w16]=100000 [1024w1]=50000
+    [65536w16]=4000 [65536w1]=2000)
+n=${#SYSTEMS[@]}
+for ((round = 0; round < ROUNDS; round++)); do
+    log "relay round $((round + 1))/$ROUNDS"
+    quiet
+    for payload in 64 1024 65536; do
+        for window in 16 1; do
+            for ((k = 0; k < n; k++)); do
+                s=${SYSTEMS[$(((k + round) % n))]}
+                relay "$s" "$payload" "$window" "${COUNT[${payload}w$window]}" --max-seconds 10
+            done
+        done
+    done
+done
+
+# ---- 2. latency at half load ---------------------------------------------------------------
+log "latency at half of each system's measured maximum"
+for ((round = 0; round < ROUNDS; round++)); do
+    quiet
+    for payload in 64 1024; do
+        for ((k = 0; k < n; k++)); do
+            s=${SYSTEMS[$(((k + round) % n))]}
+            max=$("$BENCH" median --input "$RAW" --label "$s" --payload "$payload" --window 16)
+            rate=$((max / 2))
+            # About 4 s of traffic at that pace.
+            relay "$s" "$payload" 16 $((rate * 4 < 16 ? 16 : rate * 4)) --rate "$rate" --max-seconds 10
+        done
+    done
+done
+for s in "${SYSTEMS[@]}"; do stop "$s"; done
+
+# ---- 3. idle -------------------------------------------------------------------------------
+log "idle: $IDLE_CONNECTIONS listeners per system, each against a fresh instance"
+for s in "${SYSTEMS[@]}"; do
+    if ! start "$s"; then
+        echo "FAIL idle $s: the server did not start" >"$WORK/idle-$s.err"
+        record_failure idle "$s" "$WORK/idle-$s.err"
+        continue
+    fi
+    sleep 1
+    # A failure here is recorded and the run goes on (the other systems' figures still count);
+    # the run exits non-zero at the end.
+    if ! "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$IDLE_CONNECTIONS" \
+        --label "$s" --json "$RAW" 2>"$WORK/idle-$s.err"; then
+        cat "$WORK/idle-$s.err" >&2
+        record_failure idle "$s" "$WORK/idle-$s.err"
+    fi
+    stop "$s"
+done
+
+# ---- 4. fan-in -----------------------------------------------------------------------------
+log "fan-in: 64 senders to one listener, --queue-limit 16"
+for s in tokio smol std; do
+    if ! start "$s" --queue-limit 16; then
+        echo "FAIL fanin $s: the server did not start" >"$WORK/fanin-$s.err"
+        record_failure fanin "$s" "$WORK/fanin-$s.err"
+        continue
+    fi
+    if ! "$BENCH" fanin --target "${ADDR[$s]}" --senders 64 --messages 50000 --listener-pause-us 200 \
+        --label "$s" --json "$RAW" 2>"$WORK/fanin-$s.err"; then
+        cat "$WORK/fanin-$s.err" >&2
+        record_failure fanin "$s" "$WORK/fanin-$s.err"
+    fi
+    stop "$s"
+done
+
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); cargo processes: $(pgrep -c cargo || true)" | tee -a "$OUT/machine.txt"
+log "results"
+"$BENCH" report --input "$RAW" --out "$OUT"
+echo "raw: $RAW; table: $OUT/table.md; charts: $OUT/*.svg; machine: $OUT/machine.txt; server logs: $LOGS"
+if ((${#FAILED[@]})); then
+    echo "run.sh: FAILED: ${FAILED[*]} (see above and $LOGS)" >&2
+    exit 1
+fi

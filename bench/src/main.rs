@@ -1,0 +1,324 @@
+//! `fedbroker-bench`: a load generator for fedbroker and the brokers a user would pick instead
+//! (mosquitto over MQTT-over-WebSocket, nats-server over its WebSocket listener).
+//!
+//! Every scenario checks every message — content byte for byte, order per sender, exactly once —
+//! and exits non-zero with a `FAIL` line on any loss, duplicate, reorder or corruption. Results are
+//! printed as one line each and, with `--json FILE`, appended as JSON lines for `report`.
+//! `bench/run.sh` drives the whole comparison; see BENCHMARKS.md.
+
+mod conn;
+mod fed;
+mod mqtt;
+mod nats;
+mod net;
+mod payload;
+mod report;
+mod scenario;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::net::Target;
+
+#[derive(Parser)]
+#[command(
+    name = "fedbroker-bench",
+    version,
+    about = "Load generator for fedbroker and its peers over WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Name of the system under test in the output (e.g. tokio, mosquitto).
+    #[arg(long, default_value = "system")]
+    label: String,
+    /// Append the result as one JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Worker threads of the generator's tokio runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Fail when nothing is acknowledged or delivered for this many seconds.
+    #[arg(long, default_value_t = 15)]
+    stall_timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// L listeners, S senders with W messages in flight each; throughput and POST→frame latency.
+    Relay {
+        /// fedbroker://ADDR, mqtt-ws://ADDR or nats-ws://ADDR
+        #[arg(long)]
+        target: Target,
+        #[arg(long, default_value_t = 16)]
+        listeners: u32,
+        #[arg(long, default_value_t = 16)]
+        senders: u32,
+        /// Message size in bytes (at least 20: sender, sequence and timestamp head every message).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Messages in total, split evenly over the senders.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Messages in flight per sender connection (acknowledged per message; NATS: per window).
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Pace the senders to this many msgs/s in total (for latency below saturation).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Start no new message after this many seconds (the result says so).
+        #[arg(long)]
+        max_seconds: Option<f64>,
+        /// The broker's PID: its CPU time per delivered message is reported.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// C idle subscribed listeners; the broker's RSS (VmRSS) per connection.
+    Idle {
+        #[arg(long)]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        connections: u32,
+        /// PID of the broker, whose /proc/PID/status is read before and after.
+        #[arg(long)]
+        pid: u32,
+        /// Spread client sockets over 127.0.0.1 … 127.0.0.N (bound before connect).
+        #[arg(long, default_value_t = 32)]
+        sources: u32,
+        /// Connection handshakes in progress at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Seconds to wait after the last connection before reading RSS.
+        #[arg(long, default_value_t = 3)]
+        settle: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Many senders (window 1) to ONE listener: 503s counted and retried, none of the 204s lost.
+    Fanin {
+        /// fedbroker://ADDR (start the broker with a small --queue-limit)
+        #[arg(long)]
+        target: Target,
+        #[arg(long, default_value_t = 64)]
+        senders: u32,
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Pause before retrying a 503'd message, in milliseconds.
+        #[arg(long, default_value_t = 2)]
+        retry_pause_ms: u64,
+        /// Wait the 503's Retry-After seconds instead of --retry-pause-ms.
+        #[arg(long)]
+        honor_retry_after: bool,
+        /// Make the listener slow: sleep this many microseconds after every 64 messages.
+        #[arg(long)]
+        listener_pause_us: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Prints the median delivered msgs/s of the matching full-load relay runs (for pacing).
+    Median {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        payload: u64,
+        #[arg(long)]
+        window: u64,
+    },
+    /// Table, results.json and SVG charts from the JSON lines the scenarios appended.
+    Report {
+        /// The JSON lines file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory for table.md, results.json and the charts.
+        #[arg(long)]
+        out: PathBuf,
+        /// Labels that are peers (ratios are to the best of them).
+        #[arg(long, value_delimiter = ',', default_value = "mosquitto,nats")]
+        peers: Vec<String>,
+        /// Skip the SVG charts.
+        #[arg(long)]
+        no_charts: bool,
+    },
+}
+
+/// Raises the soft open-file limit to the hard limit (the idle scenario holds thousands).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn fail(what: &str, e: &str) -> ! {
+    eprintln!("FAIL {what}: {e}");
+    std::process::exit(1);
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail("runtime", &e.to_string()))
+}
+
+fn save(json: &Option<PathBuf>, v: &serde_json::Value) {
+    if let Some(p) = json {
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .and_then(|mut f| writeln!(f, "{v}"));
+        if let Err(e) = r {
+            fail("json", &format!("{}: {e}", p.display()));
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    raise_nofile();
+    match cli.cmd {
+        Cmd::Relay {
+            target,
+            listeners,
+            senders,
+            payload,
+            messages,
+            window,
+            rate,
+            max_seconds,
+            pid,
+            common,
+        } => {
+            let what = format!("relay {}", common.label);
+            if payload < payload::HEADER {
+                fail(&what, &format!("--payload must be at least {} bytes", payload::HEADER));
+            }
+            if listeners == 0 || senders == 0 || window == 0 || messages < senders as u64 {
+                fail(
+                    &what,
+                    "--listeners, --senders and --window must be positive, --messages at least --senders",
+                );
+            }
+            if rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                fail(&what, "--rate must be positive");
+            }
+            let a = scenario::Relay {
+                target,
+                listeners,
+                senders,
+                payload,
+                messages,
+                window,
+                rate,
+                max_seconds,
+                pid,
+                stall: Duration::from_secs(common.stall_timeout),
+                label: common.label.clone(),
+            };
+            match runtime(common.threads).block_on(scenario::relay(a)) {
+                Ok(v) => save(&common.json, &v),
+                Err(e) => fail(&what, &e),
+            }
+        }
+        Cmd::Idle {
+            target,
+            connections,
+            pid,
+            sources,
+            concurrency,
+            settle,
+            common,
+        } => {
+            let what = format!("idle {}", common.label);
+            if connections == 0 {
+                fail(&what, "--connections must be positive");
+            }
+            let a = scenario::Idle {
+                target,
+                connections,
+                pid,
+                sources,
+                concurrency: concurrency.max(1),
+                settle: Duration::from_secs(settle),
+                label: common.label.clone(),
+            };
+            match runtime(common.threads).block_on(scenario::idle(a)) {
+                Ok(v) => save(&common.json, &v),
+                Err(e) => fail(&what, &e),
+            }
+        }
+        Cmd::Fanin {
+            target,
+            senders,
+            messages,
+            payload,
+            retry_pause_ms,
+            honor_retry_after,
+            listener_pause_us,
+            common,
+        } => {
+            let what = format!("fanin {}", common.label);
+            if payload < payload::HEADER || senders == 0 || messages < senders as u64 {
+                fail(
+                    &what,
+                    "--payload must be at least 20, --senders positive, --messages at least --senders",
+                );
+            }
+            let a = scenario::Fanin {
+                target,
+                senders,
+                messages,
+                payload,
+                retry_pause: Duration::from_millis(retry_pause_ms),
+                honor_retry_after,
+                listener_pause: listener_pause_us.map(Duration::from_micros),
+                stall: Duration::from_secs(common.stall_timeout),
+                label: common.label.clone(),
+            };
+            match runtime(common.threads).block_on(scenario::fanin(a)) {
+                Ok(v) => save(&common.json, &v),
+                Err(e) => fail(&what, &e),
+            }
+        }
+        Cmd::Median {
+            input,
+            label,
+            payload,
+            window,
+        } => match report::median_rate(&input, &label, payload, window) {
+            Ok(v) => println!("{v:.0}"),
+            Err(e) => fail("median", &e),
+        },
+        Cmd::Report {
+            input,
+            out,
+            peers,
+            no_charts,
+        } => match report::report(&input, &out, &peers, !no_charts) {
+            Ok(t) => print!("{t}"),
+            Err(e) => fail("report", &e),
+        },
+    }
+}
