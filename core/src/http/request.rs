@@ -180,19 +180,29 @@ impl HeadReader {
 
     /// Length of the head (through its blank line) if the blank line is in `buf`.
     fn find_head_end(&mut self, buf: &[u8]) -> Option<usize> {
-        let from = self.scanned.saturating_sub(2);
-        let hay = &buf[from..];
-        // The head ends at the first blank line, CRLF or bare LF (httparse accepts both).
-        let lf = hay.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-        let crlf = hay.windows(3).position(|w| w == b"\n\r\n").map(|p| p + 3);
-        let end = match (lf, crlf) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if end.is_none() {
-            self.scanned = buf.len();
+        // One forward pass over line ends, stopping at the first blank line (CRLF or bare LF,
+        // as httparse accepts both); never past it, so a body or the next pipelined request
+        // behind the head costs nothing.
+        let mut i = self.scanned.saturating_sub(2);
+        while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+            let nl = i + p;
+            match buf.get(nl + 1) {
+                Some(b'\n') => return Some(nl + 2),
+                Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+                // The blank line may still be arriving: look again from this line end.
+                None => {
+                    self.scanned = nl;
+                    return None;
+                }
+                Some(b'\r') if nl + 2 == buf.len() => {
+                    self.scanned = nl;
+                    return None;
+                }
+                _ => i = nl + 1,
+            }
         }
-        end.map(|e| from + e)
+        self.scanned = buf.len();
+        None
     }
 }
 
