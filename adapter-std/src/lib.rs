@@ -15,7 +15,10 @@
 //!   `std::task::Waker` that sets a flag and signals the condition variable.
 //!
 //! So the thread count is 2 per connection plus 1 per address, independent of message rates; no
-//! thread is ever started per message. Stacks are small (`STACK_SIZE`). All protocol logic is in
+//! thread is ever started per message. Threads are capped by the kernel's memory-map limit
+//! (`vm.max_map_count`, 65 530 by default: about 6 500 connections); beyond it a connection gets
+//! `503` at once instead of threads, since a thread that cannot map its stack aborts the process.
+//! For more connections, raise `vm.max_map_count` or use the tokio or smol adapter. Stacks are small (`STACK_SIZE`). All protocol logic is in
 //! the core.
 
 use std::io::{self, Read, Write};
@@ -91,6 +94,8 @@ struct Shared {
     drivers: Mutex<Vec<Weak<Signal>>>,
     /// Connections alive, to wait for at shutdown.
     live: Mutex<usize>,
+    /// Connections beyond this get `503` without threads (see `thread_budget`).
+    thread_budget: usize,
     all_done: Condvar,
 }
 
@@ -112,6 +117,7 @@ struct Io {
 pub fn run(broker: Arc<Broker>, server: Server) -> io::Result<()> {
     let Server { listeners, tls, signal } = server;
     let shared = Arc::new(Shared {
+        thread_budget: thread_budget(),
         broker,
         tls,
         shutdown: AtomicBool::new(false),
@@ -169,7 +175,9 @@ fn accept_loop(l: TcpListener, shared: Arc<Shared>) {
         }
         match sock {
             Ok(sock) => {
-                if let Err(e) = start(sock, &shared) {
+                if *lock(&shared.live) >= shared.thread_budget {
+                    refuse(sock, &shared);
+                } else if let Err(e) = start(sock, &shared) {
                     tracing::warn!("cannot start connection threads: {e}");
                 }
             }
@@ -180,6 +188,32 @@ fn accept_loop(l: TcpListener, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Answers `503` on the accepting thread, without starting threads, when the process has no room
+/// for two more: the kernel's limit on memory maps (`vm.max_map_count`) caps threads, and a thread
+/// that cannot set up its stack aborts the whole process.
+fn refuse(sock: TcpStream, shared: &Shared) {
+    tracing::warn!(
+        budget = shared.thread_budget,
+        "out of threads for connections: answering 503"
+    );
+    let _ = sock.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut s = fedbroker_cli::accept(&shared.broker);
+    s.refuse_all(Instant::now(), fedbroker_core::HttpError::TooManyConnections);
+    let _ = s.write_to(Instant::now(), |iov| (&sock).write_vectored(iov));
+    let _ = sock.shutdown(Shutdown::Write);
+}
+
+/// How many connections the process can give two threads each: a thread costs a few memory maps
+/// (stack, guard page, signal stack), and `vm.max_map_count` (65 530 by default) caps them all.
+fn thread_budget() -> usize {
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(65_530);
+    // About four maps per thread, two threads per connection, and room for the rest of the process.
+    (maps / 10).max(64)
 }
 
 /// Starts the reader and driver threads of a new connection.

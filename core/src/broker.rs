@@ -144,6 +144,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// Answers `err` at once and closes, whatever the peer sends (an adapter out of room for
+    /// this connection, for instance).
+    pub fn refuse_all(&mut self, now: Instant, err: HttpError) {
+        self.conn.refuse_all(now, err);
+    }
+
     /// Bytes received from the peer.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
         self.conn.handle_input(now, data);
