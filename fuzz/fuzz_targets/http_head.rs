@@ -14,10 +14,9 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use fedbroker_core::http::{BodyFraming, BodyProgress, BodyReader, HeadReader, Limits};
+use fedbroker_core::http::{BodyFraming, BodyProgress, BodyReader, HeadReader, Limits, RequestHead};
 use fedbroker_core::HttpError;
 use fedbroker_fuzz::{Cursor, XorShift};
-use http::{HeaderMap, Method, Version};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug)]
@@ -32,18 +31,7 @@ struct Params {
 /// What the readers made of the stream, in order.
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Head {
-        method: Method,
-        path: String,
-        query: Option<String>,
-        version: Version,
-        headers: HeaderMap,
-        framing: BodyFraming,
-        keep_alive: bool,
-        expect_continue: bool,
-        upgrade_websocket: bool,
-        connection_upgrade: bool,
-    },
+    Head(RequestHead),
     Body(Bytes),
     Error(HttpError),
 }
@@ -161,18 +149,7 @@ fn run(p: &Params, stream: &[u8], mut piece: impl FnMut() -> usize) -> (Vec<Outc
                     assert!(head_bytes.len() <= p.limits.max_head, "head over max_head");
                     assert!(head.headers().len() <= p.limits.max_headers, "too many headers");
                     let framing = head.framing();
-                    outcomes.push(Outcome::Head {
-                        method: head.method().clone(),
-                        path: head.path().to_owned(),
-                        query: head.query().map(str::to_owned),
-                        version: head.version(),
-                        headers: head.headers().clone(),
-                        framing,
-                        keep_alive: head.keep_alive(),
-                        expect_continue: head.expect_continue(),
-                        upgrade_websocket: head.upgrade_websocket(),
-                        connection_upgrade: head.connection_upgrade(),
-                    });
+                    outcomes.push(Outcome::Head(head.clone()));
                     if framing.has_body() {
                         let discard = p.discard_mask >> (requests % 8) & 1 == 1;
                         body = Some((BodyReader::new(framing, p.max_body, discard), framing, discard));

@@ -47,7 +47,7 @@ impl BodyFraming {
 }
 
 /// A parsed and checked request head.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
     method: Method,
     path: String,

@@ -2,18 +2,7 @@
 
 use fedbroker_tests::*;
 
-/// Asserts a usage error: exit code 2 and one line on stderr that mentions one of `names`.
-#[track_caller]
-fn assert_usage_error(out: &CliOutput, names: &[&str]) {
-    assert_eq!(out.code(), 2, "bad flag or config must exit 2: {out:?}");
-    let stderr = out.stderr.trim();
-    assert_eq!(stderr.lines().count(), 1, "want exactly one line on stderr: {out:?}");
-    let lower = stderr.to_ascii_lowercase();
-    assert!(
-        names.iter().any(|name| lower.contains(&name.to_ascii_lowercase())),
-        "stderr should name the problem (one of {names:?}): {out:?}"
-    );
-}
+use crate::support::assert_usage_error;
 
 adapter_tests! {
     /// `--help` exits 0 and lists the flags.
