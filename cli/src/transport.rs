@@ -5,6 +5,7 @@
 //! keeps one loop shape in all three adapters (readiness, then non-blocking reads and writes),
 //! keeps no read buffer per idle connection, and is the same code for every runtime.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,16 +52,16 @@ impl Transport {
         }
     }
 
-    /// Reads once with `read` (the socket's read, blocking or not) into a stack buffer and feeds
-    /// the outcome in: bytes, end of stream (`Ok(0)` or an error), or nothing (`WouldBlock`).
+    /// Reads once with `read` (the socket's read, blocking or not) into this thread's read buffer
+    /// and feeds the outcome in: bytes, end of stream (`Ok(0)` or an error), or nothing
+    /// (`WouldBlock`).
     pub fn read_from(&mut self, s: &mut Session, now: Instant, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) {
-        let mut buf = [0u8; READ_CHUNK];
-        match read(&mut buf) {
+        with_scratch(&READ_BUF, |buf| match read(buf) {
             Ok(0) => self.on_eof(s, now),
             Ok(n) => self.on_bytes(s, now, &buf[..n.min(READ_CHUNK)]),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(_) => self.on_eof(s, now),
-        }
+        })
     }
 
     /// Bytes read from the socket.
@@ -80,13 +81,15 @@ impl Transport {
                 Ok(state) => {
                     // Plaintext goes to the session at once, whatever its appetite: it is at most
                     // one read's worth beyond it, and the session bounds its buffer.
-                    let mut plain = [0u8; READ_CHUNK];
-                    loop {
-                        match conn.reader().read(&mut plain) {
-                            Ok(0) => return s.handle_eof(now),
+                    let ended = with_scratch(&PLAIN_BUF, |plain| loop {
+                        match conn.reader().read(plain) {
+                            Ok(0) => break true,
                             Ok(n) => s.handle_input(now, &plain[..n]),
-                            Err(_) => break,
+                            Err(_) => break false,
                         }
+                    });
+                    if ended {
+                        return s.handle_eof(now);
                     }
                     if state.peer_has_closed() {
                         return s.handle_eof(now);
@@ -170,6 +173,23 @@ impl Transport {
             }
         }
     }
+}
+
+thread_local! {
+    /// Socket reads land here: one buffer per thread, zeroed once, not per read (a stack array
+    /// would be zeroed on every call) and not per connection (idle connections would pay for it).
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+    /// Plaintext out of rustls, likewise.
+    static PLAIN_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Runs `f` with the thread's buffer `key`; a fresh one if it is already in use further up the
+/// stack (not the case in any adapter, but no reason to panic if it ever were).
+fn with_scratch<R>(key: &'static std::thread::LocalKey<RefCell<Box<[u8]>>>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut vec![0; READ_CHUNK]),
+    })
 }
 
 /// `io::Write` over a vectored write function, for `write_tls`.

@@ -546,7 +546,7 @@ impl Connection {
         // the path is a valid id is then answered to the request itself, readably.
         if req.cors.is_some()
             && head.method() == Method::OPTIONS
-            && head.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            && head.header("access-control-request-method").is_some()
         {
             let resp = Response::new(204)
                 .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
@@ -599,15 +599,11 @@ impl Connection {
         id: Option<Id>,
         handshake: Option<Handshake>,
     ) {
-        let origin = head
-            .headers()
-            .get(http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let origin = head.header_str("origin").map(str::to_owned);
         self.events.push_back(Event::Authorize(AuthRequest {
             action,
             id,
-            token: bearer_token(head.headers(), head.query()),
+            token: bearer_token(head.header_str("authorization"), head.query()),
             query: head.query().map(str::to_owned),
             origin,
         }));

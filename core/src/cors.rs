@@ -67,21 +67,20 @@ impl CorsPolicy {
 
     /// Checks a request's `Origin` against the policy; `secure` tells the broker's own scheme.
     pub fn check(&self, head: &RequestHead, secure: bool) -> OriginCheck {
-        let mut values = head.headers().get_all(http::header::ORIGIN).iter();
-        let origin = match (values.next(), values.next()) {
-            (None, _) => return OriginCheck::Absent,
-            (Some(v), None) => match v.to_str() {
-                Ok(s) => s.trim(),
-                Err(_) => return OriginCheck::Refused,
+        let origin = match head.single_header("origin") {
+            Ok(None) => return OriginCheck::Absent,
+            Ok(Some(_)) => match head.header_str("origin") {
+                Some(s) => s.trim(),
+                None => return OriginCheck::Refused,
             },
             // Several Origin headers: ambiguous, refused.
-            (Some(_), Some(_)) => return OriginCheck::Refused,
+            Err(_) => return OriginCheck::Refused,
         };
         let normalized = normalize(origin);
         if self.any || normalized.as_ref().is_some_and(|n| self.origins.contains(n)) {
             return OriginCheck::Allowed(origin.to_owned());
         }
-        let host = head.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+        let host = head.header_str("host");
         if let (Some(n), Some(host)) = (normalized, host) {
             if self.own_origin_loopback_only && !is_loopback_host(host.trim()) {
                 return OriginCheck::Refused;

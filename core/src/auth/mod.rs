@@ -224,9 +224,10 @@ impl PendingDecision {
     }
 }
 
-/// The bearer token of a request: `Authorization: Bearer <token>` first, else `?token=`.
-pub fn bearer_token(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+/// The bearer token of a request: `Authorization: Bearer <token>` first (the header's value is
+/// `authorization`), else `?token=` of the query.
+pub fn bearer_token(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
+    if let Some(v) = authorization {
         let v = v.trim();
         if let Some((scheme, token)) = v.split_once(' ') {
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
@@ -271,12 +272,14 @@ mod tests {
 
     #[test]
     fn token_sources() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(bearer_token(&h, Some("a=1&token=x%2By&b=2")), Some("x+y".into()));
-        assert_eq!(bearer_token(&h, Some("token=%zz%4")), Some("%zz%4".into()));
-        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer_token(&h, Some("token=x")), Some("abc".into()));
-        assert_eq!(bearer_token(&http::HeaderMap::new(), None), None);
+        assert_eq!(bearer_token(None, Some("a=1&token=x%2By&b=2")), Some("x+y".into()));
+        assert_eq!(bearer_token(None, Some("token=%zz%4")), Some("%zz%4".into()));
+        assert_eq!(bearer_token(Some("Bearer abc"), Some("token=x")), Some("abc".into()));
+        assert_eq!(bearer_token(Some("bearer  abc "), None), Some("abc".into()));
+        // Another scheme is not a bearer token; the query may still carry one.
+        assert_eq!(bearer_token(Some("Basic abc"), Some("token=q")), Some("q".into()));
+        assert_eq!(bearer_token(Some("Bearer "), None), None);
+        assert_eq!(bearer_token(None, None), None);
     }
 
     #[test]

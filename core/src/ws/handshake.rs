@@ -27,7 +27,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Handshake, HttpError> {
     let version = head
         .single_header("sec-websocket-version")
         .map_err(|_| HttpError::BadHandshake("repeated Sec-WebSocket-Version"))?;
-    match version.map(|v| v.as_bytes().trim_ascii()) {
+    match version.map(<[u8]>::trim_ascii) {
         Some(b"13") => {}
         Some(_) => return Err(HttpError::BadHandshake("Sec-WebSocket-Version must be 13")),
         None => return Err(HttpError::BadHandshake("missing Sec-WebSocket-Version")),
@@ -36,8 +36,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Handshake, HttpError> {
         .single_header("sec-websocket-key")
         .map_err(|_| HttpError::BadHandshake("repeated Sec-WebSocket-Key"))?;
     let key = key.ok_or(HttpError::BadHandshake("missing Sec-WebSocket-Key"))?;
-    let key = key
-        .to_str()
+    let key = std::str::from_utf8(key)
         .map_err(|_| HttpError::BadHandshake("Sec-WebSocket-Key is not base64"))?
         .trim();
     if !is_base64_of_16_bytes(key) {
