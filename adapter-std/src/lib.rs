@@ -36,6 +36,8 @@ use fedbroker_core::{Broker, Session, READ_CHUNK};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Stack size of connection threads: the drive loop needs little.
 const STACK_SIZE: usize = 256 * 1024;
+/// First read buffer of a connection (see `read_loop`).
+const FIRST_READ: usize = 2 * 1024;
 /// A blocked write gives the driver back control this often, so timers still run.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -43,32 +45,46 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`Waker`]) and shutdown wake it.
 #[derive(Default)]
 struct Signal {
-    set: Mutex<bool>,
+    state: Mutex<SignalState>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct SignalState {
+    set: bool,
+    /// The driver sleeps on the condition variable: only then is a notification (a system call)
+    /// needed.
+    waiting: bool,
 }
 
 impl Signal {
     fn notify(&self) {
-        *lock(&self.set) = true;
-        self.cv.notify_one();
+        let mut st = lock(&self.state);
+        st.set = true;
+        if st.waiting {
+            drop(st);
+            self.cv.notify_one();
+        }
     }
 
     /// Sleeps until notified or `deadline`, then clears the flag.
     fn wait(&self, deadline: Option<Instant>) {
-        let mut set = lock(&self.set);
-        while !*set {
+        let mut st = lock(&self.state);
+        st.waiting = true;
+        while !st.set {
             match deadline {
-                None => set = self.cv.wait(set).unwrap_or_else(|e| e.into_inner()),
+                None => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         break;
                     }
-                    set = self.cv.wait_timeout(set, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                    st = self.cv.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
         }
-        *set = false;
+        st.waiting = false;
+        st.set = false;
     }
 }
 
@@ -110,6 +126,8 @@ struct Conn {
 struct Io {
     s: Session,
     t: Transport,
+    /// The reader waits at the gate (so the driver must notify it when the session wants input).
+    reader_waiting: bool,
 }
 
 /// Serves `broker` on the server's listeners until its signal (SIGINT or SIGTERM), then shuts down
@@ -226,6 +244,7 @@ fn start(sock: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
         io: Mutex::new(Io {
             s: fedbroker_cli::accept(&shared.broker),
             t,
+            reader_waiting: false,
         }),
         read_gate: Condvar::new(),
         signal: Arc::new(Signal::default()),
@@ -259,37 +278,72 @@ fn start(sock: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
 }
 
 /// The reader thread: blocking reads, fed into the session while it wants input.
+///
+/// What the input produces (a response, mostly) the reader writes itself, at once, instead of
+/// waking the driver for it: a request then costs no thread switch. The driver is woken only when
+/// it has something to do: output left over (a blocked write is the driver's job), a new
+/// deadline, a wake-up due, or the end of the connection.
 fn read_loop(conn: &Conn, mut sock: TcpStream) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Small at first: a listener only ever reads control frames, and an idle connection should
+    // not hold 16 KiB. A read that fills it shows a sender, whose buffer grows to `READ_CHUNK`.
+    let mut buf = vec![0u8; FIRST_READ];
+    let waker = Waker::from(conn.signal.clone());
     loop {
         {
-            let io = lock(&conn.io);
-            let io = conn
-                .read_gate
-                .wait_while(io, |io| !io.t.wants_read(&io.s) && !io.s.is_closed())
-                .unwrap_or_else(|e| e.into_inner());
+            let mut io = lock(&conn.io);
+            while !io.t.wants_read(&io.s) && !io.s.is_closed() {
+                io.reader_waiting = true;
+                io = conn.read_gate.wait(io).unwrap_or_else(|e| e.into_inner());
+            }
+            io.reader_waiting = false;
             if io.s.is_closed() {
                 return;
             }
         }
         let n = sock.read(&mut buf);
         let mut io = lock(&conn.io);
-        let Io { s, t } = &mut *io;
-        let open = match n {
+        let Io { s, t, .. } = &mut *io;
+        let now = Instant::now();
+        let deadline = s.poll_timeout();
+        let (open, wake_driver) = match n {
             Ok(n) if n > 0 => {
-                t.on_bytes(s, Instant::now(), &buf[..n]);
-                true
+                t.on_bytes(s, now, &buf[..n]);
+                let broken = t.write_to(s, now, |iov| (&sock).write_vectored(iov)).is_err();
+                let wake_driver = broken
+                    || t.wants_write(s)
+                    || s.should_shutdown_write()
+                    || s.is_closed()
+                    || earlier(s.poll_timeout(), deadline)
+                    // Registers the driver's waker for what the input started (an authorizer's
+                    // late answer, a listener's queue), as the driver itself would.
+                    || s.poll_wake(&mut Context::from_waker(&waker)).is_ready();
+                (true, wake_driver)
             }
             _ => {
-                t.on_eof(s, Instant::now());
-                false
+                t.on_eof(s, now);
+                (false, true)
             }
         };
         drop(io);
-        conn.signal.notify();
+        if n.as_ref().is_ok_and(|&n| n == buf.len() && n < READ_CHUNK) {
+            buf.resize(READ_CHUNK, 0);
+        }
+        if wake_driver {
+            conn.signal.notify();
+        }
         if !open {
             return;
         }
+    }
+}
+
+/// Whether the driver, asleep until `old`, must wake sooner for `new` (a later deadline only
+/// costs it one early wake-up, after which it sleeps until the new one).
+fn earlier(new: Option<Instant>, old: Option<Instant>) -> bool {
+    match (new, old) {
+        (Some(new), Some(old)) => new < old,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -300,7 +354,7 @@ fn drive(conn: &Conn, mut sock: &TcpStream, shared: &Shared) {
     let mut write_shut = false;
     loop {
         let mut io = lock(&conn.io);
-        let Io { s, t } = &mut *io;
+        let Io { s, t, reader_waiting } = &mut *io;
         let now = Instant::now();
         if !shutting_down && shared.shutdown.load(Ordering::SeqCst) {
             shutting_down = true;
@@ -321,7 +375,9 @@ fn drive(conn: &Conn, mut sock: &TcpStream, shared: &Shared) {
         if s.is_closed() {
             return;
         }
-        conn.read_gate.notify_one();
+        if *reader_waiting && t.wants_read(s) {
+            conn.read_gate.notify_one();
+        }
         let ready = s.poll_wake(&mut Context::from_waker(&waker)).is_ready();
         let deadline = s.poll_timeout();
         let unsent = t.wants_write(s);
