@@ -349,9 +349,19 @@ for s in "${SYSTEMS[@]}"; do
         continue
     fi
     sleep 1
+    n=$IDLE_CONNECTIONS
+    if [[ $s == std ]]; then
+        # fedbroker-std answers 503 beyond its thread budget (vm.max_map_count / 10, two threads
+        # per connection): measure it within that budget rather than fail on a known limit.
+        cap=$(($(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 65530) / 10 - 64))
+        if ((n > cap)); then
+            log "idle std: $cap listeners, its thread budget under vm.max_map_count (BENCHMARKS.md)"
+            n=$cap
+        fi
+    fi
     # A failure here is recorded and the run goes on (the other systems' figures still count);
     # the run exits non-zero at the end.
-    if ! "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$IDLE_CONNECTIONS" \
+    if ! "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$n" \
         --label "$s" --json "$RAW" 2>"$WORK/idle-$s.err"; then
         cat "$WORK/idle-$s.err" >&2
         record_failure idle "$s" "$WORK/idle-$s.err"
