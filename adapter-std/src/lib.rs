@@ -7,7 +7,8 @@
 //!
 //! - the *reader* blocks in `read` and feeds what arrives into the session (a blocking read can
 //!   wait for nothing else, and the session must stay responsive to input while it waits on
-//!   timers and queues);
+//!   timers and queues); it writes what that input produced (a response) itself, so a request
+//!   costs no thread switch, and wakes the driver only when the driver has something to do;
 //! - the *driver* runs the core's drive loop: it writes the session's output (blocking writes
 //!   with a timeout), runs its timers (pings, idle drop, request timeout, close handshake), and
 //!   sleeps on a condition variable until the deadline of `poll_timeout`, new input, a message

@@ -2,8 +2,9 @@
 //! bound listeners until SIGINT/SIGTERM.
 //!
 //! One task per connection runs the core's drive loop (see `fedbroker_core`'s crate docs):
-//! readiness-based reads into a stack buffer and vectored writes from the session's outbox
-//! (`Session::read_from`, `Session::write_to`), so an idle connection holds no buffer of its own. All protocol logic is in the core.
+//! readiness-based reads into a per-thread buffer and vectored writes from the session's outbox
+//! (`Transport::read_from`, `Transport::write_to`), so an idle connection holds no buffer of its
+//! own. All protocol logic is in the core.
 
 use std::io;
 use std::sync::Arc;

@@ -680,7 +680,10 @@ impl Connection {
         } else {
             resp
         };
-        self.out.write_with(|b| resp.encode(req.head_only, b));
+        match resp.as_static() {
+            Some(bytes) => self.out.push(Bytes::from_static(bytes)),
+            None => self.out.write_with(|b| resp.encode(req.head_only, b)),
+        }
         self.served += 1;
         if closing {
             self.close(now);

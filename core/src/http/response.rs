@@ -80,6 +80,13 @@ impl Response {
         self.close
     }
 
+    /// The whole response as static bytes when it is a bare `204 No Content` (a delivered
+    /// message's answer, the common case): queued without encoding anything.
+    pub fn as_static(&self) -> Option<&'static [u8]> {
+        let bare = self.headers.is_empty() && self.content_type.is_none() && self.body.is_empty() && !self.close;
+        (bare && self.status == 204).then_some(b"HTTP/1.1 204 No Content\r\n\r\n")
+    }
+
     /// Writes the response; with `head_only` (a `HEAD` request) the body is left out but its
     /// length is still announced.
     pub fn encode(&self, head_only: bool, out: &mut BytesMut) {
@@ -140,6 +147,17 @@ fn put_decimal(out: &mut BytesMut, mut v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_204_is_what_encode_writes() {
+        let mut b = BytesMut::new();
+        Response::new(204).encode(false, &mut b);
+        assert_eq!(Response::new(204).as_static(), Some(&b[..]));
+        // Anything more than a bare 204 is encoded.
+        assert_eq!(Response::new(204).header("Allow", "GET").as_static(), None);
+        assert_eq!(Response::new(204).close().as_static(), None);
+        assert_eq!(Response::new(200).as_static(), None);
+    }
 
     #[test]
     fn error_bodies_and_headers() {
