@@ -5,6 +5,8 @@
 #   bench/run.sh --smoke         # a few hundred messages against fedbroker-tokio only, no peers,
 #                                # no charts, results in target/bench-smoke/ (what CI runs)
 #   bench/run.sh --rounds 5      # more rounds per relay figure (medians are reported)
+#   bench/run.sh --pin           # servers on CPU 1, the load generator on CPU 0 (taskset), so
+#                                # they never compete for a core; results in bench/results-pinned/
 #
 # Phases of the full run, each server started here on its own port with its own config (never a
 # Debian service) and stopped on exit:
@@ -23,12 +25,14 @@ ROOT=$PWD
 ORIG_ARGS=("$@")
 
 SMOKE=0
+PIN=0
 ROUNDS=3
 OUT=
 IDLE_CONNECTIONS=10000
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 ;;
+    --pin) PIN=1 ;;
     --rounds)
         ROUNDS=$2
         shift
@@ -42,7 +46,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,19p' "$0"
+        sed -n '2,20p' "$0"
         exit 0
         ;;
     *)
@@ -54,8 +58,22 @@ while (($#)); do
 done
 if ((SMOKE)); then
     OUT=${OUT:-$ROOT/target/bench-smoke}
+elif ((PIN)); then
+    OUT=${OUT:-$ROOT/bench/results-pinned}
 else
     OUT=${OUT:-$ROOT/bench/results}
+fi
+# --pin: every server runs on CPU 1 and the load generator on CPU 0 (the runtimes size their
+# thread pools from that affinity: one core each). Without it both share every core.
+SRV=()
+GEN=()
+if ((PIN)); then
+    if (($(nproc) < 2)) || ! command -v taskset >/dev/null; then
+        echo "run.sh: --pin needs 2 or more CPUs and taskset (util-linux)" >&2
+        exit 2
+    fi
+    SRV=(taskset -c 1)
+    GEN=(taskset -c 0)
 fi
 mkdir -p "$OUT"
 RAW=$OUT/raw.jsonl
@@ -157,7 +175,7 @@ start_once() {
     shift
     case $sys in
     tokio | smol | std)
-        "$BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
+        "${SRV[@]}" "$BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
             >"$WORK/$sys.out" 2>>"$WORK/$sys.log" &
         p=$!
         local i
@@ -201,7 +219,7 @@ log_dest stderr
 log_type error
 log_type warning
 EOF
-        mosquitto -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
+        "${SRV[@]}" mosquitto -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
         p=$!
         wait_port "$port2" "$p" mosquitto || return 1
         ADDR[$sys]=mqtt-ws://127.0.0.1:$port2
@@ -216,7 +234,7 @@ websocket {
   no_tls: true
 }
 EOF
-        nats-server -c "$WORK/nats.conf" >>"$WORK/nats.log" 2>&1 &
+        "${SRV[@]}" nats-server -c "$WORK/nats.conf" >>"$WORK/nats.log" 2>&1 &
         p=$!
         wait_port "$port2" "$p" nats || return 1
         ADDR[$sys]=nats-ws://127.0.0.1:$port2
@@ -246,7 +264,7 @@ quiet() {
 relay() { # SYSTEM PAYLOAD WINDOW MESSAGES [extra args]
     local sys=$1 payload=$2 window=$3 messages=$4
     shift 4
-    "$BENCH" relay --target "${ADDR[$sys]}" --pid "${PID[$sys]}" --listeners 16 --senders 16 --payload "$payload" \
+    "${GEN[@]}" "$BENCH" relay --target "${ADDR[$sys]}" --pid "${PID[$sys]}" --listeners 16 --senders 16 --payload "$payload" \
         --window "$window" --messages "$messages" --label "$sys" --json "$RAW" "$@"
 }
 
@@ -263,6 +281,7 @@ machine() {
         echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "command: bench/run.sh${ARGS:+ $ARGS}"
         echo "cores: $(nproc)"
+        ((PIN)) && echo "pinned: servers on CPU 1, load generator on CPU 0 (taskset)"
         echo "cpu: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
         echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
         echo "kernel: $(uname -r)"
@@ -282,11 +301,11 @@ if ((SMOKE)); then
     relay tokio 64 16 800
     relay tokio 1024 1 320
     relay tokio 64 16 400 --rate 2000
-    "$BENCH" idle --target "${ADDR[tokio]}" --pid "${PID[tokio]}" --connections 300 --sources 4 \
+    "${GEN[@]}" "$BENCH" idle --target "${ADDR[tokio]}" --pid "${PID[tokio]}" --connections 300 --sources 4 \
         --settle 0 --label tokio --json "$RAW"
     stop tokio
     start tokio --queue-limit 2
-    "$BENCH" fanin --target "${ADDR[tokio]}" --senders 8 --messages 400 --listener-pause-us 200 \
+    "${GEN[@]}" "$BENCH" fanin --target "${ADDR[tokio]}" --senders 8 --messages 400 --listener-pause-us 200 \
         --label tokio --json "$RAW"
     stop tokio
     "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
@@ -361,7 +380,7 @@ for s in "${SYSTEMS[@]}"; do
     fi
     # A failure here is recorded and the run goes on (the other systems' figures still count);
     # the run exits non-zero at the end.
-    if ! "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$n" \
+    if ! "${GEN[@]}" "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$n" \
         --label "$s" --json "$RAW" 2>"$WORK/idle-$s.err"; then
         cat "$WORK/idle-$s.err" >&2
         record_failure idle "$s" "$WORK/idle-$s.err"
@@ -377,7 +396,7 @@ for s in tokio smol std; do
         record_failure fanin "$s" "$WORK/fanin-$s.err"
         continue
     fi
-    if ! "$BENCH" fanin --target "${ADDR[$s]}" --senders 64 --messages 50000 --listener-pause-us 200 \
+    if ! "${GEN[@]}" "$BENCH" fanin --target "${ADDR[$s]}" --senders 64 --messages 50000 --listener-pause-us 200 \
         --label "$s" --json "$RAW" 2>"$WORK/fanin-$s.err"; then
         cat "$WORK/fanin-$s.err" >&2
         record_failure fanin "$s" "$WORK/fanin-$s.err"

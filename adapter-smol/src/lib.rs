@@ -2,7 +2,7 @@
 //! SIGINT/SIGTERM, on an executor with one thread per core.
 //!
 //! One task per connection runs the core's drive loop (see `fedbroker_core`'s crate docs), the
-//! same loop as the tokio adapter in smol's idiom: `Async` readiness, `Timer::at`, and
+//! same loop as the tokio adapter in smol's idiom: `Async` readiness, a `Timer`, and
 //! `future::or` to wait for whichever comes first. All protocol logic is in the core.
 
 use std::future::{pending, poll_fn, Future};
@@ -143,6 +143,21 @@ async fn connection(
     if shutting_down {
         s.handle_shutdown(Instant::now());
     }
+    // One timer for the connection's life, moved only to an earlier deadline: async-io wakes its
+    // reactor thread (an eventfd write, an epoll round and a timerfd update) for every timer it
+    // registers, which per loop turn cost more than the rest of a 64 KiB message's handling.
+    // A deadline that moved later makes the timer fire early; the core then does nothing
+    // (`handle_timeout` acts only on what is due) and the timer moves to the new deadline.
+    let mut timer = Timer::never();
+    let mut armed: Option<Instant> = None;
+    // The last read filled the buffer, so more is likely waiting. async-io learns readiness only
+    // from its reactor (a oneshot epoll re-arm and a reactor round per wait), so then the next
+    // read goes ahead after a yield to the executor instead of waiting for readiness; a read that
+    // finds nothing returns `WouldBlock`, which the core ignores. Readiness is awaited with
+    // `poll_readable`/`poll_writable`, whose waker stays registered from one loop turn to the
+    // next: a `readable()` future would deregister when another event wins the race and
+    // re-register (an `epoll_ctl`) on the next turn.
+    let mut read_more = false;
     loop {
         if t.write_to(&mut s, Instant::now(), |iov| sock.get_ref().write_vectored(iov))
             .is_err()
@@ -157,26 +172,41 @@ async fn connection(
         if s.is_closed() {
             return;
         }
-        let deadline = s.poll_timeout();
+        if let Some(d) = s.poll_timeout() {
+            if armed.is_none_or(|a| d < a) {
+                timer.set_at(d);
+                armed = Some(d);
+            }
+        }
         let wants_read = t.wants_read(&s);
         let wants_write = t.wants_write(&mut s);
         // Whichever comes first, as tokio's `select!` with its `if` guards.
-        let wake = when(wants_read, sock.readable(), Wake::Readable)
-            .or(when(wants_write, sock.writable(), Wake::Writable))
+        let readable = async {
+            if read_more {
+                smol::future::yield_now().await;
+            } else {
+                let _ = poll_fn(|cx| sock.poll_readable(cx)).await;
+            }
+        };
+        let wake = when(wants_read, readable, Wake::Readable)
+            .or(when(wants_write, poll_fn(|cx| sock.poll_writable(cx)), Wake::Writable))
             .or(when(true, poll_fn(|cx| s.poll_wake(cx)), Wake::Session))
-            .or(when(
-                deadline.is_some(),
-                Timer::at(deadline.unwrap_or_else(Instant::now)),
-                Wake::Timer,
-            ))
+            .or(when(armed.is_some(), &mut timer, Wake::Timer))
             .or(when(!shutting_down, shutdown.recv(), Wake::Shutdown))
             .await;
         let now = Instant::now();
         match wake {
-            Wake::Readable => t.read_from(&mut s, now, |buf| sock.get_ref().read(buf)),
+            Wake::Readable => t.read_from(&mut s, now, |buf| {
+                let r = sock.get_ref().read(buf);
+                read_more = matches!(r, Ok(n) if n == buf.len());
+                r
+            }),
             Wake::Writable => {}
             Wake::Session => s.handle_wake(now),
-            Wake::Timer => s.handle_timeout(now),
+            Wake::Timer => {
+                armed = None;
+                s.handle_timeout(now);
+            }
             Wake::Shutdown => {
                 shutting_down = true;
                 s.handle_shutdown(now);
