@@ -95,6 +95,19 @@ pub struct Flags {
     /// Log level: error, warn, info, debug or trace. [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Ids that are topics: any number of listeners, every message to all (repeatable; an id,
+    /// a FROM-TO range or *).
+    #[arg(long, value_name = "RANGE")]
+    pub topics: Vec<String>,
+    /// Requests (POST ...?reply=MS) that may wait for a reply at once; more get 503. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_pending_replies: Option<u64>,
+    /// Longest wait of a request for its reply, in milliseconds; larger ?reply= values are capped. [default: 30000]
+    #[arg(long, value_name = "MS")]
+    pub max_reply_timeout: Option<u64>,
+    /// Ids one envelope listener may watch the presence of. [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_watch: Option<u64>,
 }
 
 /// The `--config` file: the same settings, keys spelled with `_`.
@@ -120,6 +133,10 @@ struct FileConfig {
     ping_interval: Option<u64>,
     request_timeout: Option<u64>,
     log_level: Option<String>,
+    topics: Option<OneOrMany>,
+    max_pending_replies: Option<u64>,
+    max_reply_timeout: Option<u64>,
+    max_watch: Option<u64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -260,6 +277,35 @@ impl Settings {
         core.request_timeout = seconds(
             "--request-timeout",
             pick(flags.request_timeout, file.request_timeout, 10),
+        )?;
+        let topics = if !flags.topics.is_empty() {
+            flags.topics
+        } else {
+            file.topics.map(OneOrMany::into_vec).unwrap_or_default()
+        };
+        for t in &topics {
+            core.topics
+                .add_item(t)
+                .map_err(|e| ConfigError(format!("--topics {t:?}: {e}")))?;
+        }
+        core.max_pending_replies = positive(
+            "--max-pending-replies",
+            pick(
+                flags.max_pending_replies,
+                file.max_pending_replies,
+                core.max_pending_replies as u64,
+            ),
+        )?;
+        let max_reply = pick(flags.max_reply_timeout, file.max_reply_timeout, 30_000);
+        if max_reply == 0 || max_reply > 3_600_000 {
+            return err(format!(
+                "--max-reply-timeout {max_reply}: must be a number of milliseconds from 1 to 3600000"
+            ));
+        }
+        core.max_reply_timeout = Duration::from_millis(max_reply);
+        core.max_watch = positive(
+            "--max-watch",
+            pick(flags.max_watch, file.max_watch, core.max_watch as u64),
         )?;
         // The close handshake and the linger after a last response never outlast a ping interval.
         core.close_timeout = core.close_timeout.min(core.ping_interval);

@@ -5,7 +5,8 @@
 //! Embedders who route or authorize elsewhere (a cluster engine, a remote service) drive a
 //! [`Connection`] directly and answer its events themselves.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,8 +19,9 @@ use crate::auth::{
     decision_channel_reusing, token_matches, Action, AllowAll, AuthTime, Authorizer, Decision, PendingDecision,
 };
 use crate::conn::{Connection, Event, StatsFormat};
-use crate::registry::{ListenerHandle, Pop, Registry};
-use crate::stats::{Snapshot, Stats};
+use crate::registry::{Item, ListenerHandle, Pop, Registry};
+use crate::reply::{reply_channel, PendingReply, ReplyOutcome, ReplySender};
+use crate::stats::{Gauges, Snapshot, Stats};
 use crate::transmit::Outbox;
 use crate::ws::Role;
 use crate::{Config, HttpError};
@@ -40,6 +42,8 @@ pub struct Broker {
     /// when the system clock is stepped.
     wall_at_start: AtomicU64,
     runtime: &'static str,
+    /// `POST …?reply=` requests waiting now (at most `max_pending_replies`).
+    pending_replies: AtomicUsize,
 }
 
 impl std::fmt::Debug for Broker {
@@ -67,7 +71,7 @@ impl Broker {
         now: Instant,
         since_epoch: Duration,
     ) -> Arc<Broker> {
-        let registry = Registry::new(config.queue_limit);
+        let registry = Registry::new(config.queue_limit, config.topics.clone());
         Arc::new(Broker {
             config: Arc::new(config),
             registry,
@@ -76,6 +80,7 @@ impl Broker {
             started: now,
             wall_at_start: AtomicU64::new(nanos(since_epoch)),
             runtime,
+            pending_replies: AtomicUsize::new(0),
         })
     }
 
@@ -103,11 +108,15 @@ impl Broker {
 
     /// The statistics at `now`.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        self.stats.snapshot(
-            self.runtime,
-            now.saturating_duration_since(self.started),
-            self.registry.listeners(),
-        )
+        let gauges = Gauges {
+            listeners: self.registry.listeners(),
+            topic_listeners: self.registry.topic_listeners(),
+            slow_listeners_closed: self.registry.slow_listeners_closed(),
+            pending_replies: self.pending_replies.load(Ordering::Relaxed),
+            presence_watches: self.registry.presence_watches(),
+        };
+        self.stats
+            .snapshot(self.runtime, now.saturating_duration_since(self.started), gauges)
     }
 
     /// A session for a connection accepted at `now`. Over `max_connections`, the session answers
@@ -124,6 +133,8 @@ impl Broker {
             listener: None,
             pending: None,
             spare: None,
+            awaiting: None,
+            replies: BTreeMap::new(),
         }
     }
 }
@@ -141,6 +152,10 @@ pub struct Session {
     pending: Option<PendingDecision>,
     /// A decided channel, to reuse for the next request.
     spare: Option<PendingDecision>,
+    /// This connection's `POST …?reply=`, waiting for its answer.
+    awaiting: Option<PendingReply>,
+    /// Requests this envelope listener has received and may answer, by seq.
+    replies: BTreeMap<u64, ReplySender>,
 }
 
 impl Session {
@@ -223,6 +238,9 @@ impl Session {
                 ready |= l.poll_ready(cx).is_ready();
             }
         }
+        if let Some(p) = &self.awaiting {
+            ready |= p.poll_ready(cx).is_ready();
+        }
         if ready {
             Poll::Ready(())
         } else {
@@ -278,81 +296,220 @@ impl Session {
 
     /// Answers the connection's events from the broker until it needs nothing more.
     fn drive(&mut self, now: Instant) {
-        let broker = &*self.broker;
         loop {
             if let Some(decision) = self.pending.as_ref().and_then(PendingDecision::try_take) {
                 self.spare = self.pending.take();
                 self.conn.handle_decision(now, decision);
             }
-            if let Some(listener) = &self.listener {
-                while self.conn.wants_messages() {
-                    match listener.pop() {
-                        Pop::Message(m) => {
-                            let len = m.len();
-                            if self.conn.handle_message(m) {
-                                broker.stats.delivered(len);
-                            }
-                        }
-                        Pop::Empty => break,
-                        Pop::Replaced => {
-                            self.conn.handle_replaced(now);
-                            break;
-                        }
-                    }
-                }
-                if !self.conn.is_listening() {
-                    // Closing: stop taking messages for this id at once.
-                    self.listener = None;
-                }
-            }
+            self.poll_reply(now);
+            self.take_messages(now);
             let Some(event) = self.conn.poll_event() else {
                 return;
             };
-            match event {
-                Event::Authorize(request) => {
-                    let (reply, pending) = decision_channel_reusing(self.spare.take());
-                    match (&broker.config.stats_token, request.action) {
-                        (Some(expected), Action::ReadStats) => {
-                            let ok = token_matches(request.token.as_deref(), expected);
-                            reply.decide(if ok {
-                                Decision::Allow { until: None }
-                            } else {
-                                Decision::Unauthenticated
-                            });
+            self.answer(now, event);
+        }
+    }
+
+    /// The answer to this connection's `POST …?reply=`, or the end of its wait.
+    fn poll_reply(&mut self, now: Instant) {
+        let Some(p) = &self.awaiting else {
+            return;
+        };
+        if !self.conn.awaiting_reply() {
+            // Answered 504 (or the client left) before the listener replied.
+            self.broker.stats.reply_timed_out();
+            self.end_wait();
+            return;
+        }
+        if let Some(outcome) = p.try_take() {
+            match &outcome {
+                ReplyOutcome::Replied(_) => self.broker.stats.replied(),
+                ReplyOutcome::Gone => self.broker.stats.reply_failed(),
+            }
+            self.end_wait();
+            self.conn.handle_reply(now, outcome);
+        }
+    }
+
+    fn end_wait(&mut self) {
+        if self.awaiting.take().is_some() {
+            self.broker.pending_replies.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves what the listener's queue holds into the connection, as far as it has room.
+    fn take_messages(&mut self, now: Instant) {
+        let stats = &self.broker.stats;
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        while self.conn.wants_messages() {
+            match listener.pop() {
+                Pop::Item(Item::Request {
+                    seq,
+                    id,
+                    timeout_ms,
+                    payload,
+                    reply,
+                }) => {
+                    let len = payload.len();
+                    if self.conn.handle_request(seq, id, timeout_ms, payload) {
+                        stats.delivered(len);
+                        if self.replies.len() >= 64 && self.replies.len().is_power_of_two() {
+                            // Forget requests nobody waits for any more (timed out), so the
+                            // table stays within twice the live ones.
+                            self.replies.retain(|_, r| r.is_waiting());
                         }
-                        _ => {
-                            let time = AuthTime {
-                                now,
-                                since_epoch: broker.wall_clock(now),
-                            };
-                            broker.authorizer.authorize(&request, time, reply);
-                        }
+                        self.replies.insert(seq, reply);
                     }
-                    self.pending = Some(pending);
                 }
-                Event::Deliver { id, payload } => {
-                    broker.stats.received(payload.len());
-                    let result = broker.registry.deliver(id, payload).map_err(|e| {
-                        broker.stats.rejected();
-                        e.to_http(id)
-                    });
-                    self.conn.handle_delivered(now, result);
-                }
-                Event::Listen { id } => {
-                    let role = broker.config.websocket_role;
-                    if role == Role::Listener {
-                        self.listener = Some(broker.registry.listen(id));
-                    }
-                    self.conn.handle_listening(now, Ok(role));
-                }
-                Event::Stats { format } => {
-                    let snap = broker.snapshot(now);
-                    let (ct, body) = match format {
-                        StatsFormat::Json => ("application/json", snap.to_json()),
-                        StatsFormat::Prometheus => ("text/plain; version=0.0.4; charset=utf-8", snap.to_prometheus()),
+                Pop::Item(item) => {
+                    let len = match &item {
+                        Item::Message { payload, .. } => Some(payload.len()),
+                        Item::Frames(f) => Some(f.payload_len),
+                        _ => None,
                     };
-                    self.conn.handle_stats(now, ct, Bytes::from(body));
+                    if self.conn.handle_item(item) {
+                        if let Some(len) = len {
+                            stats.delivered(len);
+                        }
+                    }
                 }
+                Pop::Empty => break,
+                Pop::Replaced => {
+                    self.conn.handle_replaced(now);
+                    break;
+                }
+                Pop::Overflowed => {
+                    self.conn.handle_overflow(now);
+                    break;
+                }
+            }
+        }
+        if !self.conn.is_listening() {
+            // Closing: stop taking messages for this id at once; requests not answered yet
+            // are told their listener went away.
+            self.listener = None;
+            self.replies.clear();
+        }
+    }
+
+    /// Answers one event of the connection.
+    fn answer(&mut self, now: Instant, event: Event) {
+        let broker = &*self.broker;
+        match event {
+            Event::Authorize(request) => {
+                let (reply, pending) = decision_channel_reusing(self.spare.take());
+                match (&broker.config.stats_token, request.action) {
+                    (Some(expected), Action::ReadStats) => {
+                        let ok = token_matches(request.token.as_deref(), expected);
+                        reply.decide(if ok {
+                            Decision::Allow { until: None }
+                        } else {
+                            Decision::Unauthenticated
+                        });
+                    }
+                    _ => {
+                        let time = AuthTime {
+                            now,
+                            since_epoch: broker.wall_clock(now),
+                        };
+                        broker.authorizer.authorize(&request, time, reply);
+                    }
+                }
+                self.pending = Some(pending);
+            }
+            Event::Deliver {
+                id,
+                payload,
+                from,
+                reply_ms,
+            } => {
+                broker.stats.received(payload.len());
+                let reply = match reply_ms {
+                    None => Ok(None),
+                    Some(ms) => {
+                        let limit = broker.config.max_pending_replies;
+                        if broker.pending_replies.fetch_add(1, Ordering::Relaxed) >= limit {
+                            broker.pending_replies.fetch_sub(1, Ordering::Relaxed);
+                            Err(HttpError::TooManyPendingReplies)
+                        } else {
+                            let (tx, rx) = reply_channel();
+                            self.awaiting = Some(rx);
+                            Ok(Some((tx, ms)))
+                        }
+                    }
+                };
+                let result = reply.and_then(|reply| {
+                    broker
+                        .registry
+                        .deliver(id, payload, from, reply)
+                        .map_err(|e| e.to_http(id))
+                });
+                if result.is_err() {
+                    broker.stats.rejected();
+                    self.end_wait();
+                }
+                self.conn.handle_delivered(now, result);
+            }
+            Event::DeliverMany { ids, payload } => {
+                let results = ids
+                    .iter()
+                    .map(|&id| {
+                        broker.stats.received(payload.len());
+                        broker.registry.deliver(id, payload.clone(), None, None).map_err(|e| {
+                            broker.stats.rejected();
+                            e.to_http(id)
+                        })
+                    })
+                    .collect();
+                self.conn.handle_delivered_many(now, results);
+            }
+            Event::Listen { id, envelope } => {
+                let role = broker.config.websocket_role;
+                if role == Role::Listener {
+                    self.listener = Some(broker.registry.listen(id, envelope));
+                }
+                self.conn.handle_listening(now, Ok(role));
+            }
+            Event::Reply { reply_to, reply } => {
+                let handed = self.replies.remove(&reply_to).is_some_and(|tx| tx.send(reply));
+                let result = if handed {
+                    Ok(())
+                } else {
+                    Err(HttpError::NoSuchRequest(reply_to))
+                };
+                self.conn.handle_replied(now, result);
+            }
+            Event::Watch { ids } => {
+                let limit = broker.config.max_watch;
+                let result = match &mut self.listener {
+                    Some(l) if l.watching() + l.new_watches(&ids) > limit => Err(HttpError::TooManyWatched { limit }),
+                    Some(l) => {
+                        for id in ids {
+                            l.watch(id);
+                        }
+                        Ok(())
+                    }
+                    None => Err(HttpError::ShuttingDown),
+                };
+                self.conn.handle_watched(now, result);
+            }
+            Event::Unwatch { ids } => {
+                if let Some(l) = &mut self.listener {
+                    for id in ids {
+                        l.unwatch(id);
+                    }
+                }
+                self.conn.handle_watched(now, Ok(()));
+            }
+            Event::Stats { format } => {
+                let snap = broker.snapshot(now);
+                let (ct, body) = match format {
+                    StatsFormat::Json => ("application/json", snap.to_json()),
+                    StatsFormat::Prometheus => ("text/plain; version=0.0.4; charset=utf-8", snap.to_prometheus()),
+                };
+                self.conn.handle_stats(now, ct, Bytes::from(body));
             }
         }
     }
@@ -360,6 +517,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.end_wait();
         self.broker.stats.connection_closed();
     }
 }

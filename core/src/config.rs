@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::auth::IdSet;
 use crate::cors::CorsPolicy;
 use crate::http::Limits;
 use crate::ws::Role;
@@ -39,6 +40,14 @@ pub struct Config {
     /// What a WebSocket connection is: a listener on its id (the broker), or an echo endpoint
     /// that sends every message back (to test the codec against a conformance suite).
     pub websocket_role: Role,
+    /// Ids that are topics: any number of listeners, each message to all (`--topics`).
+    pub topics: IdSet,
+    /// Requests that may wait for a reply at once, broker-wide (`--max-pending-replies`).
+    pub max_pending_replies: usize,
+    /// The longest a `POST …?reply=MS` waits; larger values are capped (`--max-reply-timeout`).
+    pub max_reply_timeout: Duration,
+    /// Ids one envelope listener may follow the presence of (`--max-watch`).
+    pub max_watch: usize,
 }
 
 impl Default for Config {
@@ -57,6 +66,10 @@ impl Default for Config {
             cors: CorsPolicy::default(),
             stats_token: None,
             websocket_role: Role::Listener,
+            topics: IdSet::default(),
+            max_pending_replies: 10_000,
+            max_reply_timeout: Duration::from_secs(30),
+            max_watch: 1024,
         }
     }
 }

@@ -22,11 +22,16 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
+use serde_json::Value;
 
 use crate::auth::{bearer_token, Action, AuthRequest, Decision};
 use crate::cors::OriginCheck;
+use crate::envelope::{self, ClientMessage};
 use crate::http::{BodyFraming, BodyProgress, BodyReader, HeadReader, RequestHead, Response};
+use crate::registry::{Delivered, Item};
+use crate::reply::{ReplyMsg, ReplyOutcome};
 use crate::route::{classify, Route};
+use crate::targets::parse_targets;
 use crate::transmit::Outbox;
 use crate::ws::{check_upgrade, Handshake, Role, WsSession, WsTimers};
 use crate::{CloseReason, Config, HttpError, Id};
@@ -42,18 +47,56 @@ pub const HIGH_WATER: usize = 64 * 1024;
 pub enum Event {
     /// Decide this request: answer with [`Connection::handle_decision`].
     Authorize(AuthRequest),
-    /// Route `payload` to the listener of `id`: answer with [`Connection::handle_delivered`].
+    /// Route `payload` to the listener(s) of `id`: answer with [`Connection::handle_delivered`].
+    /// With `reply_ms`, the message is a request: once it is queued
+    /// ([`Delivered::AwaitingReply`]), the answer comes with [`Connection::handle_reply`].
     Deliver {
         /// The target id.
         id: Id,
         /// The message, exactly as received.
         payload: Bytes,
+        /// The listened id of the envelope listener sending it, if it is one.
+        from: Option<Id>,
+        /// How long the sender waits for a reply, in milliseconds, if it asked for one.
+        reply_ms: Option<u64>,
     },
-    /// Make this connection the listener of `id`: answer with [`Connection::handle_listening`],
-    /// then feed it messages with [`Connection::handle_message`].
+    /// Route `payload` to each of `ids` (one shared buffer): answer with
+    /// [`Connection::handle_delivered_many`], one result per id in this order.
+    DeliverMany {
+        /// The target ids, distinct, in request order.
+        ids: Vec<Id>,
+        /// The message, exactly as received.
+        payload: Bytes,
+    },
+    /// Make this connection a listener of `id`: answer with [`Connection::handle_listening`],
+    /// then feed it what its queue holds with [`Connection::handle_item`] and
+    /// [`Connection::handle_request`].
     Listen {
         /// The id to listen on.
         id: Id,
+        /// Whether it negotiated the `fedbroker.v1` envelope.
+        envelope: bool,
+    },
+    /// This envelope listener answers the request numbered `reply_to`: hand `reply` to the
+    /// waiting sender and answer with [`Connection::handle_replied`].
+    Reply {
+        /// The request's seq.
+        reply_to: u64,
+        /// The answer.
+        reply: ReplyMsg,
+    },
+    /// This envelope listener follows these ids' presence (each authorized already): register
+    /// the watches and answer with [`Connection::handle_watched`]; the current state and the
+    /// changes then come through its queue as [`Item::Presence`].
+    Watch {
+        /// The ids, without repeats.
+        ids: Vec<Id>,
+    },
+    /// This envelope listener stops following these ids: answer with
+    /// [`Connection::handle_watched`].
+    Unwatch {
+        /// The ids.
+        ids: Vec<Id>,
     },
     /// Statistics are asked for: answer with [`Connection::handle_stats`].
     Stats {
@@ -97,19 +140,61 @@ struct Request {
     http10: bool,
     /// The allowed cross-origin `Origin` its responses must name (SPEC §6).
     cors: Option<String>,
+    /// The ids of a multi-target send, in request order.
+    targets: Vec<Id>,
+    /// `?reply=MS`, capped: the request waits this long for the listener's answer.
+    reply_ms: Option<u64>,
+    /// A listen request that negotiated `fedbroker.v1`.
+    envelope: bool,
 }
 
 #[derive(Debug)]
 enum Wait {
     Authorize {
         handshake: Option<Handshake>,
+        /// For a multi-target send: the request to ask again for the next target, and its index.
+        next: Option<(Box<AuthRequest>, usize)>,
+        /// For a listener: its credentials, kept for what it sends through the envelope.
+        creds: Option<Box<AuthRequest>>,
     },
     Deliver,
+    DeliverMany,
+    Reply {
+        id: Id,
+        ms: u64,
+        deadline: Instant,
+    },
     Listen {
         handshake: Handshake,
         until: Option<Instant>,
+        creds: Option<Box<AuthRequest>>,
     },
     Stats,
+}
+
+/// A listener after its upgrade.
+#[derive(Debug)]
+struct Ws {
+    session: WsSession,
+    /// When its credentials expire (`4001`).
+    until: Option<Instant>,
+    id: Id,
+    envelope: bool,
+    /// The upgrade's credentials: envelope sends and watches are authorized with them.
+    creds: Option<Box<AuthRequest>>,
+    /// The envelope message being handled (one at a time).
+    op: Option<Op>,
+}
+
+/// An envelope message from the listener, waiting for a decision or an answer.
+#[derive(Debug)]
+struct Op {
+    msg: ClientMessage,
+    payload: Bytes,
+    /// Index of the next id to authorize (`watch` authorizes each id), or `None` once the
+    /// request for the work itself is out.
+    authorizing: Option<usize>,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -118,7 +203,7 @@ enum State {
     Waiting(Request, Wait),
     /// Reading a body; `None` request means the body is being discarded after a response.
     Body(Option<Request>, BodyReader, Instant),
-    WebSocket(Box<WsSession>, Option<Instant>),
+    WebSocket(Box<Ws>),
     Closing {
         until: Instant,
     },
@@ -240,18 +325,35 @@ impl Connection {
                     }
                 }
             }
+            State::Waiting(_, Wait::Reply { id, ms, deadline }) => {
+                if now >= *deadline {
+                    let err = HttpError::ReplyTimeout { id: *id, ms: *ms };
+                    let State::Waiting(req, _) = std::mem::replace(&mut self.state, State::Head) else {
+                        return;
+                    };
+                    self.refuse_request(now, req, err);
+                }
+            }
             State::Waiting(req, _) => {
                 if now >= req.started + timeout {
                     self.fail(now, HttpError::DecisionTimeout);
                 }
             }
-            State::WebSocket(ws, until) => {
-                if until.is_some_and(|u| now >= u) {
-                    *until = None;
-                    ws.close(now, CloseReason::TokenExpired, true, &mut self.out);
+            State::WebSocket(ws) => {
+                if ws.until.is_some_and(|u| now >= u) {
+                    ws.until = None;
+                    ws.session.close(now, CloseReason::TokenExpired, true, &mut self.out);
                 }
-                ws.handle_timeout(now, &mut self.out);
-                if ws.is_finished() {
+                if ws.op.as_ref().is_some_and(|op| now >= op.started + timeout) {
+                    // An authorizer or router that never answered: say so, take the next message.
+                    let op = ws.op.take();
+                    if let Some(op) = op {
+                        answer_error(ws, op.msg.reference(), &HttpError::DecisionTimeout, &mut self.out);
+                    }
+                    self.events.clear();
+                }
+                ws.session.handle_timeout(now, &mut self.out);
+                if ws.session.is_finished() {
                     self.close(now);
                 }
             }
@@ -271,7 +373,7 @@ impl Connection {
         self.shutting_down = true;
         match &mut self.state {
             State::Head if self.request_start.is_none() => self.shutdown_close_at = Some(now + self.config.linger),
-            State::WebSocket(ws, _) => ws.close(now, CloseReason::GoingAway, true, &mut self.out),
+            State::WebSocket(ws) => ws.session.close(now, CloseReason::GoingAway, true, &mut self.out),
             _ => {}
         }
         self.advance(now);
@@ -279,14 +381,35 @@ impl Connection {
 
     /// The answer to [`Event::Authorize`].
     pub fn handle_decision(&mut self, now: Instant, decision: Decision) {
+        if matches!(self.state, State::WebSocket(_)) {
+            self.ws_decision(now, decision);
+            return self.advance(now);
+        }
         let State::Waiting(_, Wait::Authorize { .. }) = self.state else {
             return;
         };
-        let State::Waiting(req, Wait::Authorize { handshake }) = std::mem::replace(&mut self.state, State::Head) else {
+        let State::Waiting(req, Wait::Authorize { handshake, next, creds }) =
+            std::mem::replace(&mut self.state, State::Head)
+        else {
             return;
         };
         match decision {
-            Decision::Allow { until } => self.proceed(now, req, handshake, until),
+            Decision::Allow { until } => match next {
+                // A multi-target send: every id must be allowed before anything is sent.
+                Some((mut auth, i)) if i < req.targets.len() => {
+                    auth.id = Some(req.targets[i]);
+                    self.events.push_back(Event::Authorize((*auth).clone()));
+                    self.state = State::Waiting(
+                        req,
+                        Wait::Authorize {
+                            handshake,
+                            next: Some((auth, i + 1)),
+                            creds,
+                        },
+                    );
+                }
+                _ => self.proceed(now, req, handshake, until, creds),
+            },
             Decision::Unauthenticated => self.refuse_request(now, req, HttpError::Unauthorized),
             Decision::Forbidden => self.refuse_request(now, req, HttpError::Forbidden),
             Decision::Unavailable => self.refuse_request(now, req, HttpError::AuthUnavailable),
@@ -294,8 +417,24 @@ impl Connection {
         self.advance(now);
     }
 
-    /// The answer to [`Event::Deliver`]: `Ok` when the message was queued for a listener.
-    pub fn handle_delivered(&mut self, now: Instant, result: Result<(), HttpError>) {
+    /// The answer to [`Event::Deliver`]: how the message was queued, or why it was not.
+    pub fn handle_delivered(&mut self, now: Instant, result: Result<Delivered, HttpError>) {
+        if let State::WebSocket(ws) = &mut self.state {
+            let Some(op) = ws
+                .op
+                .take_if(|op| op.authorizing.is_none() && matches!(op.msg, ClientMessage::Send { .. }))
+            else {
+                return;
+            };
+            match result {
+                Ok(Delivered::Topic { recipients }) => {
+                    answer_ack(ws, op.msg.reference(), 204, Some(recipients), &mut self.out)
+                }
+                Ok(_) => answer_ack(ws, op.msg.reference(), 204, None, &mut self.out),
+                Err(e) => answer_error(ws, op.msg.reference(), &e, &mut self.out),
+            }
+            return self.advance(now);
+        }
         let State::Waiting(_, Wait::Deliver) = self.state else {
             return;
         };
@@ -303,8 +442,100 @@ impl Connection {
             return;
         };
         match result {
-            Ok(()) => self.respond(now, req, Response::new(204)),
+            Ok(Delivered::Listener) => self.respond(now, req, Response::new(204)),
+            Ok(Delivered::Topic { recipients }) => {
+                let resp = Response::new(204).header("Fedbroker-Recipients", recipients.to_string());
+                self.respond(now, req, resp)
+            }
+            Ok(Delivered::AwaitingReply) => match (req.route, req.reply_ms) {
+                (Some(Route::Send(id)), Some(ms)) => {
+                    let deadline = now + std::time::Duration::from_millis(ms);
+                    self.state = State::Waiting(req, Wait::Reply { id, ms, deadline });
+                }
+                _ => self.fail(now, HttpError::MalformedHead),
+            },
             Err(e) => self.refuse_request(now, req, e),
+        }
+        self.advance(now);
+    }
+
+    /// The answer to [`Event::DeliverMany`]: one result per id, in the event's order.
+    pub fn handle_delivered_many(&mut self, now: Instant, results: Vec<Result<Delivered, HttpError>>) {
+        let State::Waiting(_, Wait::DeliverMany) = self.state else {
+            return;
+        };
+        let State::Waiting(req, _) = std::mem::replace(&mut self.state, State::Head) else {
+            return;
+        };
+        if results.len() == req.targets.len() && results.iter().all(Result::is_ok) {
+            self.respond(now, req, Response::new(204));
+        } else {
+            let body = multi_status_report(&req.targets, &results);
+            self.respond(now, req, Response::new(207).body("application/json", Bytes::from(body)));
+        }
+        self.advance(now);
+    }
+
+    /// How a request sent with `?reply=` ended (after [`Delivered::AwaitingReply`]). Ignored when
+    /// the connection no longer waits (it timed out first).
+    pub fn handle_reply(&mut self, now: Instant, outcome: ReplyOutcome) {
+        let State::Waiting(_, Wait::Reply { id, .. }) = self.state else {
+            return;
+        };
+        let State::Waiting(req, _) = std::mem::replace(&mut self.state, State::Head) else {
+            return;
+        };
+        match outcome {
+            ReplyOutcome::Replied(reply) => {
+                let ct = reply
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_owned());
+                let resp = Response::new(reply.status)
+                    .header("Content-Type", ct)
+                    .raw_body(reply.body);
+                self.respond(now, req, resp);
+            }
+            ReplyOutcome::Gone => self.refuse_request(now, req, HttpError::ListenerGone(id)),
+        }
+        self.advance(now);
+    }
+
+    /// Whether this connection is a `POST …?reply=` waiting for its answer.
+    pub fn awaiting_reply(&self) -> bool {
+        matches!(self.state, State::Waiting(_, Wait::Reply { .. }))
+    }
+
+    /// The answer to [`Event::Reply`]: `Ok` when the reply was handed over.
+    pub fn handle_replied(&mut self, now: Instant, result: Result<(), HttpError>) {
+        self.finish_op(now, |m| matches!(m, ClientMessage::Reply { .. }), result, 200);
+    }
+
+    /// The answer to [`Event::Watch`] and [`Event::Unwatch`].
+    pub fn handle_watched(&mut self, now: Instant, result: Result<(), HttpError>) {
+        self.finish_op(
+            now,
+            |m| matches!(m, ClientMessage::Watch { .. } | ClientMessage::Unwatch { .. }),
+            result,
+            200,
+        );
+    }
+
+    fn finish_op(
+        &mut self,
+        now: Instant,
+        kind: impl Fn(&ClientMessage) -> bool,
+        result: Result<(), HttpError>,
+        status: u16,
+    ) {
+        let State::WebSocket(ws) = &mut self.state else {
+            return;
+        };
+        let Some(op) = ws.op.take_if(|op| op.authorizing.is_none() && kind(&op.msg)) else {
+            return;
+        };
+        match result {
+            Ok(()) => answer_ack(ws, op.msg.reference(), status, None, &mut self.out),
+            Err(e) => answer_error(ws, op.msg.reference(), &e, &mut self.out),
         }
         self.advance(now);
     }
@@ -314,27 +545,43 @@ impl Connection {
         let State::Waiting(_, Wait::Listen { .. }) = self.state else {
             return;
         };
-        let State::Waiting(req, Wait::Listen { handshake, until }) = std::mem::replace(&mut self.state, State::Head)
+        let State::Waiting(
+            req,
+            Wait::Listen {
+                handshake,
+                until,
+                creds,
+            },
+        ) = std::mem::replace(&mut self.state, State::Head)
         else {
             return;
         };
-        match result {
-            Ok(role) => {
-                let resp = handshake.accept();
-                self.out.write_with(|b| resp.encode(false, b));
-                let timers = WsTimers {
-                    ping_interval: self.config.ping_interval,
-                    close_timeout: self.config.close_timeout,
-                };
-                let mut ws = Box::new(WsSession::new(role, self.config.max_message_size, timers, now));
-                if self.shutting_down {
-                    ws.close(now, CloseReason::GoingAway, true, &mut self.out);
-                }
-                self.request_start = None;
-                self.state = State::WebSocket(ws, until);
-            }
-            Err(e) => self.refuse_request(now, req, e),
+        let (Ok(role), Some(Route::Listen(id))) = (&result, req.route) else {
+            let err = result.err().unwrap_or(HttpError::MalformedHead);
+            self.refuse_request(now, req, err);
+            return self.advance(now);
+        };
+        let envelope = req.envelope && *role == Role::Listener;
+        let role = if envelope { Role::Envelope } else { *role };
+        let resp = handshake.accept(req.envelope.then_some(envelope::PROTOCOL));
+        self.out.write_with(|b| resp.encode(false, b));
+        let timers = WsTimers {
+            ping_interval: self.config.ping_interval,
+            close_timeout: self.config.close_timeout,
+        };
+        let mut session = WsSession::new(role, self.config.max_message_size, timers, now);
+        if self.shutting_down {
+            session.close(now, CloseReason::GoingAway, true, &mut self.out);
         }
+        self.request_start = None;
+        self.state = State::WebSocket(Box::new(Ws {
+            session,
+            until,
+            id,
+            envelope,
+            creds,
+            op: None,
+        }));
         self.advance(now);
     }
 
@@ -350,20 +597,73 @@ impl Connection {
         self.advance(now);
     }
 
-    /// A message for this listener, to send as one binary frame. Call only while
-    /// [`Connection::wants_messages`]; returns `false` if the message could not be sent.
-    pub fn handle_message(&mut self, payload: Bytes) -> bool {
-        match &mut self.state {
-            State::WebSocket(ws, _) => ws.send_binary(payload, &mut self.out),
-            _ => false,
+    /// An item of this listener's queue (a message, a topic's shared frames, a presence event),
+    /// to send as one binary message. Call only while [`Connection::wants_messages`]; returns
+    /// `false` if it could not be sent. Requests go to [`Connection::handle_request`].
+    pub fn handle_item(&mut self, item: Item) -> bool {
+        let State::WebSocket(ws) = &mut self.state else {
+            return false;
+        };
+        if !ws.session.is_open() {
+            return false;
         }
+        match item {
+            Item::Message { seq, id, from, payload } => {
+                if ws.envelope {
+                    let header = envelope::message_header(seq, id, from);
+                    send_envelope(&header, payload, &mut self.out);
+                    true
+                } else {
+                    ws.session.send_binary(payload, &mut self.out)
+                }
+            }
+            Item::Frames(frames) => match (&frames.envelope, ws.envelope) {
+                (Some(frame), true) => ws.session.send_encoded(frame.clone(), &mut self.out),
+                (None, true) => {
+                    // Not expected (the frame is made when the topic has envelope listeners), but
+                    // never send an envelope listener a bare payload.
+                    false
+                }
+                (_, false) => ws.session.send_encoded(frames.plain.clone(), &mut self.out),
+            },
+            Item::Presence { id, online } => {
+                if ws.envelope {
+                    send_envelope(&envelope::presence_header(id, online), Bytes::new(), &mut self.out);
+                }
+                ws.envelope
+            }
+            Item::Request { .. } => false,
+        }
+    }
+
+    /// A request awaiting a reply, for this envelope listener. Returns `false` if it could not be
+    /// sent (then nobody can answer it: drop its reply sender).
+    pub fn handle_request(&mut self, seq: u64, id: Id, timeout_ms: u64, payload: Bytes) -> bool {
+        let State::WebSocket(ws) = &mut self.state else {
+            return false;
+        };
+        if !ws.session.is_open() || !ws.envelope {
+            return false;
+        }
+        send_envelope(&envelope::request_header(seq, id, timeout_ms), payload, &mut self.out);
+        true
     }
 
     /// Another connection became the listener of this id: close with `4000`.
     pub fn handle_replaced(&mut self, now: Instant) {
-        if let State::WebSocket(ws, _) = &mut self.state {
-            ws.close(now, CloseReason::Replaced, true, &mut self.out);
-            if ws.is_finished() {
+        self.close_listener(now, CloseReason::Replaced);
+    }
+
+    /// This listener's queue overflowed where that closes it (a topic, presence): close with
+    /// `1008`.
+    pub fn handle_overflow(&mut self, now: Instant) {
+        self.close_listener(now, CloseReason::TooSlow);
+    }
+
+    fn close_listener(&mut self, now: Instant, reason: CloseReason) {
+        if let State::WebSocket(ws) = &mut self.state {
+            ws.session.close(now, reason, true, &mut self.out);
+            if ws.session.is_finished() {
                 self.close(now);
             }
         }
@@ -391,11 +691,16 @@ impl Connection {
                 (start, _) => Some(start.unwrap_or(self.idle_since) + timeout),
             },
             State::Body(_, _, started) => Some(*started + timeout),
+            State::Waiting(_, Wait::Reply { deadline, .. }) => Some(*deadline),
             State::Waiting(req, _) => Some(req.started + timeout),
-            State::WebSocket(ws, until) => match (ws.poll_timeout(), until) {
-                (Some(a), Some(b)) => Some(a.min(*b)),
-                (a, b) => a.or(*b),
-            },
+            State::WebSocket(ws) => [
+                ws.session.poll_timeout(),
+                ws.until,
+                ws.op.as_ref().map(|op| op.started + timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             State::Closing { until } => Some(*until),
             State::Closed => None,
         }
@@ -411,7 +716,9 @@ impl Connection {
             State::Head => self.inbuf.len() <= self.config.limits.max_head && !self.out.is_full(),
             State::Body(_, reader, _) => self.inbuf.len() < reader.remaining_hint().max(self.config.limits.max_head),
             State::Waiting(..) => false,
-            State::WebSocket(ws, _) => !ws.is_finished() && !self.out.is_full(),
+            State::WebSocket(ws) => {
+                !ws.session.is_finished() && !self.out.is_full() && !ws.session.has_message() && ws.op.is_none()
+            }
             State::Closing { .. } => true,
             State::Closed => false,
         }
@@ -424,7 +731,7 @@ impl Connection {
 
     /// Whether this connection is a listener that has not begun closing.
     pub fn is_listening(&self) -> bool {
-        matches!(&self.state, State::WebSocket(ws, _) if ws.is_open())
+        matches!(&self.state, State::WebSocket(ws) if ws.session.is_open())
     }
 
     /// Whether everything is sent and the adapter should shut down the sending side of the
@@ -479,11 +786,7 @@ impl Connection {
                         None => self.next_request(now),
                         Some(mut req) => {
                             req.body_read = true;
-                            let Some(Route::Send(id)) = req.route else {
-                                return self.fail(now, HttpError::MalformedHead);
-                            };
-                            self.events.push_back(Event::Deliver { id, payload: body });
-                            self.state = State::Waiting(req, Wait::Deliver);
+                            self.deliver(now, req, body);
                         }
                     },
                     // A body being discarded belongs to a request already answered: a second
@@ -495,15 +798,25 @@ impl Connection {
                     Err(e) => self.fail(now, e),
                 },
                 State::Waiting(..) => return,
-                State::WebSocket(ws, _) => {
-                    if !self.inbuf.is_empty() {
-                        ws.handle_input(now, &mut self.inbuf, &mut self.out);
+                State::WebSocket(ws) => {
+                    if !self.inbuf.is_empty() && ws.op.is_none() {
+                        ws.session.handle_input(now, &mut self.inbuf, &mut self.out);
                     }
+                    if ws.op.is_none() && !self.out.is_full() {
+                        if let Some(message) = ws.session.take_message() {
+                            self.start_op(now, message);
+                            // The message may have been answered at once: read on.
+                            continue;
+                        }
+                    }
+                    let State::WebSocket(ws) = &mut self.state else {
+                        continue;
+                    };
                     if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
                         // A listener mostly waits: it keeps no input buffer while idle.
                         self.inbuf = BytesMut::new();
                     }
-                    if ws.is_finished() || self.eof {
+                    if ws.session.is_finished() || (self.eof && ws.op.is_none() && !ws.session.has_message()) {
                         self.close(now);
                     }
                     return;
@@ -536,6 +849,9 @@ impl Connection {
             body_read: !framing.has_body(),
             http10: head.version() == http::Version::HTTP_10,
             cors: None,
+            targets: Vec::new(),
+            reply_ms: None,
+            envelope: false,
         };
         match self.config.cors.check(&head, self.config.secure) {
             OriginCheck::Absent | OriginCheck::SameOrigin => {}
@@ -566,14 +882,45 @@ impl Connection {
             }
             Route::Options { allow } => self.respond(now, req, Response::new(204).header("Allow", allow)),
             Route::Stats | Route::Metrics => self.authorize(req, &head, Action::ReadStats, None, None),
-            Route::Send(id) => {
+            Route::Send(_) | Route::SendMany => {
                 let max = self.config.max_message_size;
-                match framing {
-                    BodyFraming::Length(n) if n > max as u64 => {
-                        self.refuse_request(now, req, HttpError::PayloadTooLarge { limit: max })
+                if let BodyFraming::Length(n) = framing {
+                    if n > max as u64 {
+                        return self.refuse_request(now, req, HttpError::PayloadTooLarge { limit: max });
                     }
-                    _ => self.authorize(req, &head, Action::Send, Some(id), None),
                 }
+                match reply_param(head.query(), self.config.max_reply_timeout) {
+                    Ok(ms) => req.reply_ms = ms,
+                    Err(e) => return self.refuse_request(now, req, e),
+                }
+                let first = match route {
+                    Route::Send(id) => {
+                        if req.reply_ms.is_some() && self.config.topics.contains(id) {
+                            return self.refuse_request(
+                                now,
+                                req,
+                                HttpError::BadReply("request-reply needs a plain id, not a topic"),
+                            );
+                        }
+                        id
+                    }
+                    _ => {
+                        let list = head.path().rsplit('/').next().unwrap_or("");
+                        match parse_targets(list.as_bytes()) {
+                            Ok(ids) => req.targets = ids,
+                            Err(e) => return self.refuse_request(now, req, HttpError::BadTargets(e)),
+                        }
+                        if req.reply_ms.is_some() {
+                            return self.refuse_request(
+                                now,
+                                req,
+                                HttpError::BadReply("request-reply needs a single id, not a list"),
+                            );
+                        }
+                        req.targets[0]
+                    }
+                };
+                self.authorize(req, &head, Action::Send, Some(first), None)
             }
             Route::Listen(id) => {
                 if req.head_only {
@@ -583,10 +930,17 @@ impl Connection {
                     // It would be closed with 1001 right after its 101: say so plainly instead.
                     return self.refuse_request(now, req, HttpError::ShuttingDown);
                 }
-                match check_upgrade(&head) {
-                    Ok(hs) => self.authorize(req, &head, Action::Listen, Some(id), Some(hs)),
-                    Err(e) => self.refuse_request(now, req, e),
+                let hs = match check_upgrade(&head) {
+                    Ok(hs) => hs,
+                    Err(e) => return self.refuse_request(now, req, e),
+                };
+                if self.config.websocket_role == Role::Listener {
+                    match envelope::negotiate(head.header_all("sec-websocket-protocol")) {
+                        Ok(envelope) => req.envelope = envelope,
+                        Err(()) => return self.refuse_request(now, req, HttpError::UnsupportedSubprotocol),
+                    }
                 }
+                self.authorize(req, &head, Action::Listen, Some(id), Some(hs))
             }
         }
     }
@@ -600,27 +954,33 @@ impl Connection {
         handshake: Option<Handshake>,
     ) {
         let origin = head.header_str("origin").map(str::to_owned);
-        self.events.push_back(Event::Authorize(AuthRequest {
+        let auth = AuthRequest {
             action,
             id,
             token: bearer_token(head.header_str("authorization"), head.query()),
             query: head.query().map(str::to_owned),
             origin,
-        }));
-        self.state = State::Waiting(req, Wait::Authorize { handshake });
+        };
+        let next = (req.targets.len() > 1).then(|| (Box::new(auth.clone()), 1));
+        // An envelope listener sends and watches with the credentials of its upgrade.
+        let creds = req.envelope.then(|| Box::new(auth.clone()));
+        self.events.push_back(Event::Authorize(auth));
+        self.state = State::Waiting(req, Wait::Authorize { handshake, next, creds });
     }
 
     /// Continues an allowed request.
-    fn proceed(&mut self, now: Instant, mut req: Request, handshake: Option<Handshake>, until: Option<Instant>) {
+    fn proceed(
+        &mut self,
+        now: Instant,
+        mut req: Request,
+        handshake: Option<Handshake>,
+        until: Option<Instant>,
+        creds: Option<Box<AuthRequest>>,
+    ) {
         match req.route {
-            Some(Route::Send(id)) => {
+            Some(Route::Send(_) | Route::SendMany) => {
                 if req.body_read {
-                    self.events.push_back(Event::Deliver {
-                        id,
-                        payload: Bytes::new(),
-                    });
-                    self.state = State::Waiting(req, Wait::Deliver);
-                    return;
+                    return self.deliver(now, req, Bytes::new());
                 }
                 if req.expect_continue {
                     self.out.push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
@@ -635,8 +995,18 @@ impl Connection {
             }
             Some(Route::Listen(id)) => match handshake {
                 Some(handshake) => {
-                    self.events.push_back(Event::Listen { id });
-                    self.state = State::Waiting(req, Wait::Listen { handshake, until });
+                    self.events.push_back(Event::Listen {
+                        id,
+                        envelope: req.envelope,
+                    });
+                    self.state = State::Waiting(
+                        req,
+                        Wait::Listen {
+                            handshake,
+                            until,
+                            creds,
+                        },
+                    );
                 }
                 None => self.fail(now, HttpError::MalformedHead),
             },
@@ -651,6 +1021,131 @@ impl Connection {
             }
             _ => self.fail(now, HttpError::MalformedHead),
         }
+    }
+
+    /// A send whose body is read: route it.
+    fn deliver(&mut self, now: Instant, req: Request, payload: Bytes) {
+        match req.route {
+            Some(Route::Send(id)) => {
+                self.events.push_back(Event::Deliver {
+                    id,
+                    payload,
+                    from: None,
+                    reply_ms: req.reply_ms,
+                });
+                self.state = State::Waiting(req, Wait::Deliver);
+            }
+            Some(Route::SendMany) => {
+                self.events.push_back(Event::DeliverMany {
+                    ids: req.targets.clone(),
+                    payload,
+                });
+                self.state = State::Waiting(req, Wait::DeliverMany);
+            }
+            _ => self.fail(now, HttpError::MalformedHead),
+        }
+    }
+
+    /// Starts handling an envelope message from the listener.
+    fn start_op(&mut self, now: Instant, message: Bytes) {
+        let State::WebSocket(ws) = &mut self.state else {
+            return;
+        };
+        let (msg, payload) = match envelope::decode(&message) {
+            Ok((msg, payload)) => {
+                let payload = message.slice_ref(payload);
+                (msg, payload)
+            }
+            Err(e) => {
+                let header = envelope::error_header(&e.reference, 400, &e.message);
+                return send_envelope(&header, Bytes::new(), &mut self.out);
+            }
+        };
+        let first_auth = match &msg {
+            ClientMessage::Send { to, .. } => Some((Action::Send, *to)),
+            ClientMessage::Watch { ids, .. } => {
+                if ids.len() > self.config.max_watch {
+                    let err = HttpError::TooManyWatched {
+                        limit: self.config.max_watch,
+                    };
+                    return answer_error(ws, msg.reference(), &err, &mut self.out);
+                }
+                ids.first().map(|id| (Action::Presence, *id))
+            }
+            ClientMessage::Reply { .. } | ClientMessage::Unwatch { .. } => None,
+        };
+        let mut op = Op {
+            msg,
+            payload,
+            authorizing: None,
+            started: now,
+        };
+        match first_auth {
+            Some((action, id)) => {
+                let mut auth = ws.creds.as_deref().cloned().unwrap_or(AuthRequest {
+                    action,
+                    id: None,
+                    token: None,
+                    query: None,
+                    origin: None,
+                });
+                auth.action = action;
+                auth.id = Some(id);
+                op.authorizing = Some(1);
+                self.events.push_back(Event::Authorize(auth));
+                ws.op = Some(op);
+            }
+            None => {
+                let event = work_event(ws.id, &op);
+                ws.op = Some(op);
+                self.events.push_back(event);
+            }
+        }
+    }
+
+    /// A decision for the envelope message in progress.
+    fn ws_decision(&mut self, _now: Instant, decision: Decision) {
+        let State::WebSocket(ws) = &mut self.state else {
+            return;
+        };
+        let Some(next) = ws.op.as_ref().and_then(|op| op.authorizing) else {
+            return;
+        };
+        let refusal = match decision {
+            Decision::Allow { .. } => None,
+            Decision::Unauthenticated => Some(HttpError::Unauthorized),
+            Decision::Forbidden => Some(HttpError::Forbidden),
+            Decision::Unavailable => Some(HttpError::AuthUnavailable),
+        };
+        if let Some(err) = refusal {
+            if let Some(op) = ws.op.take() {
+                answer_error(ws, op.msg.reference(), &err, &mut self.out);
+            }
+            return;
+        }
+        let Some(op) = ws.op.as_mut() else {
+            return;
+        };
+        // A watch authorizes every id in turn.
+        if let ClientMessage::Watch { ids, .. } = &op.msg {
+            if let Some(&id) = ids.get(next) {
+                op.authorizing = Some(next + 1);
+                let mut auth = ws.creds.as_deref().cloned().unwrap_or(AuthRequest {
+                    action: Action::Presence,
+                    id: None,
+                    token: None,
+                    query: None,
+                    origin: None,
+                });
+                auth.action = Action::Presence;
+                auth.id = Some(id);
+                self.events.push_back(Event::Authorize(auth));
+                return;
+            }
+        }
+        op.authorizing = None;
+        let event = work_event(ws.id, op);
+        self.events.push_back(event);
     }
 
     fn refuse_request(&mut self, now: Instant, req: Request, err: HttpError) {
@@ -728,3 +1223,110 @@ impl Connection {
         }
     }
 }
+
+/// The event that does an envelope message's work once it is authorized.
+fn work_event(me: Id, op: &Op) -> Event {
+    match &op.msg {
+        ClientMessage::Send { to, .. } => Event::Deliver {
+            id: *to,
+            payload: op.payload.clone(),
+            from: Some(me),
+            reply_ms: None,
+        },
+        ClientMessage::Reply {
+            reply_to,
+            status,
+            content_type,
+            ..
+        } => Event::Reply {
+            reply_to: *reply_to,
+            reply: ReplyMsg {
+                status: *status,
+                content_type: content_type.clone(),
+                body: op.payload.clone(),
+            },
+        },
+        ClientMessage::Watch { ids, .. } => Event::Watch { ids: ids.clone() },
+        ClientMessage::Unwatch { ids, .. } => Event::Unwatch { ids: ids.clone() },
+    }
+}
+
+/// Queues one envelope message to the listener.
+fn send_envelope(header: &str, payload: Bytes, out: &mut Outbox) {
+    let mut rest = None;
+    out.write_with(|b| rest = envelope::encode_frame(header, payload, b));
+    if let Some(payload) = rest {
+        out.push(payload);
+    }
+}
+
+fn answer_ack(ws: &mut Ws, reference: &Value, status: u16, recipients: Option<u32>, out: &mut Outbox) {
+    if ws.session.is_open() {
+        send_envelope(&envelope::ack_header(reference, status, recipients), Bytes::new(), out);
+    }
+}
+
+fn answer_error(ws: &mut Ws, reference: &Value, err: &HttpError, out: &mut Outbox) {
+    if ws.session.is_open() {
+        let header = envelope::error_header(reference, err.status(), &err.to_string());
+        send_envelope(&header, Bytes::new(), out);
+    }
+}
+
+/// The `207` body of a multi-target send: one entry per id, in request order.
+fn multi_status_report(ids: &[Id], results: &[Result<Delivered, HttpError>]) -> String {
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(32 + ids.len() * 40);
+    body.push_str(r#"{"results":["#);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        match results.get(i) {
+            Some(Ok(Delivered::Topic { recipients })) => {
+                let _ = write!(body, r#"{{"id":{id},"status":204,"recipients":{recipients}}}"#);
+            }
+            Some(Ok(_)) => {
+                let _ = write!(body, r#"{{"id":{id},"status":204}}"#);
+            }
+            Some(Err(e)) => {
+                let _ = write!(
+                    body,
+                    r#"{{"id":{id},"status":{},"error":{}}}"#,
+                    e.status(),
+                    Value::from(e.to_string())
+                );
+            }
+            None => {
+                let _ = write!(body, r#"{{"id":{id},"status":500,"error":"not routed"}}"#);
+            }
+        }
+    }
+    body.push_str("]}");
+    body
+}
+
+/// Reads `reply=MS` from a query string: `Ok(None)` without it, the value capped at `max`.
+fn reply_param(query: Option<&str>, max: std::time::Duration) -> Result<Option<u64>, HttpError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("reply=")) else {
+        if query.split('&').any(|kv| kv == "reply") {
+            return Err(HttpError::BadReply(REPLY_VALUE));
+        }
+        return Ok(None);
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HttpError::BadReply(REPLY_VALUE));
+    }
+    // Digits beyond u64 are simply a very long wait: capped below.
+    let ms = value.parse::<u64>().unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(HttpError::BadReply(REPLY_VALUE));
+    }
+    let cap = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+    Ok(Some(ms.min(cap)))
+}
+
+const REPLY_VALUE: &str = "reply must be a whole number of milliseconds from 1";

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::targets::TargetError;
 use crate::Id;
 
 /// Why a request was refused. Each variant maps to exactly one HTTP status ([`HttpError::status`])
@@ -72,6 +73,34 @@ pub enum HttpError {
     DecisionTimeout,
     /// An HTTP version other than 1.0 and 1.1.
     VersionNotSupported,
+    /// A multi-target path that is not a list of distinct canonical ids, at most 1024.
+    BadTargets(TargetError),
+    /// Nobody listens on the topic a message was sent to.
+    NoTopicListener(Id),
+    /// A reply was asked of a listener that did not negotiate `fedbroker.v1`.
+    CannotReply(Id),
+    /// A request-reply that cannot be: bad `reply` value, a topic, several ids (which is said).
+    BadReply(&'static str),
+    /// The listener did not reply in time.
+    ReplyTimeout {
+        /// The id asked.
+        id: Id,
+        /// The time waited, in milliseconds.
+        ms: u64,
+    },
+    /// The listener went away before replying.
+    ListenerGone(Id),
+    /// As many requests as `--max-pending-replies` wait for replies already.
+    TooManyPendingReplies,
+    /// The upgrade offers only subprotocols other than `fedbroker.v1`.
+    UnsupportedSubprotocol,
+    /// An envelope `reply` to a request that does not await one (any more).
+    NoSuchRequest(u64),
+    /// An envelope `watch` beyond `--max-watch` ids.
+    TooManyWatched {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl HttpError {
@@ -79,11 +108,26 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         use HttpError::*;
         match self {
-            MalformedHead | BadHost | InvalidHost | InvalidId | LengthAndChunked | BadContentLength
-            | BadTransferEncoding | BadChunked | BadHandshake(_) | UnexpectedBody => 400,
+            MalformedHead
+            | BadHost
+            | InvalidHost
+            | InvalidId
+            | LengthAndChunked
+            | BadContentLength
+            | BadTransferEncoding
+            | BadChunked
+            | BadHandshake(_)
+            | UnexpectedBody
+            | BadTargets(_)
+            | BadReply(_)
+            | UnsupportedSubprotocol
+            | TooManyWatched { .. } => 400,
             Unauthorized => 401,
             Forbidden | OriginNotAllowed => 403,
-            NoListener(_) | NotFound => 404,
+            NoListener(_) | NotFound | NoTopicListener(_) | NoSuchRequest(_) => 404,
+            CannotReply(_) => 409,
+            ListenerGone(_) => 502,
+            ReplyTimeout { .. } => 504,
             MethodNotAllowed { .. } => 405,
             Timeout => 408,
             PayloadTooLarge { .. } => 413,
@@ -91,7 +135,12 @@ impl HttpError {
             ExpectationFailed => 417,
             UpgradeRequired => 426,
             HeadTooLarge => 431,
-            QueueFull(_) | TooManyConnections | ShuttingDown | AuthUnavailable | DecisionTimeout => 503,
+            QueueFull(_)
+            | TooManyConnections
+            | ShuttingDown
+            | AuthUnavailable
+            | DecisionTimeout
+            | TooManyPendingReplies => 503,
             VersionNotSupported => 505,
         }
     }
@@ -155,6 +204,21 @@ impl fmt::Display for HttpError {
             AuthUnavailable => f.write_str("authorization is unavailable; retry later"),
             DecisionTimeout => f.write_str("the request could not be decided in time; retry later"),
             VersionNotSupported => f.write_str("only HTTP/1.0 and HTTP/1.1 are supported"),
+            BadTargets(e) => write!(f, "{e}"),
+            NoTopicListener(id) => write!(f, "no listener on topic {id}"),
+            CannotReply(id) => write!(
+                f,
+                "the listener on id {id} cannot reply: it did not negotiate fedbroker.v1"
+            ),
+            BadReply(what) => f.write_str(what),
+            ReplyTimeout { id, ms } => write!(f, "no reply from id {id} within {ms} ms"),
+            ListenerGone(id) => write!(f, "the listener on id {id} went away before replying"),
+            TooManyPendingReplies => f.write_str("too many requests are waiting for replies; retry later"),
+            UnsupportedSubprotocol => {
+                f.write_str("bad WebSocket handshake: unsupported subprotocol; this broker speaks fedbroker.v1")
+            }
+            NoSuchRequest(seq) => write!(f, "no request {seq} awaits a reply"),
+            TooManyWatched { limit } => write!(f, "at most {limit} ids may be watched per connection"),
         }
     }
 }
@@ -185,6 +249,11 @@ pub enum CloseReason {
     PingTimeout,
     /// The credentials the listener connected with have expired.
     TokenExpired,
+    /// A topic listener (or a presence watcher) whose queue was full: closed rather than holding
+    /// the others back or missing a message.
+    TooSlow,
+    /// An envelope listener sent a text message.
+    EnvelopeText,
 }
 
 impl CloseReason {
@@ -200,6 +269,8 @@ impl CloseReason {
             CloseReason::Replaced => 4000,
             CloseReason::PingTimeout => 1001,
             CloseReason::TokenExpired => 4001,
+            CloseReason::TooSlow => 1008,
+            CloseReason::EnvelopeText => 1003,
         }
     }
 
@@ -215,6 +286,8 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::TooSlow => "too slow: queue full",
+            CloseReason::EnvelopeText => "envelope messages are binary",
         }
     }
 }
@@ -255,6 +328,16 @@ mod tests {
             HttpError::AuthUnavailable,
             HttpError::DecisionTimeout,
             HttpError::VersionNotSupported,
+            HttpError::BadTargets(TargetError::TooMany),
+            HttpError::NoTopicListener(id),
+            HttpError::CannotReply(id),
+            HttpError::BadReply("x"),
+            HttpError::ReplyTimeout { id, ms: 5 },
+            HttpError::ListenerGone(id),
+            HttpError::TooManyPendingReplies,
+            HttpError::UnsupportedSubprotocol,
+            HttpError::NoSuchRequest(3),
+            HttpError::TooManyWatched { limit: 2 },
         ];
         for e in all {
             assert!((400..600).contains(&e.status()));

@@ -91,12 +91,15 @@ mod broker;
 mod config;
 mod conn;
 mod cors;
+pub mod envelope;
 mod error;
 pub mod http;
 mod id;
 mod registry;
+mod reply;
 mod route;
 mod stats;
+mod targets;
 mod transmit;
 pub mod ws;
 
@@ -107,9 +110,11 @@ pub use conn::{Connection, Event, StatsFormat, HIGH_WATER};
 pub use cors::{CorsPolicy, OriginCheck};
 pub use error::{CloseReason, HttpError};
 pub use id::Id;
-pub use registry::{DeliveryError, ListenerHandle, Pop, Registry};
-pub use route::{classify, Route, ALLOW_ID, ALLOW_INFO};
-pub use stats::{Snapshot, Stats};
+pub use registry::{Delivered, DeliveryError, Item, ListenerHandle, Pop, Registry, SharedFrames};
+pub use reply::{reply_channel, PendingReply, ReplyMsg, ReplyOutcome, ReplySender};
+pub use route::{classify, Route, ALLOW_ID, ALLOW_INFO, ALLOW_MANY};
+pub use stats::{Gauges, Snapshot, Stats};
+pub use targets::{parse_targets, TargetError, MAX_TARGETS};
 pub use transmit::Outbox;
 
 /// The version of this crate, as the broker binaries report it.

@@ -8,12 +8,17 @@ use crate::{HttpError, Id};
 pub const ALLOW_INFO: &str = "GET, HEAD, OPTIONS";
 /// Methods of an id's route.
 pub const ALLOW_ID: &str = "GET, HEAD, POST, OPTIONS";
+/// Methods of a multi-target route.
+pub const ALLOW_MANY: &str = "POST, OPTIONS";
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// `POST /{id}`: send the body to the listener of the id.
     Send(Id),
+    /// `POST /{id},{id},…`: send the body to each id (the list is read with
+    /// [`crate::parse_targets`] from the path's last segment).
+    SendMany,
     /// `GET /{id}` with a WebSocket upgrade: listen on the id.
     Listen(Id),
     /// `GET /`: statistics as JSON.
@@ -58,6 +63,14 @@ pub fn classify(method: &Method, path: &str, base: &str) -> Result<Route, HttpEr
             let segment = &rest[1..];
             if segment.contains('/') {
                 return Err(HttpError::NotFound);
+            }
+            if segment.contains(',') {
+                return match *method {
+                    Method::POST => Ok(Route::SendMany),
+                    Method::OPTIONS => Ok(Route::Options { allow: ALLOW_MANY }),
+                    Method::GET | Method::HEAD => Err(HttpError::InvalidId),
+                    _ => Err(HttpError::MethodNotAllowed { allow: ALLOW_MANY }),
+                };
             }
             let id = Id::parse(segment.as_bytes()).ok_or(HttpError::InvalidId)?;
             match *method {
@@ -105,5 +118,8 @@ mod tests {
         assert_eq!(c(Method::POST, "/42", "/mq"), Err(HttpError::NotFound));
         assert_eq!(c(Method::GET, "/mqx/1", "/mq"), Err(HttpError::NotFound));
         assert_eq!(c(Method::OPTIONS, "/1", ""), Ok(Route::Options { allow: ALLOW_ID }));
+        assert_eq!(c(Method::POST, "/1,2", ""), Ok(Route::SendMany));
+        assert_eq!(c(Method::POST, "/mq/1,x", "/mq"), Ok(Route::SendMany));
+        assert_eq!(c(Method::GET, "/1,2", ""), Err(HttpError::InvalidId));
     }
 }

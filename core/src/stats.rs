@@ -14,6 +14,25 @@ pub struct Stats {
     messages_rejected: AtomicU64,
     bytes_received: AtomicU64,
     bytes_delivered: AtomicU64,
+    replies: AtomicU64,
+    replies_timed_out: AtomicU64,
+    replies_failed: AtomicU64,
+}
+
+/// The figures kept elsewhere than in [`Stats`] (the registry, the pending replies), read at
+/// the moment of a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Ids listened on now.
+    pub listeners: usize,
+    /// Topic listener connections now.
+    pub topic_listeners: usize,
+    /// Topic listeners and watchers closed as too slow so far.
+    pub slow_listeners_closed: usize,
+    /// `POST …?reply=` requests waiting now.
+    pub pending_replies: usize,
+    /// Watched ids now, over all watchers.
+    pub presence_watches: usize,
 }
 
 /// The figures at one moment, with what the broker adds to them.
@@ -42,6 +61,20 @@ pub struct Snapshot {
     pub bytes_received: u64,
     /// Payload bytes of delivered messages.
     pub bytes_delivered: u64,
+    /// Topic listener connections now.
+    pub topic_listeners: u64,
+    /// Topic listeners closed because their queue was full.
+    pub slow_listeners_closed: u64,
+    /// Requests waiting for a reply now.
+    pub pending_replies: u64,
+    /// Requests answered by their listener.
+    pub replies: u64,
+    /// Requests that got no reply in time (or whose sender left first).
+    pub replies_timed_out: u64,
+    /// Requests whose listener went away before replying (`502`).
+    pub replies_failed: u64,
+    /// Watched ids now, over all watchers.
+    pub presence_watches: u64,
 }
 
 impl Stats {
@@ -63,8 +96,18 @@ impl Stats {
         self.bytes_delivered.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    pub(crate) fn replied(&self) {
+        self.replies.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn reply_timed_out(&self) {
+        self.replies_timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn reply_failed(&self) {
+        self.replies_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads the counters.
-    pub fn snapshot(&self, runtime: &'static str, uptime: Duration, listeners: usize) -> Snapshot {
+    pub fn snapshot(&self, runtime: &'static str, uptime: Duration, gauges: Gauges) -> Snapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Snapshot {
             name: "fedbroker",
@@ -72,18 +115,25 @@ impl Stats {
             runtime,
             uptime_seconds: uptime.as_secs(),
             connections: get(&self.connections),
-            listeners: listeners as u64,
+            listeners: gauges.listeners as u64,
             messages_received: get(&self.messages_received),
             messages_delivered: get(&self.messages_delivered),
             messages_rejected: get(&self.messages_rejected),
             bytes_received: get(&self.bytes_received),
             bytes_delivered: get(&self.bytes_delivered),
+            topic_listeners: gauges.topic_listeners as u64,
+            slow_listeners_closed: gauges.slow_listeners_closed as u64,
+            pending_replies: gauges.pending_replies as u64,
+            replies: get(&self.replies),
+            replies_timed_out: get(&self.replies_timed_out),
+            replies_failed: get(&self.replies_failed),
+            presence_watches: gauges.presence_watches as u64,
         }
     }
 }
 
 impl Snapshot {
-    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
+    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 15] {
         [
             ("connections", "gauge", "Connections open now.", self.connections),
             ("listeners", "gauge", "Ids listened on now.", self.listeners),
@@ -118,6 +168,48 @@ impl Snapshot {
                 self.bytes_delivered,
             ),
             ("uptime_seconds", "gauge", "Seconds since start.", self.uptime_seconds),
+            (
+                "topic_listeners",
+                "gauge",
+                "Topic listener connections now.",
+                self.topic_listeners,
+            ),
+            (
+                "slow_listeners_closed",
+                "counter",
+                "Listeners closed because their queue was full (topics, presence).",
+                self.slow_listeners_closed,
+            ),
+            (
+                "pending_replies",
+                "gauge",
+                "Requests waiting for a reply now.",
+                self.pending_replies,
+            ),
+            (
+                "replies",
+                "counter",
+                "Requests answered by their listener.",
+                self.replies,
+            ),
+            (
+                "replies_timed_out",
+                "counter",
+                "Requests not answered in time.",
+                self.replies_timed_out,
+            ),
+            (
+                "replies_failed",
+                "counter",
+                "Requests whose listener went away before replying.",
+                self.replies_failed,
+            ),
+            (
+                "presence_watches",
+                "gauge",
+                "Watched ids now, over all watchers.",
+                self.presence_watches,
+            ),
         ]
     }
 
@@ -165,7 +257,11 @@ mod tests {
         st.connection_opened();
         st.received(5);
         st.delivered(5);
-        let snap = st.snapshot("tokio", Duration::from_secs(3), 1);
+        let gauges = Gauges {
+            listeners: 1,
+            ..Gauges::default()
+        };
+        let snap = st.snapshot("tokio", Duration::from_secs(3), gauges);
         let json = snap.to_json();
         assert!(json.starts_with("{\"name\":\"fedbroker\",\"version\":\""), "{json}");
         for key in [

@@ -47,6 +47,11 @@ impl IdSet {
         Ok(set)
     }
 
+    /// Adds one textual item (`"42"`, `"100-200"` or `"*"`) to the set.
+    pub fn add_item(&mut self, s: &str) -> Result<(), String> {
+        self.add_text(s)
+    }
+
     fn add_text(&mut self, s: &str) -> Result<(), String> {
         let t = s.trim();
         if t == "*" {

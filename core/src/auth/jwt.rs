@@ -47,6 +47,8 @@ struct Claims {
     listen: IdSet,
     #[serde(default)]
     send: IdSet,
+    #[serde(default)]
+    presence: IdSet,
     /// NumericDate: seconds since the epoch, possibly fractional (RFC 7519 §2).
     exp: Option<f64>,
     nbf: Option<f64>,
@@ -148,6 +150,7 @@ impl JwtAuthorizer {
         let allowed = match (request.action, request.id) {
             (Action::Send, Some(id)) => claims.send.contains(id),
             (Action::Listen, Some(id)) => claims.listen.contains(id),
+            (Action::Presence, Some(id)) => claims.presence.contains(id),
             _ => false,
         };
         if !allowed {

@@ -29,6 +29,9 @@ pub enum Action {
     Listen,
     /// Read the statistics (`GET /`, `GET /metrics`).
     ReadStats,
+    /// Follow when an id starts and stops being listened on (`watch` in the `fedbroker.v1`
+    /// envelope).
+    Presence,
 }
 
 /// Everything an authorizer may base its decision on. The token is never logged (its `Debug`

@@ -21,6 +21,9 @@ pub struct TokenSpec {
     /// Ids it may send to.
     #[serde(default)]
     pub send: IdSet,
+    /// Ids whose presence it may follow (`watch` in the envelope).
+    #[serde(default)]
+    pub presence: IdSet,
 }
 
 /// A whole tokens file: `[[token]]` tables.
@@ -37,6 +40,7 @@ struct Entry {
     digest: [u8; 32],
     listen: IdSet,
     send: IdSet,
+    presence: IdSet,
 }
 
 /// Decides with a fixed table of tokens.
@@ -65,6 +69,7 @@ impl StaticTokens {
                 digest,
                 listen: spec.listen,
                 send: spec.send,
+                presence: spec.presence,
             });
         }
         if entries.is_empty() {
@@ -122,6 +127,7 @@ impl StaticTokens {
         let allowed = match (request.action, request.id) {
             (Action::Send, Some(id)) => entry.send.contains(id),
             (Action::Listen, Some(id)) => entry.listen.contains(id),
+            (Action::Presence, Some(id)) => entry.presence.contains(id),
             _ => false,
         };
         if allowed {

@@ -37,11 +37,17 @@ impl Response {
             HttpError::MethodNotAllowed { allow } => r = r.header("Allow", *allow),
             HttpError::UpgradeRequired => r = r.header("Upgrade", "websocket"),
             HttpError::BadHandshake(_) => r = r.header("Sec-WebSocket-Version", "13"),
+            HttpError::UnsupportedSubprotocol => {
+                r = r
+                    .header("Sec-WebSocket-Version", "13")
+                    .header("Sec-WebSocket-Protocol", crate::envelope::PROTOCOL)
+            }
             HttpError::QueueFull(_)
             | HttpError::TooManyConnections
             | HttpError::ShuttingDown
             | HttpError::AuthUnavailable
-            | HttpError::DecisionTimeout => r = r.header("Retry-After", "1"),
+            | HttpError::DecisionTimeout
+            | HttpError::TooManyPendingReplies => r = r.header("Retry-After", "1"),
             HttpError::Unauthorized => r = r.header("WWW-Authenticate", "Bearer"),
             _ => {}
         }
@@ -65,6 +71,12 @@ impl Response {
     /// Sets the body and its content type.
     pub fn body(mut self, content_type: &'static str, body: Bytes) -> Self {
         self.content_type = Some(content_type);
+        self.body = body;
+        self
+    }
+
+    /// Sets the body alone (a `Content-Type` may then be given with [`Response::header`]).
+    pub fn raw_body(mut self, body: Bytes) -> Self {
         self.body = body;
         self
     }

@@ -53,15 +53,18 @@ fn is_base64_of_16_bytes(key: &str) -> bool {
 }
 
 impl Handshake {
-    /// The `101 Switching Protocols` response. No subprotocol or extension is negotiated.
-    pub fn accept(&self) -> Response {
-        Response::new(101)
-            .header("Upgrade", "websocket")
-            .header("Connection", "Upgrade")
-            .header(
-                "Sec-WebSocket-Accept",
-                tungstenite::handshake::derive_accept_key(self.key.as_bytes()),
-            )
+    /// The `101 Switching Protocols` response, confirming `protocol` when one was chosen. No
+    /// extension is negotiated.
+    pub fn accept(&self, protocol: Option<&'static str>) -> Response {
+        let r = Response::new(101);
+        let r = match protocol {
+            Some(p) => r.header("Sec-WebSocket-Protocol", p),
+            None => r,
+        };
+        r.header("Upgrade", "websocket").header("Connection", "Upgrade").header(
+            "Sec-WebSocket-Accept",
+            tungstenite::handshake::derive_accept_key(self.key.as_bytes()),
+        )
     }
 }
 
@@ -84,7 +87,7 @@ mod tests {
     #[test]
     fn rfc_example_key() {
         let mut out = BytesMut::new();
-        check_upgrade(&head(GOOD)).unwrap().accept().encode(false, &mut out);
+        check_upgrade(&head(GOOD)).unwrap().accept(None).encode(false, &mut out);
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(
             text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),

@@ -26,6 +26,9 @@ pub enum Role {
     Listener,
     /// Every data message is sent back as it came (used for conformance testing of the codec).
     Echo,
+    /// A `fedbroker.v1` listener: binary messages are kept for [`WsSession::take_message`], one
+    /// at a time (reading pauses until it is taken); a text message is closed with `1003`.
+    Envelope,
 }
 
 /// The timing settings of a session.
@@ -81,6 +84,8 @@ pub struct WsSession {
     last_rx: Instant,
     next_ping: Instant,
     close_reason: Option<CloseReason>,
+    /// A whole message received in the envelope role, not taken yet.
+    inbox: Option<Bytes>,
 }
 
 impl WsSession {
@@ -97,7 +102,29 @@ impl WsSession {
             last_rx: now,
             next_ping: now + timers.ping_interval,
             close_reason: None,
+            inbox: None,
         }
+    }
+
+    /// The message received in the [`Role::Envelope`] role, if one awaits; input is read on only
+    /// once it is taken.
+    pub fn take_message(&mut self) -> Option<Bytes> {
+        self.inbox.take()
+    }
+
+    /// Whether a received message awaits [`WsSession::take_message`].
+    pub fn has_message(&self) -> bool {
+        self.inbox.is_some()
+    }
+
+    /// Queues one whole frame encoded elsewhere (shared by many sessions). Returns `false` (and
+    /// drops it) when the session is closing.
+    pub fn send_encoded(&mut self, frame: Bytes, out: &mut Outbox) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        out.push(frame);
+        true
     }
 
     /// Whether messages may still be sent.
@@ -198,6 +225,10 @@ impl WsSession {
                     return;
                 }
                 Rx::Header => {
+                    if self.inbox.is_some() {
+                        // One received envelope message at a time.
+                        return;
+                    }
                     let (header, n) = match FrameHeader::decode(buf) {
                         Ok(Some(h)) => h,
                         Ok(None) => return,
@@ -206,12 +237,12 @@ impl WsSession {
                     buf.advance(n);
                     match self.check_header(&header) {
                         Ok(()) => {}
-                        Err(CloseReason::UnacceptableData) => {
+                        Err(reason @ (CloseReason::UnacceptableData | CloseReason::EnvelopeText)) => {
                             // A policy matter, not a broken stream: skip this frame's payload
                             // and keep reading for the peer's Close.
-                            tracing::debug!("listener sent a data message: closing with 1003");
+                            tracing::debug!("listener sent a data message it may not: closing with 1003");
                             self.message = None;
-                            self.close(now, CloseReason::UnacceptableData, true, out);
+                            self.close(now, reason, true, out);
                             self.rx = Rx::Payload {
                                 header,
                                 remaining: header.len,
@@ -310,6 +341,9 @@ impl WsSession {
         if self.role == Role::Listener && h.fin && self.phase == Phase::Open {
             return Err(CloseReason::UnacceptableData);
         }
+        if self.role == Role::Envelope && h.opcode == OpCode::Text && self.phase == Phase::Open {
+            return Err(CloseReason::EnvelopeText);
+        }
         Ok(())
     }
 
@@ -322,6 +356,9 @@ impl WsSession {
             return Ok(());
         };
         m.len += piece.len() as u64;
+        if self.role == Role::Envelope && self.phase == Phase::Open {
+            m.data.extend_from_slice(piece);
+        }
         if self.role == Role::Echo && self.phase == Phase::Open {
             if let Some(v) = m.utf8.as_mut() {
                 if !v.feed(piece) {
@@ -350,8 +387,12 @@ impl WsSession {
                         return Err(CloseReason::InvalidPayload);
                     }
                 }
-                if self.role == Role::Echo && self.phase == Phase::Open {
-                    send_frame(m.opcode, m.data.freeze(), out);
+                if self.phase == Phase::Open {
+                    match self.role {
+                        Role::Echo => send_frame(m.opcode, m.data.freeze(), out),
+                        Role::Envelope => self.inbox = Some(m.data.freeze()),
+                        Role::Listener => {}
+                    }
                 }
             }
             _ => {}
