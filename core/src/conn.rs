@@ -936,8 +936,11 @@ impl Connection {
                 };
                 if self.config.websocket_role == Role::Listener {
                     match envelope::negotiate(head.header_all("sec-websocket-protocol")) {
-                        Ok(envelope) => req.envelope = envelope,
-                        Err(()) => return self.refuse_request(now, req, HttpError::UnsupportedSubprotocol),
+                        envelope::Offer::Plain => {}
+                        envelope::Offer::Envelope => req.envelope = true,
+                        envelope::Offer::Unsupported => {
+                            return self.refuse_request(now, req, HttpError::UnsupportedSubprotocol)
+                        }
                     }
                 }
                 self.authorize(req, &head, Action::Listen, Some(id), Some(hs))

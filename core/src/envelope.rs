@@ -291,10 +291,20 @@ pub fn encode_message(header: &str, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Whether a `Sec-WebSocket-Protocol` offer (a comma-separated list, possibly over several
-/// header lines) asks for the envelope: `Ok(true)` when it lists [`PROTOCOL`], `Ok(false)` when
-/// there is no offer, `Err` when only other protocols are offered.
-pub fn negotiate<'a>(offers: impl Iterator<Item = &'a [u8]>) -> Result<bool, ()> {
+/// What a `Sec-WebSocket-Protocol` offer asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// No subprotocol offered: a plain listener.
+    Plain,
+    /// [`PROTOCOL`] is among the offers.
+    Envelope,
+    /// Only other subprotocols are offered (`400`).
+    Unsupported,
+}
+
+/// Reads a `Sec-WebSocket-Protocol` offer: comma-separated lists, possibly over several header
+/// lines.
+pub fn negotiate<'a>(offers: impl Iterator<Item = &'a [u8]>) -> Offer {
     let mut offered = false;
     for line in offers {
         for token in line.split(|&b| b == b',') {
@@ -304,14 +314,14 @@ pub fn negotiate<'a>(offers: impl Iterator<Item = &'a [u8]>) -> Result<bool, ()>
             }
             offered = true;
             if token == PROTOCOL.as_bytes() {
-                return Ok(true);
+                return Offer::Envelope;
             }
         }
     }
     if offered {
-        Err(())
+        Offer::Unsupported
     } else {
-        Ok(false)
+        Offer::Plain
     }
 }
 
@@ -394,9 +404,9 @@ mod tests {
 
     #[test]
     fn negotiation() {
-        assert_eq!(negotiate([].into_iter()), Ok(false));
-        assert_eq!(negotiate([&b"mqtt, fedbroker.v1"[..]].into_iter()), Ok(true));
-        assert_eq!(negotiate([&b"fedbroker.v2"[..]].into_iter()), Err(()));
-        assert_eq!(negotiate([&b" , "[..]].into_iter()), Ok(false));
+        assert_eq!(negotiate([].into_iter()), Offer::Plain);
+        assert_eq!(negotiate([&b"mqtt, fedbroker.v1"[..]].into_iter()), Offer::Envelope);
+        assert_eq!(negotiate([&b"fedbroker.v2"[..]].into_iter()), Offer::Unsupported);
+        assert_eq!(negotiate([&b" , "[..]].into_iter()), Offer::Plain);
     }
 }
