@@ -19,8 +19,9 @@ use crate::auth::{
     decision_channel_reusing, token_matches, Action, AllowAll, AuthTime, Authorizer, Decision, PendingDecision,
 };
 use crate::conn::{Connection, Event, StatsFormat};
-use crate::registry::{Item, ListenerHandle, Pop, Registry};
+use crate::registry::{Delivered, Item, ListenerHandle, Pop, Registry};
 use crate::reply::{reply_channel, PendingReply, ReplyOutcome, ReplySender};
+use crate::router::{route_channel, LocalRouter, PendingRoute, RouteRequest, Router};
 use crate::stats::{Gauges, Snapshot, Stats};
 use crate::transmit::Outbox;
 use crate::ws::Role;
@@ -36,6 +37,7 @@ pub struct Broker {
     registry: Registry,
     stats: Stats,
     authorizer: Box<dyn Authorizer>,
+    router: Box<dyn Router>,
     started: Instant,
     /// Wall-clock time at `started`, in nanoseconds since the Unix epoch: JWT `exp`/`nbf` are
     /// checked against it plus `now - started`. Adapters may move it ([`Broker::set_wall_clock`])
@@ -71,12 +73,28 @@ impl Broker {
         now: Instant,
         since_epoch: Duration,
     ) -> Arc<Broker> {
+        Self::with_router(config, runtime, authorizer, LocalRouter::new, now, since_epoch)
+    }
+
+    /// A broker whose requests are decided by `authorizer` and whose messages are routed by the
+    /// router `make_router` builds over the broker's own [`Registry`] (wrap a [`LocalRouter`] of
+    /// it to deliver locally as well).
+    pub fn with_router<R: Router>(
+        config: Config,
+        runtime: &'static str,
+        authorizer: impl Authorizer,
+        make_router: impl FnOnce(Registry) -> R,
+        now: Instant,
+        since_epoch: Duration,
+    ) -> Arc<Broker> {
         let registry = Registry::new(config.queue_limit, config.topics.clone());
+        let router = Box::new(make_router(registry.clone()));
         Arc::new(Broker {
             config: Arc::new(config),
             registry,
             stats: Stats::default(),
             authorizer: Box::new(authorizer),
+            router,
             started: now,
             wall_at_start: AtomicU64::new(nanos(since_epoch)),
             runtime,
@@ -135,6 +153,9 @@ impl Broker {
             spare: None,
             awaiting: None,
             replies: BTreeMap::new(),
+            routes: Vec::new(),
+            routes_many: false,
+            spare_route: None,
         }
     }
 }
@@ -156,6 +177,13 @@ pub struct Session {
     awaiting: Option<PendingReply>,
     /// Requests this envelope listener has received and may answer, by seq.
     replies: BTreeMap<u64, ReplySender>,
+    /// The router's answers awaited for the message being sent (one per target), with those
+    /// given so far.
+    routes: Vec<(PendingRoute, Option<Result<Delivered, HttpError>>)>,
+    /// Whether `routes` answers a multi-target send.
+    routes_many: bool,
+    /// A finished routing channel, to reuse.
+    spare_route: Option<PendingRoute>,
 }
 
 impl Session {
@@ -241,6 +269,9 @@ impl Session {
         if let Some(p) = &self.awaiting {
             ready |= p.poll_ready(cx).is_ready();
         }
+        for (p, _) in &self.routes {
+            ready |= p.poll_ready(cx).is_ready();
+        }
         if ready {
             Poll::Ready(())
         } else {
@@ -301,6 +332,7 @@ impl Session {
                 self.spare = self.pending.take();
                 self.conn.handle_decision(now, decision);
             }
+            self.poll_routes(now);
             self.poll_reply(now);
             self.take_messages(now);
             let Some(event) = self.conn.poll_event() else {
@@ -308,6 +340,45 @@ impl Session {
             };
             self.answer(now, event);
         }
+    }
+
+    /// The router's answers, once all are in.
+    fn poll_routes(&mut self, now: Instant) {
+        if self.routes.is_empty() {
+            return;
+        }
+        for (p, answer) in &mut self.routes {
+            if answer.is_none() {
+                *answer = p.try_take();
+            }
+        }
+        if self.routes.iter().any(|(_, a)| a.is_none()) {
+            return;
+        }
+        let mut routes = std::mem::take(&mut self.routes);
+        let results: Vec<_> = routes.iter_mut().filter_map(|(_, a)| a.take()).collect();
+        for r in &results {
+            if r.is_err() {
+                self.broker.stats.rejected();
+            }
+        }
+        if self.routes_many {
+            self.conn.handle_delivered_many(now, results);
+        } else {
+            self.spare_route = routes.pop().map(|(p, _)| p);
+            let result = results.into_iter().next().unwrap_or(Err(HttpError::RouteUnavailable));
+            if result.is_err() {
+                self.end_wait();
+            }
+            self.conn.handle_delivered(now, result);
+        }
+    }
+
+    /// Hands one message to the router.
+    fn route(&mut self, request: RouteRequest, spare: Option<PendingRoute>) {
+        let (tx, rx) = route_channel(spare);
+        self.broker.router.route(request, tx);
+        self.routes.push((rx, None));
     }
 
     /// The answer to this connection's `POST …?reply=`, or the end of its wait.
@@ -396,7 +467,8 @@ impl Session {
 
     /// Answers one event of the connection.
     fn answer(&mut self, now: Instant, event: Event) {
-        let broker = &*self.broker;
+        let broker_arc = self.broker.clone();
+        let broker = &*broker_arc;
         match event {
             Event::Authorize(request) => {
                 let (reply, pending) = decision_channel_reusing(self.spare.take());
@@ -426,44 +498,48 @@ impl Session {
                 reply_ms,
             } => {
                 broker.stats.received(payload.len());
+                // A new message: answers still awaited for an earlier one (abandoned after a
+                // timeout) are dropped.
+                self.routes.clear();
+                self.routes_many = false;
                 let reply = match reply_ms {
-                    None => Ok(None),
+                    None => None,
                     Some(ms) => {
                         let limit = broker.config.max_pending_replies;
                         if broker.pending_replies.fetch_add(1, Ordering::Relaxed) >= limit {
                             broker.pending_replies.fetch_sub(1, Ordering::Relaxed);
-                            Err(HttpError::TooManyPendingReplies)
-                        } else {
-                            let (tx, rx) = reply_channel();
-                            self.awaiting = Some(rx);
-                            Ok(Some((tx, ms)))
+                            broker.stats.rejected();
+                            return self.conn.handle_delivered(now, Err(HttpError::TooManyPendingReplies));
                         }
+                        let (tx, rx) = reply_channel();
+                        self.awaiting = Some(rx);
+                        Some((tx, ms))
                     }
                 };
-                let result = reply.and_then(|reply| {
-                    broker
-                        .registry
-                        .deliver(id, payload, from, reply)
-                        .map_err(|e| e.to_http(id))
-                });
-                if result.is_err() {
-                    broker.stats.rejected();
-                    self.end_wait();
-                }
-                self.conn.handle_delivered(now, result);
+                let spare = self.spare_route.take();
+                self.route(
+                    RouteRequest {
+                        id,
+                        payload,
+                        from,
+                        reply,
+                    },
+                    spare,
+                );
             }
             Event::DeliverMany { ids, payload } => {
-                let results = ids
-                    .iter()
-                    .map(|&id| {
-                        broker.stats.received(payload.len());
-                        broker.registry.deliver(id, payload.clone(), None, None).map_err(|e| {
-                            broker.stats.rejected();
-                            e.to_http(id)
-                        })
-                    })
-                    .collect();
-                self.conn.handle_delivered_many(now, results);
+                self.routes.clear();
+                self.routes_many = true;
+                for id in ids {
+                    broker.stats.received(payload.len());
+                    let request = RouteRequest {
+                        id,
+                        payload: payload.clone(),
+                        from: None,
+                        reply: None,
+                    };
+                    self.route(request, None);
+                }
             }
             Event::Listen { id, envelope } => {
                 let role = broker.config.websocket_role;

@@ -96,6 +96,9 @@ pub enum HttpError {
     UnsupportedSubprotocol,
     /// An envelope `reply` to a request that does not await one (any more).
     NoSuchRequest(u64),
+    /// The router could not route the message (it dropped its reply unanswered: a remote engine
+    /// it needs is down, for instance).
+    RouteUnavailable,
     /// An envelope `watch` beyond `--max-watch` ids.
     TooManyWatched {
         /// The limit.
@@ -140,7 +143,8 @@ impl HttpError {
             | ShuttingDown
             | AuthUnavailable
             | DecisionTimeout
-            | TooManyPendingReplies => 503,
+            | TooManyPendingReplies
+            | RouteUnavailable => 503,
             VersionNotSupported => 505,
         }
     }
@@ -218,6 +222,7 @@ impl fmt::Display for HttpError {
                 f.write_str("bad WebSocket handshake: unsupported subprotocol; this broker speaks fedbroker.v1")
             }
             NoSuchRequest(seq) => write!(f, "no request {seq} awaits a reply"),
+            RouteUnavailable => f.write_str("the message could not be routed; retry later"),
             TooManyWatched { limit } => write!(f, "at most {limit} ids may be watched per connection"),
         }
     }
@@ -337,6 +342,7 @@ mod tests {
             HttpError::TooManyPendingReplies,
             HttpError::UnsupportedSubprotocol,
             HttpError::NoSuchRequest(3),
+            HttpError::RouteUnavailable,
             HttpError::TooManyWatched { limit: 2 },
         ];
         for e in all {

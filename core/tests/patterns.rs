@@ -358,3 +358,64 @@ proptest! {
         prop_assert_eq!(answers, msgs.len());
     }
 }
+
+/// A router that answers later, as a cluster engine would: the POST waits (holding no thread),
+/// and the answer given from outside completes it; a dropped answer is a `503`.
+#[test]
+fn routing_completes_asynchronously_outside_the_core() {
+    use fedbroker_core::{AllowAll, LocalRouter, RouteReply, RouteRequest, Router};
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Deferred(Arc<Mutex<Vec<(RouteRequest, RouteReply)>>>);
+    impl Router for Deferred {
+        fn route(&self, request: RouteRequest, reply: RouteReply) {
+            self.0.lock().unwrap().push((request, reply));
+        }
+    }
+
+    let clock = Clock::new();
+    let deferred = Deferred::default();
+    let mut local = None;
+    let b = Broker::with_router(
+        config(),
+        "sim",
+        AllowAll,
+        |registry| {
+            local = Some(LocalRouter::new(registry));
+            deferred.clone()
+        },
+        clock.0,
+        Duration::from_secs(1_800_000_000),
+    );
+    let local = local.unwrap();
+    let mut l = Peer::open(&b, &clock, 5, false);
+    let mut p = post_to(&b, &clock, "/5", b"later");
+    assert!(response(&mut p, &clock).is_none(), "waits for the router");
+    let (request, reply) = deferred.0.lock().unwrap().pop().expect("routed");
+    assert_eq!(request.id.get(), 5);
+    local.route(request, reply);
+    assert_eq!(response(&mut p, &clock).unwrap().0, 204);
+    assert_eq!(l.frames(&clock), vec![(OpCode::Binary, b"later".to_vec())]);
+
+    // A multi-target send waits for every answer, in any order.
+    let mut p = post_to(&b, &clock, "/5,6", b"m");
+    assert!(response(&mut p, &clock).is_none());
+    let mut pending = std::mem::take(&mut *deferred.0.lock().unwrap());
+    assert_eq!(pending.len(), 2);
+    let (r6, reply6) = pending.pop().unwrap();
+    local.route(r6, reply6);
+    assert!(response(&mut p, &clock).is_none(), "one answer of two");
+    let (r5, reply5) = pending.pop().unwrap();
+    local.route(r5, reply5);
+    let (status, _, body) = response(&mut p, &clock).unwrap();
+    assert_eq!(status, 207);
+    assert!(String::from_utf8(body).unwrap().contains(r#"{"id":6,"status":404"#));
+
+    // An answer dropped unanswered (the engine went away) is a 503 with Retry-After.
+    let mut p = post_to(&b, &clock, "/5", b"x");
+    drop(deferred.0.lock().unwrap().pop());
+    let (status, headers, _) = response(&mut p, &clock).unwrap();
+    assert_eq!(status, 503);
+    assert!(headers.contains(&("retry-after".into(), "1".into())));
+}

@@ -47,7 +47,8 @@ impl Response {
             | HttpError::ShuttingDown
             | HttpError::AuthUnavailable
             | HttpError::DecisionTimeout
-            | HttpError::TooManyPendingReplies => r = r.header("Retry-After", "1"),
+            | HttpError::TooManyPendingReplies
+            | HttpError::RouteUnavailable => r = r.header("Retry-After", "1"),
             HttpError::Unauthorized => r = r.header("WWW-Authenticate", "Bearer"),
             _ => {}
         }

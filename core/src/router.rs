@@ -1,0 +1,200 @@
+//! The routing seam: where a message goes, decided now or later, here or elsewhere.
+//!
+//! A [`Connection`](crate::Connection) emits [`Event::Deliver`](crate::Event::Deliver) and waits
+//! for [`Connection::handle_delivered`](crate::Connection::handle_delivered);
+//! [`Session`](crate::Session) passes the message to the broker's [`Router`] with a
+//! [`RouteReply`] to answer through, at once or from another task or thread. The
+//! [`LocalRouter`] queues into this broker's [`Registry`]; a cluster router may ask a remote
+//! engine first and answer when it replies, and the core never waits for it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use crate::registry::{Delivered, Registry};
+use crate::reply::ReplySender;
+use crate::{HttpError, Id};
+
+/// One message to route.
+#[derive(Debug)]
+pub struct RouteRequest {
+    /// The target id.
+    pub id: Id,
+    /// The message (shared, never copied per target).
+    pub payload: Bytes,
+    /// The listened id of the envelope listener that sent it, if one did.
+    pub from: Option<Id>,
+    /// For a request-reply: where the listener's answer goes, and how long the sender waits
+    /// (milliseconds).
+    pub reply: Option<(ReplySender, u64)>,
+}
+
+/// Routes messages. An implementation that must ask elsewhere moves the [`RouteReply`] to where
+/// the answer arrives and calls [`RouteReply::answer`] there.
+///
+/// ```
+/// use fedbroker_core::{HttpError, LocalRouter, RouteReply, RouteRequest, Router};
+///
+/// /// Refuses messages to ids above 1000, routes the rest on this broker.
+/// struct SmallIdsOnly(LocalRouter);
+///
+/// impl Router for SmallIdsOnly {
+///     fn route(&self, request: RouteRequest, reply: RouteReply) {
+///         if request.id.get() > 1000 {
+///             return reply.answer(Err(HttpError::NoListener(request.id)));
+///         }
+///         self.0.route(request, reply)
+///     }
+/// }
+/// ```
+pub trait Router: Send + Sync + 'static {
+    /// Routes `request`, answering through `reply` (now or later).
+    fn route(&self, request: RouteRequest, reply: RouteReply);
+}
+
+/// Routes into one broker's [`Registry`], answering at once.
+#[derive(Clone, Debug)]
+pub struct LocalRouter {
+    registry: Registry,
+}
+
+impl LocalRouter {
+    /// A router over `registry` (usually [`crate::Broker::registry`]).
+    pub fn new(registry: Registry) -> Self {
+        LocalRouter { registry }
+    }
+}
+
+impl Router for LocalRouter {
+    fn route(&self, request: RouteRequest, reply: RouteReply) {
+        let id = request.id;
+        let result = self
+            .registry
+            .deliver(id, request.payload, request.from, request.reply)
+            .map_err(|e| e.to_http(id));
+        reply.answer(result);
+    }
+}
+
+type Answer = Result<Delivered, HttpError>;
+
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<(Option<Answer>, Option<Waker>)>,
+}
+
+fn lock(slot: &Slot) -> MutexGuard<'_, (Option<Answer>, Option<Waker>)> {
+    slot.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The way back for one routing answer. Dropping it unanswered answers
+/// [`HttpError::RouteUnavailable`].
+#[derive(Debug)]
+pub struct RouteReply {
+    slot: Arc<Slot>,
+    answered: bool,
+}
+
+/// The waiting side of a [`RouteReply`].
+#[derive(Debug)]
+pub struct PendingRoute {
+    slot: Arc<Slot>,
+    /// Taken already.
+    done: bool,
+}
+
+/// A reply channel for one routing answer, reusing a finished one's allocation when nobody else
+/// holds it (a connection routes one message per request).
+pub fn route_channel(spare: Option<PendingRoute>) -> (RouteReply, PendingRoute) {
+    let slot = match spare {
+        Some(p) if Arc::strong_count(&p.slot) == 1 => {
+            *lock(&p.slot) = (None, None);
+            p.slot
+        }
+        _ => Arc::new(Slot::default()),
+    };
+    (
+        RouteReply {
+            slot: slot.clone(),
+            answered: false,
+        },
+        PendingRoute { slot, done: false },
+    )
+}
+
+impl RouteReply {
+    /// Delivers the answer (and wakes the connection waiting for it).
+    pub fn answer(mut self, result: Result<Delivered, HttpError>) {
+        self.set(result);
+    }
+
+    fn set(&mut self, result: Answer) {
+        self.answered = true;
+        let waker = {
+            let mut s = lock(&self.slot);
+            s.0 = Some(result);
+            s.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for RouteReply {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.set(Err(HttpError::RouteUnavailable));
+        }
+    }
+}
+
+impl PendingRoute {
+    /// The answer, once given (once only).
+    pub fn try_take(&mut self) -> Option<Answer> {
+        if self.done {
+            return None;
+        }
+        let a = lock(&self.slot).0.take();
+        self.done = a.is_some();
+        a
+    }
+
+    /// Whether the answer was taken.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Ready once the answer is given; otherwise keeps the waker.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.done {
+            return Poll::Pending;
+        }
+        let mut s = lock(&self.slot);
+        if s.0.is_some() {
+            return Poll::Ready(());
+        }
+        if !s.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.1 = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answered_dropped_and_reused() {
+        let (reply, mut pending) = route_channel(None);
+        assert_eq!(pending.try_take(), None);
+        reply.answer(Ok(Delivered::Listener));
+        assert_eq!(pending.try_take(), Some(Ok(Delivered::Listener)));
+        assert_eq!(pending.try_take(), None, "once only");
+        let (reply, mut pending) = route_channel(Some(pending));
+        drop(reply);
+        assert_eq!(pending.try_take(), Some(Err(HttpError::RouteUnavailable)));
+    }
+}
