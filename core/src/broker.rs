@@ -386,6 +386,10 @@ impl Session {
         let Some(p) = &self.awaiting else {
             return;
         };
+        if !self.routes.is_empty() {
+            // Still being routed: the connection waits for that answer first.
+            return;
+        }
         if !self.conn.awaiting_reply() {
             // Answered 504 (or the client left) before the listener replied.
             self.broker.stats.reply_timed_out();

@@ -487,12 +487,16 @@ impl Connection {
         };
         match outcome {
             ReplyOutcome::Replied(reply) => {
-                let ct = reply
-                    .content_type
-                    .unwrap_or_else(|| "application/octet-stream".to_owned());
-                let resp = Response::new(reply.status)
-                    .header("Content-Type", ct)
-                    .raw_body(reply.body);
+                let resp = Response::new(reply.status).raw_body(reply.body);
+                // 204, 205 and 304 carry no content, so no type either.
+                let resp = if matches!(reply.status, 204 | 205 | 304) {
+                    resp
+                } else {
+                    let ct = reply
+                        .content_type
+                        .unwrap_or_else(|| "application/octet-stream".to_owned());
+                    resp.header("Content-Type", ct)
+                };
                 self.respond(now, req, resp);
             }
             ReplyOutcome::Gone => self.refuse_request(now, req, HttpError::ListenerGone(id)),

@@ -419,3 +419,54 @@ fn routing_completes_asynchronously_outside_the_core() {
     assert_eq!(status, 503);
     assert!(headers.contains(&("retry-after".into(), "1".into())));
 }
+
+/// A request-reply whose routing answers later still waits for its reply afterwards.
+#[test]
+fn request_reply_through_a_deferred_router() {
+    use fedbroker_core::{AllowAll, LocalRouter, RouteReply, RouteRequest, Router};
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Deferred(Arc<Mutex<Vec<(RouteRequest, RouteReply)>>>);
+    impl Router for Deferred {
+        fn route(&self, request: RouteRequest, reply: RouteReply) {
+            self.0.lock().unwrap().push((request, reply));
+        }
+    }
+    let clock = Clock::new();
+    let deferred = Deferred::default();
+    let mut local = None;
+    let b = Broker::with_router(
+        config(),
+        "sim",
+        AllowAll,
+        |registry| {
+            local = Some(LocalRouter::new(registry));
+            deferred.clone()
+        },
+        clock.0,
+        Duration::from_secs(1_800_000_000),
+    );
+    let local = local.unwrap();
+    let mut l = Peer::open(&b, &clock, 5, true);
+    let mut p = post_to(&b, &clock, "/5?reply=1000", b"q");
+    assert!(response(&mut p, &clock).is_none());
+    assert_eq!(
+        b.snapshot(clock.0).pending_replies,
+        1,
+        "still waiting while being routed"
+    );
+    let (request, reply) = deferred.0.lock().unwrap().pop().unwrap();
+    local.route(request, reply);
+    assert!(response(&mut p, &clock).is_none(), "now waiting for the reply");
+    let seq = l.envelopes(&clock)[0].0["seq"].as_u64().unwrap();
+    l.send(
+        &clock,
+        &format!(r#"{{"type":"reply","reply_to":{seq},"status":204}}"#),
+        b"",
+    );
+    let (status, headers, _) = response(&mut p, &clock).unwrap();
+    assert_eq!(status, 204);
+    assert!(!headers.iter().any(|(k, _)| k == "content-type"));
+    assert_eq!(b.snapshot(clock.0).pending_replies, 0);
+}
