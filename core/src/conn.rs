@@ -119,7 +119,10 @@ fn with_cors(resp: Response, origin: Option<&str>) -> Response {
     match origin {
         Some(origin) => resp
             .header("Access-Control-Allow-Origin", origin)
-            .header("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
+            .header(
+                "Access-Control-Expose-Headers",
+                "Retry-After, WWW-Authenticate, Fedbroker-Recipients",
+            )
             .header("Vary", "Origin"),
         None => resp,
     }
@@ -719,6 +722,10 @@ impl Connection {
         match &self.state {
             State::Head => self.inbuf.len() <= self.config.limits.max_head && !self.out.is_full(),
             State::Body(_, reader, _) => self.inbuf.len() < reader.remaining_hint().max(self.config.limits.max_head),
+            // A request waiting for its reply may wait long: read on (what comes is kept for
+            // the next request, up to a head) so that the client leaving is noticed and its
+            // place among the pending replies freed.
+            State::Waiting(_, Wait::Reply { .. }) => self.inbuf.len() < self.config.limits.max_head,
             State::Waiting(..) => false,
             State::WebSocket(ws) => {
                 !ws.session.is_finished() && !self.out.is_full() && !ws.session.has_message() && ws.op.is_none()
@@ -801,6 +808,11 @@ impl Connection {
                     }
                     Err(e) => self.fail(now, e),
                 },
+                State::Waiting(_, Wait::Reply { .. }) if self.eof => {
+                    // The client closed its side while waiting: it gave the request up.
+                    self.close(now);
+                    return;
+                }
                 State::Waiting(..) => return,
                 State::WebSocket(ws) => {
                     if !self.inbuf.is_empty() && ws.op.is_none() {

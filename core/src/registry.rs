@@ -306,6 +306,7 @@ impl Registry {
                     payload_len: payload.len(),
                 });
                 let mut recipients = 0u32;
+                let mut slow = 0usize;
                 let before = list.len();
                 list.retain(|m| match m.push(Item::Frames(frames.clone()), true) {
                     Push::Queued(w) => {
@@ -314,22 +315,26 @@ impl Registry {
                         true
                     }
                     Push::Full(w) => {
+                        slow += 1;
                         wakers.add(w);
                         false
                     }
+                    // Closed already (as too slow, by a presence event): counted then.
                     Push::Closed => false,
                 });
                 let dropped = before - list.len();
-                if dropped > 0 {
-                    self.inner.slow_closed.fetch_add(dropped, Ordering::Relaxed);
-                    self.inner.topic_listeners.fetch_sub(dropped, Ordering::Relaxed);
-                }
+                self.inner.slow_closed.fetch_add(slow, Ordering::Relaxed);
+                self.inner.topic_listeners.fetch_sub(dropped, Ordering::Relaxed);
                 entry.seq = seq;
                 if list.is_empty() {
                     self.went_offline(&mut shard, id, &mut wakers);
                 }
                 if recipients == 0 {
-                    return Err(DeliveryError::QueueFull);
+                    return Err(if slow > 0 {
+                        DeliveryError::QueueFull
+                    } else {
+                        DeliveryError::NoTopicListener
+                    });
                 }
                 Ok(Delivered::Topic { recipients })
             }

@@ -68,7 +68,6 @@ pub fn classify(method: &Method, path: &str, base: &str) -> Result<Route, HttpEr
                 return match *method {
                     Method::POST => Ok(Route::SendMany),
                     Method::OPTIONS => Ok(Route::Options { allow: ALLOW_MANY }),
-                    Method::GET | Method::HEAD => Err(HttpError::InvalidId),
                     _ => Err(HttpError::MethodNotAllowed { allow: ALLOW_MANY }),
                 };
             }
@@ -120,6 +119,9 @@ mod tests {
         assert_eq!(c(Method::OPTIONS, "/1", ""), Ok(Route::Options { allow: ALLOW_ID }));
         assert_eq!(c(Method::POST, "/1,2", ""), Ok(Route::SendMany));
         assert_eq!(c(Method::POST, "/mq/1,x", "/mq"), Ok(Route::SendMany));
-        assert_eq!(c(Method::GET, "/1,2", ""), Err(HttpError::InvalidId));
+        assert_eq!(
+            c(Method::GET, "/1,2", ""),
+            Err(HttpError::MethodNotAllowed { allow: ALLOW_MANY })
+        );
     }
 }

@@ -64,7 +64,7 @@ fn response(mode: u8, request: &[u8]) -> Vec<u8> {
         now,
         Duration::from_secs(1_800_000_000),
     );
-    let _listener = broker.registry().listen(fedbroker_core::Id::new(7).unwrap());
+    let _listener = broker.registry().listen(fedbroker_core::Id::new(7).unwrap(), false);
     let mut s = broker.accept(now);
     s.handle_input(now, request);
     s.handle_eof(now);

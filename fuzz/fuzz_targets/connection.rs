@@ -2,10 +2,13 @@
 //! virtual clock and an authorizer that can answer at once, later, or never; invariants are
 //! checked after every step.
 //!
-//! Input: 1 parameter byte, then operations.
+//! Input: 2 parameter bytes, then operations.
 //! - byte 0: bits 0–2 the authorizer's first mode (see `AuthMode`); bit 3 the base path `/mq`;
 //!   bit 4 CORS allows `http://a.example`; bit 5 a statistics token `s3cr3t`; bit 6 the echo
 //!   WebSocket role instead of listeners; bit 7 TLS (`https` own origin);
+//! - byte 1 (the patterns of docs/patterns.md): bits 0–1 the topics (none, `40-49`, `1-3`, `*`);
+//!   bits 2–3 `max_pending_replies` (2, 1, 0, 10000); bits 4–5 `max_reply_timeout` (300 ms,
+//!   50 ms, 5 s, 30 s); bits 6–7 `max_watch` (4, 1, 0, 1024);
 //! - then operations, each a tag byte: slot `tag >> 4 & 3`, kind `tag & 15`:
 //!   `0` accept into the slot (dropping what was there); `1` input (`u8` length, bytes);
 //!   `2` input (`u16` LE length, bytes); `3` repeated input (`u8` pattern length 1–16, the pattern,
@@ -25,8 +28,17 @@
 //! reads nothing; `poll_timeout()` is `Some` exactly until closed, and handling it does not spin;
 //! no lost wake-up (a session whose `poll_wake` was pending and was not woken is still pending);
 //! each session's output starts with an HTTP/1.1 status line; the statistics agree with the
-//! sessions; live heap stays within a bound of the sessions' outboxes; and once everything is
-//! dropped, no listener, connection or byte of memory is left behind.
+//! sessions (connections; listeners, topic listeners and waiting `?reply=` requests at most one
+//! per session, the latter within `max_pending_replies`; watched ids within `max_watch` per
+//! session; delivered + rejected within received, or with topics, whose messages count once per
+//! listener, rejected within received and delivered within received × sessions; answered,
+//! timed-out and failed replies within received); what an envelope listener receives (read as a
+//! client would, after its `101`) is envelope messages with JSON headers of the known types, and
+//! its `message`s and `request`s number one id's messages without a gap; live heap stays within
+//! a bound of the sessions' outboxes. At the end, once everything is written and every wake-up
+//! answered, the statistics count no more listeners closed as too slow than upgraded sessions
+//! that ended (see `SLOW_CLOSE_COUNTED_ONCE`); and once everything is dropped, no listener, topic
+//! listener, waiting reply, watch, connection or byte of memory is left behind.
 
 #![no_main]
 
@@ -38,6 +50,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
+use fedbroker_core::auth::IdSet;
 use fedbroker_core::ws::Role;
 use fedbroker_core::{
     Action, AuthReply, AuthRequest, AuthTime, Authorizer, Broker, Config, CorsPolicy, Decision, Session, HIGH_WATER,
@@ -60,9 +73,16 @@ const TX_BOUND: usize = HIGH_WATER + MAX_STEP_INPUT + 4096 + 16 * 1024;
 /// Heap an outbox may take per byte waiting in it: tiny frames cost up to ~60 times their wire
 /// size in segments and pinned payload buffers (see `ws_frame.rs` and fuzz/README.md).
 const OUTBOX_HEAP_PER_BYTE: usize = 96;
-/// Whether the heap an outbox took must be released once it is drained (see `ws_frame.rs`):
-/// off for now, so a session's bound follows its largest backlog so far.
+/// Whether the heap an outbox took must be released once it is drained (see `ws_frame.rs`): on
+/// since the outbox gives its queue back as it drains; off, a session's bound would follow its
+/// largest backlog so far.
 const DRAINED_OUTBOX_RELEASES_HEAP: bool = true;
+/// Whether the statistics count a listener closed as too slow only once (see fuzz/README.md,
+/// open findings): off for now, since a topic listener closed by a presence event that overflowed
+/// its queue is counted again by the next message to the topic; the bound then allows two closes
+/// per session. Turn it on once the core counts each close once; the kept reproducer
+/// `regressions/connection/slow-listener-counted-twice` checks it.
+const SLOW_CLOSE_COUNTED_ONCE: bool = true;
 /// Heap of one session besides its outbox: input buffer (a head, a body, one read), queue,
 /// parser state.
 const SESSION_HEAP: usize = 512 * 1024;
@@ -135,6 +155,159 @@ impl Wake for Flag {
     }
 }
 
+/// What the harness reads in a session's output, as a client would.
+#[derive(Debug)]
+enum WireState {
+    /// Before the end of the first response head.
+    Head(Vec<u8>),
+    /// After a first `101`: server frames, in `buf` until whole.
+    Frames {
+        envelope: bool,
+        buf: Vec<u8>,
+        /// A Close frame was sent.
+        closed: bool,
+        /// The last `seq` of a `message` or `request`, and its `id`.
+        last: Option<(u64, u64)>,
+    },
+    /// Any other first response: only `101`s are counted (a pipelined upgrade).
+    Other(Vec<u8>),
+}
+
+/// A session's output seen from the client's side.
+#[derive(Debug)]
+struct Wire {
+    state: WireState,
+    /// `101` responses seen (an overestimate: a relayed body may hold the same text).
+    upgrades: u64,
+}
+
+const SWITCHING: &[u8] = b"HTTP/1.1 101 ";
+
+impl Wire {
+    fn new() -> Wire {
+        Wire {
+            state: WireState::Head(Vec::new()),
+            upgrades: 0,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                WireState::Head(head) => {
+                    let before = head.len();
+                    head.extend_from_slice(bytes);
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return;
+                    };
+                    let end = end + 4;
+                    bytes = &bytes[end - before..];
+                    let head = std::mem::take(head);
+                    let head = &head[..end];
+                    self.state = if head.starts_with(SWITCHING) {
+                        self.upgrades += 1;
+                        let envelope = head
+                            .windows(40)
+                            .any(|w| w.eq_ignore_ascii_case(b"\r\nSec-WebSocket-Protocol: fedbroker.v1\r\n"));
+                        WireState::Frames {
+                            envelope,
+                            buf: Vec::new(),
+                            closed: false,
+                            last: None,
+                        }
+                    } else {
+                        WireState::Other(Vec::new())
+                    };
+                }
+                WireState::Other(tail) => {
+                    tail.extend_from_slice(bytes);
+                    self.upgrades += tail.windows(SWITCHING.len()).filter(|w| *w == SWITCHING).count() as u64;
+                    let keep = tail.len().min(SWITCHING.len() - 1);
+                    tail.drain(..tail.len() - keep);
+                    return;
+                }
+                WireState::Frames {
+                    envelope,
+                    buf,
+                    closed,
+                    last,
+                } => {
+                    buf.extend_from_slice(bytes);
+                    let mut at = 0;
+                    while let Some((opcode, payload, next)) = server_frame(&buf[at..]) {
+                        if opcode == 8 {
+                            *closed = true;
+                        } else if opcode == 2 && *envelope {
+                            check_envelope(payload, last);
+                        }
+                        at += next;
+                    }
+                    buf.drain(..at);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An upgraded listener that has sent no Close (yet): it cannot have been closed as slow.
+    fn open_listener(&self) -> bool {
+        matches!(self.state, WireState::Frames { closed: false, .. })
+    }
+}
+
+/// The next whole server frame of `b`: opcode, payload, and its length on the wire.
+fn server_frame(b: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&b0, rest) = b.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    assert_eq!(b1 & 0x80, 0, "a server frame is masked");
+    let (len, rest) = match b1 & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            &rest[2..],
+        ),
+        127 => {
+            let n = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+            (usize::try_from(n).expect("a frame length within memory"), &rest[8..])
+        }
+        n => (usize::from(n), rest),
+    };
+    let payload = rest.get(..len)?;
+    Some((b0 & 0x0f, payload, b.len() - rest.len() + len))
+}
+
+/// A broker → listener envelope message (patterns.md §3): a JSON header with a known `type`;
+/// `message`s and `request`s number their id's messages one by one, without a gap.
+fn check_envelope(message: &[u8], last: &mut Option<(u64, u64)>) {
+    assert!(message.len() >= 2, "envelope message without its header length");
+    let h = usize::from(u16::from_be_bytes([message[0], message[1]]));
+    let header = message.get(2..2 + h).expect("envelope header within the message");
+    let header: serde_json::Value = serde_json::from_slice(header).expect("envelope header is JSON");
+    let kind = header["type"].as_str().expect("envelope header has a type");
+    match kind {
+        "message" | "request" => {
+            let seq = header["seq"].as_u64().expect("a seq");
+            let id = header["id"].as_u64().expect("an id");
+            match *last {
+                Some((prev, prev_id)) => {
+                    assert_eq!(id, prev_id, "one listener, two ids: {header}");
+                    assert_eq!(seq, prev + 1, "seq gap: {prev} then {header}");
+                }
+                None => assert!(seq >= 1, "seq from 1: {header}"),
+            }
+            *last = Some((seq, id));
+        }
+        "ack" | "error" => {
+            assert!(header.get("ref").is_some(), "an answer without ref: {header}");
+            assert!(
+                header["status"].as_u64().is_some(),
+                "an answer without status: {header}"
+            );
+        }
+        "online" | "offline" => assert!(header["id"].as_u64().is_some(), "presence without id: {header}"),
+        _ => panic!("unknown envelope type: {header}"),
+    }
+}
+
 /// One accepted connection and what the harness knows about it.
 struct Slot {
     session: Session,
@@ -148,6 +321,8 @@ struct Slot {
     head: Vec<u8>,
     /// The largest outbox so far.
     peak_tx: usize,
+    /// Its output as the client reads it.
+    wire: Wire,
 }
 
 impl Slot {
@@ -162,6 +337,7 @@ impl Slot {
             closed_len: None,
             head: Vec::new(),
             peak_tx: 0,
+            wire: Wire::new(),
         }
     }
 
@@ -206,9 +382,18 @@ impl Slot {
                 String::from_utf8_lossy(&self.head)
             );
         }
+        self.wire.feed(&bytes);
         if self.closed_len.is_some() {
             self.closed_len = Some(self.session.transmit().len());
         }
+    }
+
+    /// What was still to be written when the adapter drops the connection, seen as if sent.
+    fn dropped(mut self, ended: &mut u64) {
+        let out = self.session.transmit();
+        let rest = out.copy_to_bytes(out.len());
+        self.wire.feed(&rest);
+        *ended += self.wire.upgrades;
     }
 
     /// Runs due timeouts; handling one must move the deadline past `now` within a few calls.
@@ -225,7 +410,7 @@ impl Slot {
     }
 }
 
-fn config(flags: u8) -> Config {
+fn config(flags: u8, patterns: u8) -> Config {
     let mut c = Config::default();
     c.max_message_size = 4096;
     c.queue_limit = 4;
@@ -247,6 +432,15 @@ fn config(flags: u8) -> Config {
         c.websocket_role = Role::Echo;
     }
     c.secure = flags & 128 != 0;
+    c.topics = match patterns & 3 {
+        0 => IdSet::default(),
+        1 => IdSet::parse_item("40-49").expect("a valid range"),
+        2 => IdSet::parse_item("1-3").expect("a valid range"),
+        _ => IdSet::all(),
+    };
+    c.max_pending_replies = [2, 1, 0, 10_000][usize::from(patterns >> 2 & 3)];
+    c.max_reply_timeout = Duration::from_millis([300, 50, 5000, 30_000][usize::from(patterns >> 4 & 3)]);
+    c.max_watch = [4, 1, 0, 1024][usize::from(patterns >> 6)];
     c
 }
 
@@ -254,11 +448,12 @@ fn run(data: &[u8]) {
     let baseline = live_bytes();
     let mut c = Cursor::new(data);
     let flags = c.u8();
+    let patterns = c.u8();
     let auth = FuzzAuth::default();
     auth.0.mode.store(flags & 7, Ordering::Relaxed);
     let mut now: Instant = epoch();
     let broker = Broker::with_authorizer(
-        config(flags),
+        config(flags, patterns),
         "fuzz",
         auth.clone(),
         now,
@@ -266,6 +461,8 @@ fn run(data: &[u8]) {
     );
     let mut slots: [Option<Slot>; SLOTS] = Default::default();
     let mut accepting = true;
+    // Upgrades of sessions dropped so far (each may have been closed as too slow).
+    let mut ended = 0u64;
 
     for _ in 0..MAX_OPS {
         let Some(tag) = c.next_byte() else { break };
@@ -280,7 +477,9 @@ fn run(data: &[u8]) {
         match tag & 15 {
             0 => {
                 if accepting {
-                    slots[k] = None;
+                    if let Some(old) = slots[k].take() {
+                        old.dropped(&mut ended);
+                    }
                     slots[k] = Some(Slot::new(broker.accept(now)));
                 }
             }
@@ -369,7 +568,11 @@ fn run(data: &[u8]) {
                 auth.0.mode.store(c.u8(), Ordering::Relaxed);
                 touched = [false; SLOTS];
             }
-            12 => slots[k] = None,
+            12 => {
+                if let Some(old) = slots[k].take() {
+                    old.dropped(&mut ended);
+                }
+            }
             13 => {
                 if let Some(s) = &mut slots[k] {
                     s.session.handle_writable(now);
@@ -417,10 +620,29 @@ fn run(data: &[u8]) {
         assert!(live <= bound, "{live} bytes live, bound {bound}");
     }
 
-    // The adapter goes away: everything is released.
+    // Everything written and every wake-up answered: a listener closed as too slow has said so
+    // (1008) by now. Each listener is closed as too slow at most once, so the statistics count
+    // no more such closes than upgraded sessions that are no longer open listeners.
+    for _ in 0..4 {
+        for s in slots.iter_mut().flatten() {
+            s.drain(now, usize::MAX, false);
+            if s.poll_wake().is_ready() {
+                s.session.handle_wake(now);
+            }
+        }
+    }
     for s in slots.iter_mut().flatten() {
         s.drain(now, usize::MAX, false);
+        let open = s.wire.open_listener() && !s.session.should_shutdown_write();
+        ended += s.wire.upgrades - u64::from(open);
     }
+    let slow = broker.snapshot(now).slow_listeners_closed;
+    let per_session = if SLOW_CLOSE_COUNTED_ONCE { 1 } else { 2 };
+    assert!(
+        slow <= per_session * ended,
+        "{slow} listeners counted as closed for being slow, yet only {ended} upgraded sessions ended"
+    );
+    // The adapter goes away: everything is released.
     drop(slots);
     assert_eq!(
         broker.registry().listeners(),
@@ -429,6 +651,16 @@ fn run(data: &[u8]) {
     );
     let snap = broker.snapshot(now);
     assert_eq!(snap.connections, 0, "connections left after every session was dropped");
+    assert_eq!(snap.listeners, 0, "listeners counted after every session was dropped");
+    assert_eq!(
+        snap.topic_listeners, 0,
+        "topic listeners left after every session was dropped"
+    );
+    assert_eq!(
+        snap.pending_replies, 0,
+        "replies still awaited after every session was dropped"
+    );
+    assert_eq!(snap.presence_watches, 0, "watches left after every session was dropped");
     auth.0.deferred.lock().unwrap().clear();
     drop(broker);
     drop(auth);
@@ -470,10 +702,38 @@ fn check(broker: &Broker, slots: &mut [Option<Slot>; SLOTS], touched: &[bool; SL
         s.armed = !ready;
     }
     let snap = broker.snapshot(epoch());
+    let config = broker.config();
     assert_eq!(snap.connections, alive, "connection count");
     assert!(snap.listeners <= alive, "more listeners than sessions");
+    assert!(snap.topic_listeners <= alive, "more topic listeners than sessions");
     assert!(
-        snap.messages_delivered + snap.messages_rejected <= snap.messages_received,
+        snap.pending_replies <= alive.min(config.max_pending_replies as u64),
+        "{} replies awaited by {alive} sessions, limit {}",
+        snap.pending_replies,
+        config.max_pending_replies
+    );
+    assert!(
+        snap.presence_watches <= alive * config.max_watch as u64,
+        "{} ids watched by {alive} sessions, {} each at most",
+        snap.presence_watches,
+        config.max_watch
+    );
+    let settled = snap.replies + snap.replies_timed_out + snap.replies_failed;
+    assert!(
+        settled <= snap.messages_received,
+        "{settled} requests settled, {} messages received",
+        snap.messages_received
+    );
+    // A topic message counts as delivered once per listener that took it (at most one per
+    // session); any other message at most once, and never both delivered and rejected.
+    let (fan_out, delivered) = if config.topics.is_empty() {
+        (1, snap.messages_delivered)
+    } else {
+        (SLOTS as u64, 0)
+    };
+    assert!(
+        delivered + snap.messages_rejected <= snap.messages_received
+            && snap.messages_delivered <= snap.messages_received * fan_out,
         "delivered {} + rejected {} > received {}",
         snap.messages_delivered,
         snap.messages_rejected,

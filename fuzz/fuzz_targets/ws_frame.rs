@@ -46,10 +46,10 @@ const MAX_OPS: usize = 4096;
 /// (an empty pong, a 1-byte echo) cost up to ~60 times their wire size: bounded, but far more
 /// than the byte count suggests (reported to the core; see fuzz/README.md).
 const OUTBOX_HEAP_PER_BYTE: usize = 96;
-/// Whether the heap an outbox took must be released once it is drained. Off for now: the
-/// outbox's `VecDeque` keeps the capacity of its largest backlog for the connection's lifetime
-/// (reported to the core with `fuzz/regressions/ws_frame/outbox-keeps-capacity`); until then,
-/// memory is bounded by the largest backlog of the run instead of the current one.
+/// Whether the heap an outbox took must be released once it is drained. On since the outbox
+/// gives its queue back as it drains (found with `fuzz/regressions/ws_frame/outbox-keeps-capacity`:
+/// its `VecDeque` used to keep the capacity of its largest backlog); off, memory would be bounded
+/// by the largest backlog of the run instead of the current one.
 const DRAINED_OUTBOX_RELEASES_HEAP: bool = true;
 
 /// A frame header as the fuzzer makes it, for the round trip.
