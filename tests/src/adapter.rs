@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// Generates each test once per adapter under test. **The list of adapters lives here**: adding
-/// `smol` and `std` to the bracket below is all it takes to run the whole suite against them.
+/// `smol`, `std` and `mio` to the bracket below is all it takes to run the whole suite against them.
 ///
 /// ```no_run
 /// use fedbroker_tests::*;
@@ -23,7 +23,7 @@ use std::path::PathBuf;
 macro_rules! adapter_tests {
     ($($tests:tt)*) => {
         mod adapters {
-            $crate::__adapter_tests_for! { [tokio smol std] $($tests)* }
+            $crate::__adapter_tests_for! { [tokio smol std mio] $($tests)* }
         }
     };
 }

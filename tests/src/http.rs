@@ -119,6 +119,43 @@ impl Response {
         self
     }
 
+    /// Asserts an error response (see [`Response::assert_error`]) whose sentence is exactly
+    /// `sentence` (the trailing newline of protocol.md §4 aside).
+    #[track_caller]
+    pub fn assert_sentence(&self, status: u16, sentence: &str) -> &Self {
+        self.assert_error(status);
+        assert_eq!(
+            self.text().trim_end_matches(['\r', '\n']),
+            sentence,
+            "wrong error sentence:\n{self:?}"
+        );
+        self
+    }
+
+    /// Asserts `application/json` and returns the body parsed.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        let content_type = self.header("content-type").unwrap_or("");
+        assert!(
+            normalize_media_type(content_type).starts_with("application/json"),
+            "not served as application/json:\n{self:?}"
+        );
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}):\n{self:?}"))
+    }
+
+    /// Asserts a `Content-Type` equal to `expected` as a media type (case and the whitespace
+    /// around `;` aside).
+    #[track_caller]
+    pub fn assert_content_type(&self, expected: &str) -> &Self {
+        let content_type = self.expect_header("content-type");
+        assert_eq!(
+            normalize_media_type(content_type),
+            normalize_media_type(expected),
+            "wrong Content-Type:\n{self:?}"
+        );
+        self
+    }
+
     /// Asserts that a header is present and returns its value.
     #[track_caller]
     pub fn expect_header(&self, name: &str) -> &str {
@@ -280,6 +317,14 @@ impl Conn {
                 panic!("{method} {path}: no response from {}: {read:?}", self.host)
             }
         }
+    }
+
+    /// Writes `POST path` with `body` and returns at once, without reading the response (a request
+    /// that waits for a reply): read it later with [`Conn::read_response`].
+    #[track_caller]
+    pub fn start_post(&mut self, path: &str, body: &[u8]) {
+        let request = self.build("POST", path, &[], body);
+        self.send(&request);
     }
 
     /// `GET path`.

@@ -7,6 +7,8 @@
 //! - [`Listener`]: a tungstenite WebSocket client, the well-behaved listener;
 //! - [`RawWs`] and [`Frame`]: raw WebSocket frames, to send what no library would (unmasked frames,
 //!   reserved bits, oversize control frames) and to read the server's close codes;
+//! - [`EnvelopeListener`] and [`Envelope`]: a listener that negotiated the `fedbroker.v1`
+//!   subprotocol (docs/patterns.md §3), and its frames;
 //! - [`TestCert`]: a throwaway certificate; a broker started with [`BrokerBuilder::tls`] is then
 //!   reached over TLS (`https://`, `wss://`) by all of the above.
 //!
@@ -23,6 +25,7 @@
 mod adapter;
 mod broker;
 mod data;
+mod envelope;
 mod http;
 mod tls;
 mod ws;
@@ -30,6 +33,7 @@ mod ws;
 pub use adapter::Adapter;
 pub use broker::{run_cli, Broker, BrokerBuilder, CliOutput, TempDir};
 pub use data::random_bytes;
+pub use envelope::{Envelope, EnvelopeListener, MAX_HEADER, SUBPROTOCOL};
 pub use http::{Conn, ReadError, Response, Stream, IO_TIMEOUT};
 pub use tls::{connect_tls, TestCert, TlsInfo, TlsStream};
 pub use ws::{opcode, Frame, Listener, RawWs, UPGRADE_HEADERS, WS_ACCEPT, WS_KEY};

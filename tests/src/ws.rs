@@ -46,6 +46,8 @@ pub struct Listener {
     ws: WebSocket<Box<dyn Stream>>,
     /// The socket under `ws`, for timeouts.
     socket: TcpStream,
+    /// The `Sec-WebSocket-Protocol` of the `101`, if it had one.
+    subprotocol: Option<String>,
 }
 
 impl Listener {
@@ -90,7 +92,7 @@ impl Listener {
             let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
             request.headers_mut().append(name, value);
         }
-        let (ws, _response) = tungstenite::client::client(request, stream).map_err(|e| match e {
+        let (ws, response) = tungstenite::client::client(request, stream).map_err(|e| match e {
             tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response)) => format!(
                 "refused with {} ({})",
                 response.status(),
@@ -98,7 +100,57 @@ impl Listener {
             ),
             e => e.to_string(),
         })?;
-        Ok(Listener { ws, socket })
+        let subprotocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        Ok(Listener {
+            ws,
+            socket,
+            subprotocol,
+        })
+    }
+
+    /// The subprotocol the `101` confirmed (`Sec-WebSocket-Protocol`), `None` when it named none.
+    /// tungstenite already failed the handshake if it names one that was not asked for.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// Sends one binary message (for the `fedbroker.v1` envelope; a plain listener gets `1003`).
+    #[track_caller]
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .unwrap_or_else(|e| panic!("send of a {}-byte binary message failed: {e}", bytes.len()));
+    }
+
+    /// Sends one text message.
+    #[track_caller]
+    pub fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .unwrap_or_else(|e| panic!("send of a text message failed: {e}"));
+    }
+
+    /// As [`Listener::expect_close`], but binary messages queued before the close frame are read and
+    /// counted instead of failing (a slow listener closed with messages still in its socket).
+    /// Returns the close code, the reason and how many messages came first.
+    #[track_caller]
+    pub fn expect_close_after_messages(&mut self) -> (u16, String, usize) {
+        let mut messages = 0;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Binary(_)) => messages += 1,
+                Ok(Message::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.as_str().to_owned(), messages)
+                }
+                Ok(Message::Close(None)) => return (1005, String::new(), messages),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(message) => panic!("expected messages then a close frame, got {message:?}"),
+                Err(e) => panic!("expected a close frame (after {messages} messages): {e}"),
+            }
+        }
     }
 
     /// Changes the bound on each read (e.g. to wait longer for a close the broker times).

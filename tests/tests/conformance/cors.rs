@@ -78,7 +78,7 @@ fn assert_allow_origin(response: &Response, origin: &str, star_ok: bool) {
 fn assert_cors_actual(response: &Response, origin: &str, star_ok: bool) {
     assert_allow_origin(response, origin, star_ok);
     let exposed = tokens(response, "access-control-expose-headers");
-    for header in ["retry-after", "www-authenticate"] {
+    for header in ["retry-after", "www-authenticate", "fedbroker-recipients"] {
         assert!(
             exposed.iter().any(|t| t == header),
             "`Access-Control-Expose-Headers` should list {header}:\n{response:?}"
