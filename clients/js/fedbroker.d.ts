@@ -1,4 +1,5 @@
-// Types of @fedbroker/client (fedbroker.js).
+// Types of @fedbroker/client (fedbroker.js). The patterns (multi-target send, topics, the fedbroker.v1
+// envelope, request-reply, presence) are specified in docs/patterns.md.
 
 /** What `send` accepts as a message body. `null`/`undefined` send an empty message; a string is sent as UTF-8. */
 export type MessageData = string | ArrayBuffer | ArrayBufferView | Blob | null | undefined;
@@ -10,6 +11,96 @@ export interface SendOptions {
   signal?: AbortSignal;
   /** A `fetch` implementation (default: the global one). */
   fetch?: typeof fetch;
+}
+
+export interface RequestOptions extends SendOptions {
+  /**
+   * How long the broker waits for the reply, in milliseconds (default 5000): sent as `?reply=`. The broker
+   * caps it at its `--max-reply-timeout` (default 30000).
+   */
+  timeoutMs?: number;
+}
+
+/** What `send` resolves with. */
+export interface SendResult {
+  /** `204`: every target accepted the message. `207` (several ids only): some did not, see `results`. */
+  status: 204 | 207;
+  /**
+   * One topic id: `Fedbroker-Recipients`, how many listeners got the message. In a browser only when the
+   * broker exposes that header to the page (`Access-Control-Expose-Headers`).
+   */
+  recipients?: number;
+  /** One entry per target id, in request order. */
+  results: TargetResult[];
+}
+
+export interface TargetResult {
+  id: number;
+  /** What a `POST` to that id alone would have answered: `204`, `404`, `503`. */
+  status: number;
+  /** That answer's sentence, when it is not `204`. */
+  error?: string;
+  /** A topic id: how many listeners got the message (when the broker said). */
+  recipients?: number;
+}
+
+/**
+ * What `request` resolves with: the listener's reply, or the broker's own answer (`504` no reply in time,
+ * `502` listener gone, `409` plain listener, `404` nobody listens, `503`, `400`, `401`, `403`) with its
+ * sentence as a `text/plain` body.
+ */
+export interface RequestResult {
+  status: number;
+  body: ArrayBuffer;
+  /** `Content-Type` of the answer: the reply's `content_type`, else `application/octet-stream`. */
+  contentType: string;
+  /** Seconds from `Retry-After` (sent with 503), if any. */
+  retryAfter: number | undefined;
+}
+
+/** The header of an envelope message. */
+export interface MessageMeta {
+  /** Counts the messages and requests of the listened id, from 1, without gaps on one connection. */
+  seq: number;
+  /** The id the message was sent to (the listened id; useful on topics). */
+  id: number;
+  /** The sender's listened id, set by the broker, when an envelope listener sent it; absent for a `POST`. */
+  from?: number;
+  /** The whole header (unknown keys included). */
+  header: Record<string, any>;
+}
+
+/** What a request handler may return: a reply, or a body alone (status `200`). */
+export type ReplyValue =
+  | { status?: number; body?: MessageData; contentType?: string }
+  | string
+  | ArrayBuffer
+  | ArrayBufferView
+  | Blob
+  | null;
+
+/** A request (`POST /{id}?reply=MS`) received by an envelope listener. */
+export interface IncomingRequest {
+  seq: number;
+  id: number;
+  /** How long the sender waits, in milliseconds (`timeout_ms`). */
+  timeoutMs: number;
+  body: ArrayBuffer;
+  header: Record<string, any>;
+  /**
+   * Answers it (once). `contentType` defaults to `text/plain; charset=utf-8` for a string body, the
+   * Blob's type for a Blob, else none (the sender sees `application/octet-stream`). `204` and `304` take
+   * no body.
+   */
+  reply(status: number, body?: MessageData, contentType?: string): Promise<Ack>;
+}
+
+/** The broker's `ack` of a listener message. */
+export interface Ack {
+  /** `204` for a send, `200` for a reply, watch or unwatch. */
+  status: number;
+  /** A send to a topic: how many listeners got it. */
+  recipients?: number;
 }
 
 /** Passed to `onClose` each time a connection, or an attempt to connect, ends. */
@@ -42,6 +133,9 @@ export interface WebSocketLike {
   onerror: ((ev: any) => any) | null;
   onclose: ((ev: { code: number; reason?: string; wasClean?: boolean }) => any) | null;
   close(code?: number, reason?: string): void;
+  /** Used with `envelope: true`. */
+  send(data: Uint8Array): void;
+  readonly protocol?: string;
 }
 
 export interface ListenOptions {
@@ -50,8 +144,27 @@ export interface ListenOptions {
    * every connection attempt, so it can hand out a fresh JWT.
    */
   token?: string | (() => string | Promise<string>);
-  /** Called with each message's bytes. */
-  onMessage?: (data: ArrayBuffer) => void;
+  /**
+   * Negotiate the `fedbroker.v1` envelope (default false): `onMessage` gets each message's header, requests
+   * reach `onRequest`, and the handle can `send`, `reply`, `watch` and `unwatch` over the connection.
+   */
+  envelope?: boolean;
+  /** Called with each message's bytes (and, with `envelope`, its header). */
+  onMessage?: (data: ArrayBuffer, meta?: MessageMeta) => void;
+  /**
+   * Envelope only: called with each request. Return a reply (or a promise of one) to have it sent; return
+   * `undefined` to answer later with `req.reply(…)` or `handle.reply(seq, …)`. A handler that throws or
+   * rejects sends `500`. Without a handler every request is answered `501`.
+   */
+  onRequest?: (req: IncomingRequest) => ReplyValue | undefined | Promise<ReplyValue | undefined>;
+  /** Envelope only: a watched id started (`true`) or stopped (`false`) being listened on; first its current state. */
+  onPresence?: (id: number, online: boolean) => void;
+  /**
+   * Envelope only: errors that belong to no promise (a request handler that threw, an automatic reply or a
+   * re-watch the broker refused, a frame that is not an envelope). Default: reported like an error thrown
+   * in an event handler.
+   */
+  onError?: (error: unknown) => void;
   /** Called each time the listener is connected (also after a reconnect). */
   onOpen?: () => void;
   /** Called each time a connection or connection attempt ends. */
@@ -72,7 +185,7 @@ export interface ListenOptions {
    * A WebSocket class (default: the global one). On Node.js 20 run with `--experimental-websocket`, or
    * pass `WebSocket` from the `ws` package.
    */
-  WebSocket?: new (url: string) => WebSocketLike;
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocketLike;
   /** A `fetch` implementation for the probe (default: the global one). */
   fetch?: typeof fetch;
 }
@@ -86,7 +199,46 @@ export interface ListenHandle {
   readonly connected: boolean;
   /** The WebSocket URL, without the token. */
   readonly url: string;
+  /**
+   * Envelope only: sends `data` to `to` over this connection (the receiver sees `from`: this listener's id).
+   * Resolves on the broker's `ack` (`{status: 204}`, `recipients` for a topic); rejects with a
+   * `FedbrokerError` on its `error` (`403`, `404`, `503`, `400`, …) and with a `FedbrokerClosedError` when
+   * not connected or when the connection ends before the answer. A plain listener rejects with a TypeError.
+   */
+  send(to: string | number, data: MessageData): Promise<Ack>;
+  /** Envelope only: answers the request `seq` (see `IncomingRequest.reply`); `404` when none awaits. */
+  reply(seq: number, status: number, body?: MessageData, contentType?: string): Promise<Ack>;
+  /**
+   * Envelope only: follows these ids (`onPresence`), now and after every reconnect. Resolves on the `ack`,
+   * before the events of the current states; while disconnected, once the next connection has watched.
+   * Rejects with a `FedbrokerError` (`403` an id not allowed, `400` over `--max-watch`).
+   */
+  watch(ids: Iterable<string | number> | string | number): Promise<Ack>;
+  /** Envelope only: stops following these ids. Resolves with the `ack`, or `undefined` while disconnected. */
+  unwatch(ids: Iterable<string | number> | string | number): Promise<Ack | undefined>;
+  /** A copy of the last known state of each watched id on the current connection (empty while disconnected). */
+  readonly presence: Map<number, boolean>;
 }
+
+/** A message sent over an envelope listener got no answer: there was no connection, or it ended first. */
+export class FedbrokerClosedError extends Error {
+  constructor(message: string, code?: number, reason?: string);
+  readonly name: 'FedbrokerClosedError';
+  /** The connection's close code, when it had one. */
+  code: number | undefined;
+  reason: string | undefined;
+}
+
+/** `'fedbroker.v1'`, the WebSocket subprotocol of the envelope. */
+export const SUBPROTOCOL: 'fedbroker.v1';
+/** 16384: the largest envelope header, in bytes. */
+export const MAX_HEADER_LENGTH: number;
+
+/** Encodes one envelope: u16 big-endian header length | JSON header | payload. RangeError over 16384 header bytes. */
+export function encodeEnvelope(header: Record<string, any>, payload?: string | ArrayBuffer | ArrayBufferView | null): Uint8Array;
+
+/** Decodes one envelope; a TypeError when it is not one. */
+export function decodeEnvelope(data: ArrayBuffer | ArrayBufferView): { header: Record<string, any>; payload: ArrayBuffer };
 
 /** Close codes after which `listen` does not reconnect: 1003, 1008, 4000 (replaced), 4001 (token expired). */
 export const NO_RECONNECT_CODES: readonly number[];
@@ -102,10 +254,23 @@ export class FedbrokerError extends Error {
 }
 
 /**
- * Sends `data` to the node listening on `id` at `brokerUrl` (`POST /{id}`). Resolves on `204`; rejects
- * with a `FedbrokerError` on any other answer, and with `fetch`'s own error when no answer could be read.
+ * Sends `data` to the node listening on `id` at `brokerUrl` (`POST /{id}`), or to several ids (an array:
+ * `POST /7,8,9`). Resolves on `204`, and for several ids on `207`; rejects with a `FedbrokerError` on any
+ * other answer, and with `fetch`'s own error when no answer could be read.
  */
-export function send(brokerUrl: string | URL, id: string | number, data: MessageData, options?: SendOptions): Promise<void>;
+export function send(
+  brokerUrl: string | URL,
+  id: string | number | Array<string | number>,
+  data: MessageData,
+  options?: SendOptions,
+): Promise<SendResult>;
+
+/**
+ * Sends `data` to the envelope listener of `id` as a request and waits for its reply (`POST
+ * /{id}?reply=MS`). Resolves with every answer, the broker's own (504, 502, 409, 404, …) included;
+ * rejects only when no answer could be read.
+ */
+export function request(brokerUrl: string | URL, id: string | number, data: MessageData, options?: RequestOptions): Promise<RequestResult>;
 
 /**
  * Listens on `id` at `brokerUrl` (a WebSocket on `GET /{id}`), reconnecting with capped exponential

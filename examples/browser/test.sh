@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Headless Chromium test of the browser examples against the real broker, on loopback: pages served
-# from a second origin send (fetch) and listen (WebSocket) through CORS, and the two-page WebRTC
-# demo opens an RTCDataChannel. Installs what is missing: the Debian package chromium (about 70 s,
+# from a second origin send (fetch) and listen (WebSocket) through CORS, the two-page WebRTC
+# demo opens an RTCDataChannel, and the two-page chat (chat.html) shows presence, messages and
+# request-reply. Installs what is missing: the Debian package chromium (about 70 s,
 # needs root or sudo) and playwright-core from npm (never a downloaded browser).
 #
 #   examples/browser/test.sh                         # builds and uses target/debug/fedbroker-tokio
 #   examples/browser/test.sh --update-screenshot     # also writes docs/images/webrtc-demo.png
 #   FEDBROKER_BIN=target/debug/fedbroker-smol examples/browser/test.sh
 #
-# The demo page's screenshot goes to examples/browser/test/out/webrtc-demo.png. Exits non-zero
-# when anything fails, naming it.
+# The demo pages' screenshots go to examples/browser/test/out/ (webrtc-demo.png, chat-demo.png).
+# Exits non-zero when anything fails, naming it.
 set -euo pipefail
 # A FEDBROKER_BIN given relative to the caller's directory, before changing directory.
 if [[ -n ${FEDBROKER_BIN:-} ]]; then

@@ -1,6 +1,7 @@
 // Headless Chromium against the real broker: the example pages are served from a second origin (another
-// port), send with fetch and listen with a WebSocket through CORS, and the two-page WebRTC demo opens
-// a data channel. Run by examples/browser/test.sh (node --test).
+// port), send with fetch and listen with a WebSocket through CORS, the two-page WebRTC demo opens
+// a data channel, and the two-page chat shows presence, messages and request-reply. Run by
+// examples/browser/test.sh (node --test).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync } from 'node:fs';
@@ -10,13 +11,14 @@ import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
-import { FedbrokerError, listen, send } from '../../../clients/js/fedbroker.js';
+import { FedbrokerError, listen, request, send } from '../../../clients/js/fedbroker.js';
 import { inbox, pausedListener, startBroker, tempDir, tempFile, within } from '../../../clients/js/test/helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(here, '../../..');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SCREENSHOT = process.env.SCREENSHOT ?? path.join(here, 'out', 'webrtc-demo.png');
+const CHAT_SCREENSHOT = path.join(here, 'out', 'chat-demo.png');
 const T = { timeout: 60000 };
 const WAIT = 20000; // the longest any single wait in a page may take
 // Poll page conditions on a timer: the default (requestAnimationFrame) stalls in background tabs.
@@ -448,4 +450,181 @@ test('webrtc.html: two pages signal through the broker and open an RTCDataChanne
   await waitIn(b, () => document.querySelector('#dc-state').textContent !== 'open');
   await a.close();
   await b.close();
+});
+
+// The patterns of docs/patterns.md from a page: the fedbroker.v1 envelope, request-reply, presence,
+// multi-target send and topics. A broker of their own: per-user tokens with the presence action, topics.
+describe('patterns: envelope, request-reply, presence (chat.html)', () => {
+  const ALICE = 'alice-token-5d1e'; // listen 4001; send, presence: 4002
+  const BOB = 'bob-token-0c77'; // listen 4002; send, presence: 4001
+  const ANY = 'any-token-2b90'; // everything, for the in-page checks
+  let pb;
+  before(async () => {
+    const tokens = tempFile(
+      'tokens.toml',
+      `[[token]]\ntoken = "${ALICE}"\nlisten = [4001]\nsend = [4002]\npresence = [4002]\n\n` +
+        `[[token]]\ntoken = "${BOB}"\nlisten = [4002]\nsend = [4001]\npresence = [4001]\n\n` +
+        `[[token]]\ntoken = "${ANY}"\nlisten = ["*"]\nsend = ["*"]\npresence = ["*"]\n`,
+    );
+    pb = await startBroker(['--auth-tokens', tokens, '--cors-allow-origin', origin, '--topics', '1000000-1999999']);
+  });
+  after(() => pb?.stop('SIGKILL'));
+
+  test('the client in a page: envelope send with acks, request-reply, presence, multi-target, topics', T, async () => {
+    const page = await openPage('chat.html');
+    const got = await inPage(
+      page,
+      async ({ listen, request, send }, { url, token }) => {
+        const out = { messages: [], presence: [] };
+        const opened = (h) => new Promise((resolve) => {
+          const t = setInterval(() => h.connected && (clearInterval(t), resolve()), 10);
+        });
+        const a = listen(url, 4101, {
+          token,
+          envelope: true,
+          onMessage: (d, meta) => out.messages.push({ text: new TextDecoder().decode(d), seq: meta.seq, id: meta.id, from: meta.from }),
+          onPresence: (id, online) => out.presence.push([id, online]),
+          onRequest: (req) => ({ status: 200, body: `pong: ${new TextDecoder().decode(req.body)}`, contentType: 'text/plain; charset=utf-8' }),
+        });
+        await a.watch([4102]);
+        await opened(a);
+        const b = listen(url, 4102, { token, envelope: true });
+        await opened(b);
+        out.ack = await b.send(4101, 'from 4102 over the envelope');
+        try {
+          await b.send(4199, 'x');
+        } catch (e) {
+          out.sendError = { name: e.name, status: e.status, message: e.message };
+        }
+        const r = await request(url, 4101, 'ping', { token, timeoutMs: 3000 });
+        out.reply = { status: r.status, contentType: r.contentType, body: new TextDecoder().decode(r.body) };
+        const none = await request(url, 4103, 'ping', { token, timeoutMs: 1000 });
+        out.noListener = { status: none.status, body: new TextDecoder().decode(none.body).trim() };
+        out.multi = await send(url, [4101, 4102, 4103], 'to three', { token });
+        const t1 = listen(url, 1000001, { token, envelope: true });
+        const t2 = listen(url, 1000001, { token });
+        await opened(t1);
+        await opened(t2);
+        out.topic = await send(url, 1000001, 'to the topic', { token });
+        b.close();
+        await b.closed;
+        const end = Date.now() + 5000;
+        while (out.presence.length < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+        for (const h of [a, t1, t2]) h.close();
+        return out;
+      },
+      { url: pb.url, token: ANY },
+    );
+    await page.close();
+    assert.deepEqual(got.ack, { status: 204 });
+    assert.deepEqual(got.sendError, { name: 'FedbrokerError', status: 404, message: 'no listener on id 4199' });
+    assert.deepEqual(got.reply, { status: 200, contentType: 'text/plain; charset=utf-8', body: 'pong: ping' });
+    assert.deepEqual(got.noListener, { status: 404, body: 'no listener on id 4103' });
+    assert.deepEqual(got.presence, [
+      [4102, false],
+      [4102, true],
+      [4102, false],
+    ]);
+    assert.deepEqual(got.messages.map((m) => [m.text, m.id, m.from]), [
+      ['from 4102 over the envelope', 4101, 4102],
+      ['to three', 4101, undefined],
+    ]);
+    assert.deepEqual(got.messages.map((m) => m.seq), [1, 3], 'the request was seq 2');
+    assert.deepEqual(got.multi, {
+      status: 207,
+      results: [
+        { id: 4101, status: 204 },
+        { id: 4102, status: 204 },
+        { id: 4103, status: 404, error: 'no listener on id 4103' },
+      ],
+    });
+    assert.equal(got.topic.status, 204);
+    assert.deepEqual(got.topic.results.map((r) => [r.id, r.status]), [[1000001, 204]]);
+  });
+
+  test('a page reads Fedbroker-Recipients of a topic', T, async () => {
+    // The page can read the header only because the broker lists it in Access-Control-Expose-Headers.
+    const topic = await listening1000002();
+    const page = await openPage('chat.html');
+    const got = await inPage(page, ({ send }, { url, token }) => send(url, 1000002, 'x', { token }), { url: pb.url, token: ANY });
+    topic.close();
+    await page.close();
+    assert.deepEqual(got, { status: 204, recipients: 1, results: [{ id: 1000002, status: 204, recipients: 1 }] });
+  });
+
+  /** A Node listener on topic 1000002, open. */
+  async function listening1000002() {
+    let opened;
+    const open = new Promise((r) => (opened = r));
+    const h = listen(pb.url, 1000002, { token: ANY, onOpen: () => opened() });
+    await within(5000, 'topic listener opening', open);
+    return h;
+  }
+
+  test('chat.html: two users see each other online, chat, and ask for each other\'s profile', T, async () => {
+    const common = { broker: pb.url, timeout: '1500' };
+    const a = await openPage('chat.html', { ...common, token: ALICE, me: '4001', name: 'Alice', contacts: '4002' });
+    const b = await openPage('chat.html', { ...common, token: BOB, me: '4002', name: 'Bob', status: 'in a meeting', contacts: '4001' });
+    const presenceOf = (page, id) => page.textContent(`#people li[data-id="${id}"] .presence`);
+    const logHas = (page, text) =>
+      waitIn(page, (t) => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(t)), text).catch(async (e) => {
+        const log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).join('\n'));
+        throw new Error(`no log line with ${JSON.stringify(text)}:\n${log}\n${e.message}`);
+      });
+    const answerOf = async (page, id) => {
+      await waitIn(page, (id) => !['', 'asking…'].includes(document.querySelector(`#people li[data-id="${id}"] .answer`).textContent), id);
+      return page.textContent(`#people li[data-id="${id}"] .answer`);
+    };
+
+    assert.equal(await presenceOf(a, '4002'), 'unknown');
+    await a.click('#connect');
+    await waitIn(a, () => document.querySelector('#conn-state').textContent === 'connected as 4001');
+    await waitIn(a, () => document.querySelector('#people li[data-id="4002"] .presence').textContent === 'offline');
+
+    await b.click('#connect');
+    await waitIn(b, () => document.querySelector('#conn-state').textContent === 'connected as 4002');
+    await waitIn(b, () => document.querySelector('#people li[data-id="4001"] .presence').textContent === 'online');
+    await waitIn(a, () => document.querySelector('#people li[data-id="4002"] .presence').textContent === 'online');
+    await logHas(a, '4002 is online');
+
+    // A message, to everyone online: B sees who sent it (the broker's `from`), A sees the ack.
+    await a.fill('#chat-input', 'hello Bob');
+    await a.click('#chat-send');
+    await logHas(b, '← 4001: hello Bob');
+    await logHas(a, '→ 4002: hello Bob ✓');
+
+    // Request-reply: A asks B's profile; B answers; A now knows B's name.
+    await a.click('#people li[data-id="4002"] .ask');
+    assert.match(await answerOf(a, '4002'), /^Bob: in a meeting \(replied in \d+ ms\)$/);
+    await logHas(b, 'profile requested by 4001 (request 2): answered');
+    assert.equal(await a.textContent('#people li[data-id="4002"] .who'), 'Bob (4002)');
+    await b.click('#people li[data-id="4001"] .ask');
+    assert.match(await answerOf(b, '4001'), /^Alice: available/);
+    await b.fill('#chat-input', 'hi Alice');
+    await b.selectOption('#to', '4001');
+    await b.click('#chat-send');
+    await logHas(a, '← Bob (4002): hi Alice');
+
+    mkdirSync(path.dirname(CHAT_SCREENSHOT), { recursive: true });
+    await a.screenshot({ path: CHAT_SCREENSHOT, fullPage: true });
+
+    // B stops answering: A's request times out (504).
+    await b.uncheck('#answer');
+    await a.click('#people li[data-id="4002"] .ask');
+    assert.equal(await answerOf(a, '4002'), '504: no reply from id 4002 within 1500 ms');
+    await logHas(b, 'not answered, it will time out');
+
+    // B leaves: A sees B offline, and a request finds nobody.
+    await b.click('#disconnect');
+    await waitIn(b, () => document.querySelector('#conn-state').textContent === 'disconnected');
+    await waitIn(a, () => document.querySelector('#people li[data-id="4002"] .presence').textContent === 'offline');
+    await logHas(a, 'Bob (4002) is offline');
+    await a.click('#people li[data-id="4002"] .ask');
+    assert.equal(await answerOf(a, '4002'), '404: no listener on id 4002');
+    await a.fill('#chat-input', 'anyone?');
+    await a.click('#chat-send');
+    await logHas(a, 'nobody is online');
+    await a.close();
+    await b.close();
+  });
 });
