@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # fedbroker side by side with mosquitto and nats-server, on loopback, in one run.
 #
-#   bench/run.sh                 # full run (~15 min on 2 cores): results in bench/results/
-#   bench/run.sh --smoke         # a few hundred messages against fedbroker-tokio only, no peers,
-#                                # no charts, results in target/bench-smoke/ (what CI runs)
+#   bench/run.sh                 # full run (~25 min on 2 cores): results in bench/results/
+#   bench/run.sh --smoke         # every scenario with a few hundred messages against
+#                                # fedbroker-tokio only, no peers, no charts, results in
+#                                # target/bench-smoke/ (what CI runs)
 #   bench/run.sh --rounds 5      # more rounds per relay figure (medians are reported)
 #   bench/run.sh --pin           # servers on CPU 1, the load generator on CPU 0 (taskset), so
 #                                # they never compete for a core; results in bench/results-pinned/
+#   bench/run.sh --bin-dir DIR   # fedbroker-{tokio,smol,std} from DIR (or $FEDBROKER_BIN_DIR), not
+#                                # built here; only fedbroker-bench is built
+#   bench/run.sh --scenarios fanout,reqrep --systems tokio,nats --out DIR
+#                                # only some phases (relay,latency,idle,fanin,fanout,reqrep; latency
+#                                # needs relay) and systems (tokio,smol,std,mosquitto,nats)
 #
 # Phases of the full run, each server started here on its own port with its own config (never a
 # Debian service) and stopped on exit:
@@ -14,7 +20,12 @@
 #      systems interleaved round-robin (and rotated each round) so machine drift cancels out;
 #   2. latency at half of each system's own measured maximum (64 B and 1 KiB, window 16);
 #   3. idle: 10 000 subscribed listeners against a fresh instance of each system;
-#   4. fan-in: 64 senders to one listener of each fedbroker adapter, --queue-limit 16.
+#   4. fan-in: 64 senders to one listener of each fedbroker adapter, --queue-limit 16;
+#   5. fan-out: 1 publisher, 1 / 100 / 1000 listeners on one topic (fedbroker --topics), 64 B and
+#      1 KiB, deliveries/s; every system, interleaved and rotated like the relay;
+#   6. request-reply: 1 and 16 requesters, one echoing responder (fedbroker POST ?reply= and an
+#      envelope listener; nats-server PUB with a reply inbox), 64 B and 1 KiB; round trips/s and
+#      latency. mosquitto has no request-reply (MQTT 3.1.1) and is not in this phase.
 # Then one table with ratios to the best peer (bench/results/table.md), raw JSON lines
 # (raw.jsonl), aggregates (results.json), machine facts (machine.txt) and SVG charts.
 # Any lost, duplicated, reordered or corrupted message fails the run (non-zero exit).
@@ -29,6 +40,9 @@ PIN=0
 ROUNDS=3
 OUT=
 IDLE_CONNECTIONS=10000
+BIN_DIR=${FEDBROKER_BIN_DIR:-}
+SCENARIOS=relay,latency,idle,fanin,fanout,reqrep
+ONLY_SYSTEMS=
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 ;;
@@ -45,8 +59,20 @@ while (($#)); do
         IDLE_CONNECTIONS=$2
         shift
         ;;
+    --bin-dir)
+        BIN_DIR=$2
+        shift
+        ;;
+    --scenarios)
+        SCENARIOS=$2
+        shift
+        ;;
+    --systems)
+        ONLY_SYSTEMS=$2
+        shift
+        ;;
     -h | --help)
-        sed -n '2,20p' "$0"
+        sed -n '2,30p' "$ROOT/bench/run.sh"
         exit 0
         ;;
     *)
@@ -56,6 +82,20 @@ while (($#)); do
     esac
     shift
 done
+want() { [[ ,$SCENARIOS, == *,$1,* ]]; }
+for sc in ${SCENARIOS//,/ }; do
+    case $sc in
+    relay | latency | idle | fanin | fanout | reqrep) ;;
+    *)
+        echo "run.sh: unknown scenario '$sc' in --scenarios (relay,latency,idle,fanin,fanout,reqrep)" >&2
+        exit 2
+        ;;
+    esac
+done
+if want latency && ! want relay; then
+    echo "run.sh: --scenarios latency needs relay (it paces at half of the relay's maximum)" >&2
+    exit 2
+fi
 if ((SMOKE)); then
     OUT=${OUT:-$ROOT/target/bench-smoke}
 elif ((PIN)); then
@@ -108,21 +148,51 @@ log() { printf '\n==> %s\n' "$*"; }
 
 # ---- build ---------------------------------------------------------------------------------
 if ((SMOKE)); then
-    log "building fedbroker-tokio and fedbroker-bench (release)"
-    cargo build --release -p fedbroker-tokio -p fedbroker-bench
     SYSTEMS=(tokio)
 else
-    log "building the three adapters and fedbroker-bench (release)"
-    cargo build --release -p fedbroker-tokio -p fedbroker-smol -p fedbroker-std -p fedbroker-bench
     SYSTEMS=(tokio smol std mosquitto nats)
+fi
+if [[ -n $ONLY_SYSTEMS ]]; then
+    picked=()
+    for s in ${ONLY_SYSTEMS//,/ }; do
+        case $s in
+        tokio | smol | std | mosquitto | nats) picked+=("$s") ;;
+        *)
+            echo "run.sh: unknown system '$s' in --systems (tokio,smol,std,mosquitto,nats)" >&2
+            exit 2
+            ;;
+        esac
+    done
+    SYSTEMS=("${picked[@]}")
+fi
+ADAPTERS=()
+for s in "${SYSTEMS[@]}"; do
+    case $s in tokio | smol | std) ADAPTERS+=("$s") ;; esac
+done
+if [[ -n $BIN_DIR ]]; then
+    BIN_DIR=$(cd "$BIN_DIR" && pwd)
+    for s in "${ADAPTERS[@]}"; do
+        if [[ ! -x $BIN_DIR/fedbroker-$s ]]; then
+            echo "run.sh: --bin-dir $BIN_DIR has no executable fedbroker-$s" >&2
+            exit 2
+        fi
+    done
+    log "building fedbroker-bench (release); brokers from $BIN_DIR"
+    cargo build --release -p fedbroker-bench
+else
+    pkgs=()
+    for s in "${ADAPTERS[@]}"; do pkgs+=(-p "fedbroker-$s"); done
+    log "building ${ADAPTERS[*]/#/fedbroker-} and fedbroker-bench (release)"
+    cargo build --release "${pkgs[@]}" -p fedbroker-bench
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 BIN=${TARGET_DIR:-$ROOT/target}/release
 BENCH=$BIN/fedbroker-bench
+FED_BIN=${BIN_DIR:-$BIN}
 
 # ---- peers ---------------------------------------------------------------------------------
 PATH=$PATH:/usr/sbin:/usr/local/sbin
-if ((!SMOKE)); then
+if [[ " ${SYSTEMS[*]} " == *" mosquitto "* || " ${SYSTEMS[*]} " == *" nats "* ]]; then
     if ! command -v mosquitto >/dev/null || ! command -v nats-server >/dev/null; then
         log "installing mosquitto and nats-server (Debian packages)"
         as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
@@ -175,7 +245,7 @@ start_once() {
     shift
     case $sys in
     tokio | smol | std)
-        "${SRV[@]}" "$BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
+        "${SRV[@]}" "$FED_BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
             >"$WORK/$sys.out" 2>>"$WORK/$sys.log" &
         p=$!
         local i
@@ -268,12 +338,40 @@ relay() { # SYSTEM PAYLOAD WINDOW MESSAGES [extra args]
         --window "$window" --messages "$messages" --label "$sys" --json "$RAW" "$@"
 }
 
-# record_failure SCENARIO SYSTEM ERRFILE: a JSON line the report shows, and a non-zero exit later.
+# record_failure SCENARIO SYSTEM ERRFILE [EXTRA_JSON]: a JSON line the report shows, and a
+# non-zero exit later. EXTRA_JSON (e.g. '"listeners":100,"payload":64') places it in its table.
 record_failure() {
     local msg
     msg=$(grep -m1 '^FAIL' "$3" | sed 's/\\/\\\\/g; s/"/\\"/g')
-    printf '{"scenario":"%s","label":"%s","error":"%s"}\n' "$1" "$2" "${msg:-failed}" >>"$RAW"
-    FAILED+=("$1 $2")
+    printf '{"scenario":"%s","label":"%s","error":"%s"%s}\n' "$1" "$2" "${msg:-failed}" "${4:+,$4}" >>"$RAW"
+    FAILED+=("$1 $2${4:+ ($4)}")
+}
+
+TOPICS=1000000-1999999
+TOPIC=1000000
+# fanout SYSTEM LISTENERS PAYLOAD MESSAGES [extra args]: one run; a failure is recorded and the
+# run goes on.
+fanout() {
+    local sys=$1 listeners=$2 payload=$3 messages=$4 err
+    shift 4
+    err=$WORK/fanout-$sys-$listeners-$payload.err
+    if ! "${GEN[@]}" "$BENCH" fanout --target "${ADDR[$sys]}" --pid "${PID[$sys]}" --topic "$TOPIC" \
+        --listeners "$listeners" --payload "$payload" --messages "$messages" --label "$sys" --json "$RAW" "$@" 2>"$err"; then
+        cat "$err" >&2
+        record_failure fanout "$sys" "$err" "\"listeners\":$listeners,\"payload\":$payload"
+    fi
+}
+
+# reqrep SYSTEM REQUESTERS PAYLOAD REQUESTS [extra args]
+reqrep() {
+    local sys=$1 k=$2 payload=$3 requests=$4 err
+    shift 4
+    err=$WORK/reqrep-$sys-$k-$payload.err
+    if ! "${GEN[@]}" "$BENCH" reqrep --target "${ADDR[$sys]}" --pid "${PID[$sys]}" --requesters "$k" \
+        --payload "$payload" --requests "$requests" --label "$sys" --json "$RAW" "$@" 2>"$err"; then
+        cat "$err" >&2
+        record_failure reqrep "$sys" "$err" "\"requesters\":$k,\"payload\":$payload"
+    fi
 }
 
 machine() {
@@ -286,7 +384,9 @@ machine() {
         echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
         echo "kernel: $(uname -r)"
         echo "rustc: $(rustc --version)"
-        if ((!SMOKE)); then
+        echo "brokers: $FED_BIN ($(for s in "${ADAPTERS[@]}"; do printf 'fedbroker-%s %s; ' "$s" "$("$FED_BIN/fedbroker-$s" --version 2>/dev/null)"; done))"
+        echo "scenarios: $SCENARIOS; systems: ${SYSTEMS[*]}"
+        if ((!SMOKE)) && command -v mosquitto >/dev/null; then
             echo "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
             echo "nats-server: $(nats-server --version 2>/dev/null)"
         fi
@@ -296,19 +396,43 @@ ARGS="${ORIG_ARGS[*]}"
 
 # ---- smoke ---------------------------------------------------------------------------------
 if ((SMOKE)); then
-    start tokio
-    log "smoke: relay, paced relay, idle, fan-in against fedbroker-tokio"
-    relay tokio 64 16 800
-    relay tokio 1024 1 320
-    relay tokio 64 16 400 --rate 2000
-    "${GEN[@]}" "$BENCH" idle --target "${ADDR[tokio]}" --pid "${PID[tokio]}" --connections 300 --sources 4 \
-        --settle 0 --label tokio --json "$RAW"
-    stop tokio
-    start tokio --queue-limit 2
-    "${GEN[@]}" "$BENCH" fanin --target "${ADDR[tokio]}" --senders 8 --messages 400 --listener-pause-us 200 \
-        --label tokio --json "$RAW"
-    stop tokio
+    log "smoke: ${SCENARIOS//,/, } against ${SYSTEMS[*]}"
+    for s in "${SYSTEMS[@]}"; do
+        start "$s"
+        if want relay; then
+            relay "$s" 64 16 800
+            relay "$s" 1024 1 320
+        fi
+        want latency && relay "$s" 64 16 400 --rate 2000
+        if want idle; then
+            "${GEN[@]}" "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections 300 --sources 4 \
+                --settle 0 --label "$s" --json "$RAW"
+        fi
+        stop "$s"
+        if want fanin && [[ $s == tokio || $s == smol || $s == std ]]; then
+            start "$s" --queue-limit 2
+            "${GEN[@]}" "$BENCH" fanin --target "${ADDR[$s]}" --senders 8 --messages 400 --listener-pause-us 200 \
+                --label "$s" --json "$RAW"
+            stop "$s"
+        fi
+        if want fanout || want reqrep; then
+            start "$s" --topics "$TOPICS"
+            if want fanout; then
+                fanout "$s" 10 64 300
+                fanout "$s" 100 1024 50
+            fi
+            if want reqrep && [[ $s != mosquitto ]]; then
+                reqrep "$s" 1 64 200
+                reqrep "$s" 4 1024 400
+            fi
+            stop "$s"
+        fi
+    done
     "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
+    if ((${#FAILED[@]})); then
+        echo "run.sh: smoke FAILED: ${FAILED[*]} (see above and $LOGS)" >&2
+        exit 1
+    fi
     echo "bench smoke ok: results in $OUT"
     exit 0
 fi
@@ -317,92 +441,152 @@ machine
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg); cargo processes: $(pgrep -c cargo || true)" | tee -a "$OUT/machine.txt"
 
 # ---- 1. relay ------------------------------------------------------------------------------
-# fedbroker's default --queue-limit (1024) answers 503 in this scenario whenever the generator's
-# listeners fall behind its senders (a 204 means "queued", so a sender's window does not bound
-# the listener's queue); the relay is about throughput, so the queue is made large here (still
-# bounded; mosquitto queues QoS 0 without bound, nats-server up to 64 MB per subscriber).
-# The fan-in phase exercises the 503 path with a small limit.
-for s in "${SYSTEMS[@]}"; do start "$s" --queue-limit 65536; done
-log "servers: $(for s in "${SYSTEMS[@]}"; do printf '%s=%s ' "$s" "${ADDR[$s]}"; done)"
+if want relay; then
+    # fedbroker's default --queue-limit (1024) answers 503 in this scenario whenever the generator's
+    # listeners fall behind its senders (a 204 means "queued", so a sender's window does not bound
+    # the listener's queue); the relay is about throughput, so the queue is made large here (still
+    # bounded; mosquitto queues QoS 0 without bound, nats-server up to 64 MB per subscriber).
+    # The fan-in phase exercises the 503 path with a small limit.
+    for s in "${SYSTEMS[@]}"; do start "$s" --queue-limit 65536; done
+    log "servers: $(for s in "${SYSTEMS[@]}"; do printf '%s=%s ' "$s" "${ADDR[$s]}"; done)"
 
-# messages per payload and window: enough for a second or more at fedbroker's pace; 64 KiB runs
-# have a 10 s budget (mosquitto's WebSocket path crawls at that size; the result says so).
-declare -A COUNT=([64w16]=200000 [64w1]=100000 [1024w16]=100000 [1024w1]=50000
-    [65536w16]=4000 [65536w1]=2000)
-n=${#SYSTEMS[@]}
-for ((round = 0; round < ROUNDS; round++)); do
-    log "relay round $((round + 1))/$ROUNDS"
-    quiet
-    for payload in 64 1024 65536; do
-        for window in 16 1; do
-            for ((k = 0; k < n; k++)); do
-                s=${SYSTEMS[$(((k + round) % n))]}
-                relay "$s" "$payload" "$window" "${COUNT[${payload}w$window]}" --max-seconds 10
+    # messages per payload and window: enough for a second or more at fedbroker's pace; 64 KiB runs
+    # have a 10 s budget (mosquitto's WebSocket path crawls at that size; the result says so).
+    declare -A COUNT=([64w16]=200000 [64w1]=100000 [1024w16]=100000 [1024w1]=50000
+        [65536w16]=4000 [65536w1]=2000)
+    n=${#SYSTEMS[@]}
+    for ((round = 0; round < ROUNDS; round++)); do
+        log "relay round $((round + 1))/$ROUNDS"
+        quiet
+        for payload in 64 1024 65536; do
+            for window in 16 1; do
+                for ((k = 0; k < n; k++)); do
+                    s=${SYSTEMS[$(((k + round) % n))]}
+                    relay "$s" "$payload" "$window" "${COUNT[${payload}w$window]}" --max-seconds 10
+                done
             done
         done
     done
-done
 
-# ---- 2. latency at half load ---------------------------------------------------------------
-log "latency at half of each system's measured maximum"
-for ((round = 0; round < ROUNDS; round++)); do
-    quiet
-    for payload in 64 1024; do
-        for ((k = 0; k < n; k++)); do
-            s=${SYSTEMS[$(((k + round) % n))]}
-            max=$("$BENCH" median --input "$RAW" --label "$s" --payload "$payload" --window 16)
-            rate=$((max / 2))
-            # About 4 s of traffic at that pace.
-            relay "$s" "$payload" 16 $((rate * 4 < 16 ? 16 : rate * 4)) --rate "$rate" --max-seconds 10
+    # ---- 2. latency at half load ---------------------------------------------------------------
+    if want latency; then
+        log "latency at half of each system's measured maximum"
+        for ((round = 0; round < ROUNDS; round++)); do
+            quiet
+            for payload in 64 1024; do
+                for ((k = 0; k < n; k++)); do
+                    s=${SYSTEMS[$(((k + round) % n))]}
+                    max=$("$BENCH" median --input "$RAW" --label "$s" --payload "$payload" --window 16)
+                    rate=$((max / 2))
+                    # About 4 s of traffic at that pace.
+                    relay "$s" "$payload" 16 $((rate * 4 < 16 ? 16 : rate * 4)) --rate "$rate" --max-seconds 10
+                done
+            done
         done
-    done
-done
-for s in "${SYSTEMS[@]}"; do stop "$s"; done
+    fi
+    for s in "${SYSTEMS[@]}"; do stop "$s"; done
+fi
 
 # ---- 3. idle -------------------------------------------------------------------------------
-log "idle: $IDLE_CONNECTIONS listeners per system, each against a fresh instance"
-for s in "${SYSTEMS[@]}"; do
-    if ! start "$s"; then
-        echo "FAIL idle $s: the server did not start" >"$WORK/idle-$s.err"
-        record_failure idle "$s" "$WORK/idle-$s.err"
-        continue
-    fi
-    sleep 1
-    n=$IDLE_CONNECTIONS
-    if [[ $s == std ]]; then
-        # fedbroker-std answers 503 beyond its thread budget (vm.max_map_count / 10, two threads
-        # per connection): measure it within that budget rather than fail on a known limit.
-        cap=$(($(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 65530) / 10 - 64))
-        if ((n > cap)); then
-            log "idle std: $cap listeners, its thread budget under vm.max_map_count (BENCHMARKS.md)"
-            n=$cap
+if want idle; then
+    log "idle: $IDLE_CONNECTIONS listeners per system, each against a fresh instance"
+    for s in "${SYSTEMS[@]}"; do
+        if ! start "$s"; then
+            echo "FAIL idle $s: the server did not start" >"$WORK/idle-$s.err"
+            record_failure idle "$s" "$WORK/idle-$s.err"
+            continue
         fi
-    fi
-    # A failure here is recorded and the run goes on (the other systems' figures still count);
-    # the run exits non-zero at the end.
-    if ! "${GEN[@]}" "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$n" \
-        --label "$s" --json "$RAW" 2>"$WORK/idle-$s.err"; then
-        cat "$WORK/idle-$s.err" >&2
-        record_failure idle "$s" "$WORK/idle-$s.err"
-    fi
-    stop "$s"
-done
+        sleep 1
+        n=$IDLE_CONNECTIONS
+        if [[ $s == std ]]; then
+            # fedbroker-std answers 503 beyond its thread budget (vm.max_map_count / 10, two threads
+            # per connection): measure it within that budget rather than fail on a known limit.
+            cap=$(($(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 65530) / 10 - 64))
+            if ((n > cap)); then
+                log "idle std: $cap listeners, its thread budget under vm.max_map_count (BENCHMARKS.md)"
+                n=$cap
+            fi
+        fi
+        # A failure here is recorded and the run goes on (the other systems' figures still count);
+        # the run exits non-zero at the end.
+        if ! "${GEN[@]}" "$BENCH" idle --target "${ADDR[$s]}" --pid "${PID[$s]}" --connections "$n" \
+            --label "$s" --json "$RAW" 2>"$WORK/idle-$s.err"; then
+            cat "$WORK/idle-$s.err" >&2
+            record_failure idle "$s" "$WORK/idle-$s.err"
+        fi
+        stop "$s"
+    done
+fi
 
 # ---- 4. fan-in -----------------------------------------------------------------------------
-log "fan-in: 64 senders to one listener, --queue-limit 16"
-for s in tokio smol std; do
-    if ! start "$s" --queue-limit 16; then
-        echo "FAIL fanin $s: the server did not start" >"$WORK/fanin-$s.err"
-        record_failure fanin "$s" "$WORK/fanin-$s.err"
-        continue
-    fi
-    if ! "${GEN[@]}" "$BENCH" fanin --target "${ADDR[$s]}" --senders 64 --messages 50000 --listener-pause-us 200 \
-        --label "$s" --json "$RAW" 2>"$WORK/fanin-$s.err"; then
-        cat "$WORK/fanin-$s.err" >&2
-        record_failure fanin "$s" "$WORK/fanin-$s.err"
-    fi
-    stop "$s"
-done
+if want fanin && ((${#ADAPTERS[@]})); then
+    log "fan-in: 64 senders to one listener, --queue-limit 16"
+    for s in "${ADAPTERS[@]}"; do
+        if ! start "$s" --queue-limit 16; then
+            echo "FAIL fanin $s: the server did not start" >"$WORK/fanin-$s.err"
+            record_failure fanin "$s" "$WORK/fanin-$s.err"
+            continue
+        fi
+        if ! "${GEN[@]}" "$BENCH" fanin --target "${ADDR[$s]}" --senders 64 --messages 50000 --listener-pause-us 200 \
+            --label "$s" --json "$RAW" 2>"$WORK/fanin-$s.err"; then
+            cat "$WORK/fanin-$s.err" >&2
+            record_failure fanin "$s" "$WORK/fanin-$s.err"
+        fi
+        stop "$s"
+    done
+fi
+
+# ---- 5. fan-out ----------------------------------------------------------------------------
+# 1 publisher, L listeners on one topic. fedbroker: a fresh instance with --topics and the default
+# --queue-limit (1024); the publisher never runs more than 256 messages (--lag) ahead of the
+# slowest listener, so no topic listener can be closed as too slow and no peer builds a queue.
+# Messages per run: about 10^5 (L = 1) to 2 × 10^6 (L = 100, 1000) deliveries; 10 s budget.
+if want fanout; then
+    log "fan-out: 1 publisher, 1 / 100 / 1000 listeners on one topic, 64 B and 1 KiB"
+    for s in "${SYSTEMS[@]}"; do start "$s" --topics "$TOPICS"; done
+    log "servers: $(for s in "${SYSTEMS[@]}"; do printf '%s=%s ' "$s" "${ADDR[$s]}"; done)"
+    declare -A FAN_COUNT=([1]=100000 [100]=20000 [1000]=2000)
+    n=${#SYSTEMS[@]}
+    for ((round = 0; round < ROUNDS; round++)); do
+        log "fan-out round $((round + 1))/$ROUNDS"
+        quiet
+        for listeners in 1 100 1000; do
+            for payload in 64 1024; do
+                for ((k = 0; k < n; k++)); do
+                    s=${SYSTEMS[$(((k + round) % n))]}
+                    fanout "$s" "$listeners" "$payload" "${FAN_COUNT[$listeners]}" --window 16 --lag 256 --max-seconds 10
+                done
+            done
+        done
+    done
+    for s in "${SYSTEMS[@]}"; do stop "$s"; done
+fi
+
+# ---- 6. request-reply ----------------------------------------------------------------------
+# K requesters with one request outstanding each, one echoing responder. mosquitto is left out:
+# MQTT 3.1.1 has no request-reply.
+RR_SYSTEMS=()
+for s in "${SYSTEMS[@]}"; do [[ $s == mosquitto ]] || RR_SYSTEMS+=("$s"); done
+if want reqrep && ((${#RR_SYSTEMS[@]})); then
+    log "request-reply: 1 and 16 requesters, 64 B and 1 KiB"
+    for s in "${RR_SYSTEMS[@]}"; do start "$s"; done
+    log "servers: $(for s in "${RR_SYSTEMS[@]}"; do printf '%s=%s ' "$s" "${ADDR[$s]}"; done)"
+    declare -A RR_COUNT=([1]=20000 [16]=100000)
+    n=${#RR_SYSTEMS[@]}
+    for ((round = 0; round < ROUNDS; round++)); do
+        log "request-reply round $((round + 1))/$ROUNDS"
+        quiet
+        for k in 1 16; do
+            for payload in 64 1024; do
+                for ((j = 0; j < n; j++)); do
+                    s=${RR_SYSTEMS[$(((j + round) % n))]}
+                    reqrep "$s" "$k" "$payload" "${RR_COUNT[$k]}" --timeout-ms 5000 --max-seconds 10
+                done
+            done
+        done
+    done
+    for s in "${RR_SYSTEMS[@]}"; do stop "$s"; done
+fi
 
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); cargo processes: $(pgrep -c cargo || true)" | tee -a "$OUT/machine.txt"
 log "results"

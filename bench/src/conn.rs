@@ -44,6 +44,22 @@ impl Listener {
         })
     }
 
+    /// Connects fan-out listener `j`: every one on the same topic (fedbroker topic id `topic`,
+    /// MQTT topic `bench/fanout` at QoS 0, NATS subject `bench.fanout`), confirmed as above.
+    pub async fn connect_fanout(t: &Target, j: u32, topic: u32) -> Result<Self, String> {
+        Ok(match t.kind {
+            Kind::Fedbroker => Listener::Fed(crate::fed::listen(t.addr, None, topic, false).await?),
+            Kind::Mqtt => {
+                let (ws, r) = mqtt::subscribe(t.addr, None, &format!("f{j}"), mqtt::FANOUT_TOPIC, false).await?;
+                Listener::Mqtt(ws, r)
+            }
+            Kind::Nats => {
+                let (ws, r) = nats::subscribe(t.addr, None, nats::FANOUT_SUBJECT, false).await?;
+                Listener::Nats(ws, r)
+            }
+        })
+    }
+
     /// Waits for the next WebSocket data message and calls `f` with each payload it carries.
     pub async fn recv(&mut self, f: &mut impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), String> {
         match self {
@@ -75,7 +91,7 @@ impl Listener {
             Listener::Nats(ws, r) => {
                 let data = nats::next_data(ws).await?;
                 r.feed(&data, |e| match e {
-                    nats::Event::Msg(m) => f(m),
+                    nats::Event::Msg(m, _) => f(m),
                     nats::Event::Pong => Ok(()),
                 })?;
                 r.answer_pings(ws).await
@@ -189,7 +205,7 @@ async fn run_fed(mut h: HttpSender, p: Plan, prog: &Progress) -> Result<u64, Str
                     "sender {}: POST answered {} {:?} (relay expects 204; is --queue-limit too small?)",
                     p.index,
                     r.status,
-                    r.body.trim()
+                    r.text()
                 ));
             }
         }

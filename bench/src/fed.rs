@@ -16,7 +16,16 @@ pub struct Response {
     pub status: u16,
     /// `Retry-After` in seconds, when present.
     pub retry_after: Option<u64>,
-    pub body: String,
+    /// `Fedbroker-Recipients` (a topic's `204`), when present.
+    pub recipients: Option<u32>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text, trimmed (error sentences).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection that POSTs fixed-size bodies to one id.
@@ -30,9 +39,14 @@ pub struct HttpSender {
 
 impl HttpSender {
     pub async fn connect(addr: SocketAddr, id: u32, body_len: usize) -> Result<Self, String> {
+        Self::connect_path(addr, &format!("/{id}"), body_len).await
+    }
+
+    /// The same for any request target, e.g. `/42?reply=5000`.
+    pub async fn connect_path(addr: SocketAddr, path: &str, body_len: usize) -> Result<Self, String> {
         let sock = crate::net::connect_tcp(addr, None).await?;
         let head = format!(
-            "POST /{id} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_len}\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_len}\r\n\r\n"
         )
         .into_bytes();
         Ok(HttpSender {
@@ -97,6 +111,7 @@ impl HttpSender {
             let status = r.code.unwrap_or(0);
             let mut len = 0usize;
             let mut retry_after = None;
+            let mut recipients = None;
             for h in r.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
                     len = std::str::from_utf8(h.value)
@@ -105,19 +120,68 @@ impl HttpSender {
                         .ok_or("bad Content-Length in response")?;
                 } else if h.name.eq_ignore_ascii_case("retry-after") {
                     retry_after = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+                } else if h.name.eq_ignore_ascii_case("fedbroker-recipients") {
+                    recipients = Some(
+                        std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .ok_or("bad Fedbroker-Recipients in response")?,
+                    );
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err("response with Transfer-Encoding: the bench reads Content-Length bodies only".into());
                 }
             }
             let end = self.rpos + n + len;
             if self.rbuf.len() < end {
                 return Ok(());
             }
-            let body = String::from_utf8_lossy(&self.rbuf[self.rpos + n..end]).into_owned();
+            let body = self.rbuf[self.rpos + n..end].to_vec();
             self.rpos = end;
             out.push(Response {
                 status,
                 retry_after,
+                recipients,
                 body,
             });
+        }
+    }
+}
+
+/// A request without a body on a fresh connection (`Connection: close`): status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut sock = crate::net::connect_tcp(addr, None).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut buf = Vec::new();
+    sock.read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    match r.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => Ok((r.code.unwrap_or(0), buf[n..].to_vec())),
+        _ => Err(format!("GET {path}: malformed response")),
+    }
+}
+
+/// Polls the broker's statistics (`GET /`) until `key` is at least `n` (a listener counts once
+/// its upgrade is registered, so the first message cannot race it).
+pub async fn wait_stat(addr: SocketAddr, key: &str, n: u64) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get(addr, "/").await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("GET / answered {status}, not JSON: {e}"))?;
+        let have = v.get(key).and_then(serde_json::Value::as_u64);
+        match have {
+            None => return Err(format!("the statistics (GET /) have no key \"{key}\"")),
+            Some(h) if h >= n => return Ok(()),
+            Some(h) if std::time::Instant::now() > deadline => {
+                return Err(format!("statistics: {key} is {h} after 30 s, expected {n}"))
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
     }
 }
@@ -130,4 +194,47 @@ pub async fn listen(
     small: bool,
 ) -> Result<crate::net::Ws, String> {
     crate::net::ws_connect(addr, src, &format!("/{id}"), None, small).await
+}
+
+/// An envelope listener (`Sec-WebSocket-Protocol: fedbroker.v1`) on `GET /{id}`; fails unless the
+/// broker confirms the subprotocol.
+pub async fn listen_envelope(addr: SocketAddr, id: u32) -> Result<crate::net::Ws, String> {
+    crate::net::ws_connect(addr, None, &format!("/{id}"), Some(ENVELOPE), false).await
+}
+
+/// The envelope subprotocol's name.
+pub const ENVELOPE: &str = "fedbroker.v1";
+
+/// Appends one envelope message: `u16 BE header length | JSON header | payload`.
+pub fn envelope(out: &mut Vec<u8>, header: &str, payload: &[u8]) {
+    out.extend_from_slice(&(header.len() as u16).to_be_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Splits an envelope message into its parsed header and its payload.
+pub fn parse_envelope(m: &[u8]) -> Result<(serde_json::Value, &[u8]), String> {
+    if m.len() < 2 {
+        return Err(format!(
+            "envelope message of {} bytes, shorter than its length field",
+            m.len()
+        ));
+    }
+    let h = u16::from_be_bytes([m[0], m[1]]) as usize;
+    if m.len() < 2 + h {
+        return Err(format!(
+            "envelope header length {h} beyond the message's {} bytes",
+            m.len()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&m[2..2 + h]).map_err(|e| {
+        format!(
+            "envelope header is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&m[2..2 + h])
+        )
+    })?;
+    if !v.is_object() {
+        return Err(format!("envelope header is not a JSON object: {v}"));
+    }
+    Ok((v, &m[2 + h..]))
 }

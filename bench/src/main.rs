@@ -7,12 +7,14 @@
 //! `bench/run.sh` drives the whole comparison; see BENCHMARKS.md.
 
 mod conn;
+mod fanout;
 mod fed;
 mod mqtt;
 mod nats;
 mod net;
 mod payload;
 mod report;
+mod rpc;
 mod scenario;
 
 use std::io::Write as _;
@@ -123,6 +125,73 @@ enum Cmd {
         /// Make the listener slow: sleep this many microseconds after every 64 messages.
         #[arg(long)]
         listener_pause_us: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One publisher, N listeners on ONE topic; deliveries/s (messages × listeners), every listener
+    /// checked for loss, order and bytes.
+    Fanout {
+        /// fedbroker://ADDR (started with --topics covering --topic), mqtt-ws://ADDR or nats-ws://ADDR
+        #[arg(long)]
+        target: Target,
+        #[arg(long, default_value_t = 100)]
+        listeners: u32,
+        /// Message size in bytes (at least 20).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Messages published (each delivered to every listener).
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// Messages in flight on the publisher's connection (fedbroker: pipelined POSTs, each
+        /// answered 204; NATS/MQTT: two halves, each acknowledged by PONG/PINGRESP).
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// The publisher never gets more than this many messages ahead of the slowest listener
+        /// (keep it below fedbroker's --queue-limit).
+        #[arg(long, default_value_t = 256)]
+        lag: u64,
+        /// The fedbroker topic id.
+        #[arg(long, default_value_t = 1_000_000)]
+        topic: u32,
+        /// Publish no new message after this many seconds (the result says so).
+        #[arg(long)]
+        max_seconds: Option<f64>,
+        /// The broker's PID: its CPU time per delivery is reported.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Listener handshakes in progress at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// K requesters (one request outstanding each) and one echoing responder: round trips/s and
+    /// round-trip latency. fedbroker: POST /{id}?reply=MS and an envelope (fedbroker.v1) listener;
+    /// NATS: PUB with a reply inbox and a subscribed responder.
+    Reqrep {
+        /// fedbroker://ADDR or nats-ws://ADDR
+        #[arg(long)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        requesters: u32,
+        /// Request (and reply) size in bytes (at least 20).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Round trips in total, split evenly over the requesters.
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+        /// fedbroker: the ?reply= wait in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// fedbroker: the responder's id.
+        #[arg(long, default_value_t = 7)]
+        id: u32,
+        /// Start no new request after this many seconds (the result says so).
+        #[arg(long)]
+        max_seconds: Option<f64>,
+        /// The broker's PID: its CPU time per round trip is reported.
+        #[arg(long)]
+        pid: Option<u32>,
         #[command(flatten)]
         common: Common,
     },
@@ -298,6 +367,80 @@ fn main() {
                 label: common.label.clone(),
             };
             match runtime(common.threads).block_on(scenario::fanin(a)) {
+                Ok(v) => save(&common.json, &v),
+                Err(e) => fail(&what, &e),
+            }
+        }
+        Cmd::Fanout {
+            target,
+            listeners,
+            payload,
+            messages,
+            window,
+            lag,
+            topic,
+            max_seconds,
+            pid,
+            concurrency,
+            common,
+        } => {
+            let what = format!("fanout {}", common.label);
+            if payload < payload::HEADER || listeners == 0 || messages == 0 || window == 0 || lag == 0 {
+                fail(
+                    &what,
+                    "--payload must be at least 20; --listeners, --messages, --window and --lag positive",
+                );
+            }
+            let a = fanout::Fanout {
+                target,
+                listeners,
+                payload,
+                messages,
+                window,
+                lag,
+                topic,
+                max_seconds,
+                pid,
+                concurrency,
+                stall: Duration::from_secs(common.stall_timeout),
+                label: common.label.clone(),
+            };
+            match runtime(common.threads).block_on(fanout::fanout(a)) {
+                Ok(v) => save(&common.json, &v),
+                Err(e) => fail(&what, &e),
+            }
+        }
+        Cmd::Reqrep {
+            target,
+            requesters,
+            payload,
+            requests,
+            timeout_ms,
+            id,
+            max_seconds,
+            pid,
+            common,
+        } => {
+            let what = format!("reqrep {}", common.label);
+            if payload < payload::HEADER || requesters == 0 || requests < requesters as u64 {
+                fail(
+                    &what,
+                    "--payload must be at least 20, --requesters positive, --requests at least --requesters",
+                );
+            }
+            let a = rpc::Rpc {
+                target,
+                requesters,
+                payload,
+                requests,
+                timeout_ms,
+                id,
+                max_seconds,
+                pid,
+                stall: Duration::from_secs(common.stall_timeout),
+                label: common.label.clone(),
+            };
+            match runtime(common.threads).block_on(rpc::rpc(a)) {
                 Ok(v) => save(&common.json, &v),
                 Err(e) => fail(&what, &e),
             }

@@ -78,6 +78,33 @@ pub fn publish_qos1(out: &mut Vec<u8>, topic: &str, pid: u16, len: usize, payloa
     debug_assert_eq!(out.len() - before, len);
 }
 
+/// Appends a QoS 0 PUBLISH (no packet id, no acknowledgement).
+pub fn publish_qos0(out: &mut Vec<u8>, topic: &str, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
+    out.push(PUBLISH << 4);
+    put_len(out, 2 + topic.len() + len);
+    put_str(out, topic);
+    let before = out.len();
+    payload(out);
+    debug_assert_eq!(out.len() - before, len);
+}
+
+/// PINGREQ: the broker answers PINGRESP after handling every packet before it, so it
+/// acknowledges a window of QoS 0 PUBLISHes.
+pub const PINGREQ: [u8; 2] = [0xc0, 0x00];
+
+/// Is this packet a PINGRESP? Anything else on a QoS 0 publisher's connection is an error.
+pub fn pingresp(p: &Packet<'_>) -> Result<(), String> {
+    match p.kind() {
+        PINGRESP if p.body.is_empty() => Ok(()),
+        k => Err(format!(
+            "MQTT: unexpected packet type {k} on a QoS 0 publisher connection"
+        )),
+    }
+}
+
+/// The topic every fan-out listener subscribes to.
+pub const FANOUT_TOPIC: &str = "bench/fanout";
+
 /// The topic of listener `j`.
 pub fn topic(j: u32) -> String {
     format!("bench/{j}")

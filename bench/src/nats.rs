@@ -19,9 +19,16 @@ pub fn subject(j: u32) -> String {
     format!("bench.{j}")
 }
 
+/// The subject every fan-out listener subscribes to.
+pub const FANOUT_SUBJECT: &str = "bench.fanout";
+
+/// The subject the request-reply responder serves.
+pub const RPC_SUBJECT: &str = "bench.rpc";
+
 /// What one protocol line or message was.
 pub enum Event<'a> {
-    Msg(&'a [u8]),
+    /// A `MSG`: its payload and its reply subject, when it has one.
+    Msg(&'a [u8], Option<&'a [u8]>),
     Pong,
 }
 
@@ -51,16 +58,30 @@ impl Reader {
         while let Some(eol) = find_crlf(&b[pos..]) {
             let line = &b[pos..pos + eol];
             if line.starts_with(b"MSG ") {
-                let size: usize = std::str::from_utf8(line)
+                // MSG <subject> <sid> [reply-to] <#bytes>
+                let bad = || format!("NATS: bad MSG line {:?}", String::from_utf8_lossy(line));
+                let mut parts: [&[u8]; 5] = [&[]; 5];
+                let mut n = 0;
+                for w in line.split(|&c| c == b' ').filter(|w| !w.is_empty()) {
+                    if n == 5 {
+                        return Err(bad());
+                    }
+                    parts[n] = w;
+                    n += 1;
+                }
+                if n < 4 {
+                    return Err(bad());
+                }
+                let size: usize = std::str::from_utf8(parts[n - 1])
                     .ok()
-                    .and_then(|l| l.rsplit(' ').next())
                     .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| format!("NATS: bad MSG line {:?}", String::from_utf8_lossy(line)))?;
+                    .ok_or_else(bad)?;
+                let reply = (n == 5).then_some(parts[3]);
                 let start = pos + eol + 2;
                 if b.len() < start + size + 2 {
                     break;
                 }
-                f(Event::Msg(&b[start..start + size]))?;
+                f(Event::Msg(&b[start..start + size], reply))?;
                 pos = start + size + 2;
                 continue;
             }
@@ -118,7 +139,7 @@ pub async fn wait_pong(
         r.feed(&data, |e| {
             match e {
                 Event::Pong => pong = true,
-                Event::Msg(m) => on_msg(m)?,
+                Event::Msg(m, _) => on_msg(m)?,
             }
             Ok(())
         })?;
@@ -158,6 +179,13 @@ pub async fn subscribe(
     small: bool,
 ) -> Result<(Ws, Reader), String> {
     connect(addr, src, &format!("SUB {subject} 1\r\n"), small).await
+}
+
+/// Appends `PUB subject reply len\r\n<payload>\r\n` (a request: the responder answers on `reply`).
+pub fn request(out: &mut Vec<u8>, subject: &str, reply: &str, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(format!("PUB {subject} {reply} {len}\r\n").as_bytes());
+    payload(out);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `PUB subject len\r\n<payload>\r\n`.

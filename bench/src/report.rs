@@ -297,9 +297,92 @@ pub fn report(input: &Path, out: &Path, peers: &[String], charts: bool) -> Resul
         t.push('\n');
     }
 
+    // ---- fan-out -----------------------------------------------------------------------------
+    let fan: Vec<&Value> = rows.iter().filter(|r| r["scenario"] == "fanout").collect();
+    let agg_fanout = ratio_table(
+        &mut t,
+        &systems,
+        &fan,
+        ("listeners", "listeners"),
+        "deliveries_per_s",
+        "### Fan-out — deliveries/s (messages × listeners received per second; 1 publisher, all listeners on one topic), median of {R} round(s); (×N) = ratio to the best peer\n",
+        &is_peer,
+    );
+    cpu_table(
+        &mut t,
+        &systems,
+        &fan,
+        ("listeners", "listeners"),
+        "broker_cpu_us_per_delivery",
+        "### Fan-out — broker CPU time per delivery — µs (user + system, /proc/PID/stat), median; lower is better\n",
+    );
+    cpu_table(
+        &mut t,
+        &systems,
+        &fan,
+        ("listeners", "listeners"),
+        "generator_cpu_us_per_delivery",
+        "### Fan-out — load generator CPU time per delivery — µs (user + system, getrusage), median; for the bound it sets\n",
+    );
+
+    // ---- request-reply -----------------------------------------------------------------------
+    let rr: Vec<&Value> = rows.iter().filter(|r| r["scenario"] == "reqrep").collect();
+    let agg_reqrep = ratio_table(
+        &mut t,
+        &systems,
+        &rr,
+        ("requesters", "requesters"),
+        "round_trips_per_s",
+        "### Request-reply — round trips/s (K requesters, one request outstanding each, one echoing responder), median of {R} round(s); (×N) = ratio to the best peer\n",
+        &is_peer,
+    );
+    let mut by: BTreeMap<(u64, u64), BTreeMap<String, Vec<&Value>>> = BTreeMap::new();
+    for r in rr.iter().filter(|r| r.get("error").is_none()) {
+        by.entry((u(r, "requesters"), u(r, "payload")))
+            .or_default()
+            .entry(label(r))
+            .or_default()
+            .push(r);
+    }
+    if !by.is_empty() {
+        let _ = writeln!(
+            t,
+            "### Request-reply — round-trip latency, µs (requester: request written → reply read), median over rounds\n"
+        );
+        let _ = writeln!(
+            t,
+            "| requesters | payload | system | round trips/s | p50 | p99 | p99.9 | max |"
+        );
+        let _ = writeln!(t, "|---:|---|---|---:|---:|---:|---:|---:|");
+        for ((k, p), m) in &by {
+            for s in systems.iter().filter(|s| m.contains_key(*s)) {
+                let q = |key: &str| median(m[s].iter().map(|r| f(r, key)).collect());
+                let _ = writeln!(
+                    t,
+                    "| {k} | {} | {s} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    size(*p),
+                    thousands(q("round_trips_per_s")),
+                    q("p50_us"),
+                    q("p99_us"),
+                    q("p999_us"),
+                    q("max_us")
+                );
+            }
+        }
+        t.push('\n');
+    }
+    cpu_table(
+        &mut t,
+        &systems,
+        &rr,
+        ("requesters", "requesters"),
+        "broker_cpu_us_per_rt",
+        "### Request-reply — broker CPU time per round trip — µs (user + system, /proc/PID/stat), median; lower is better\n",
+    );
+
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let agg = json!({"systems": systems, "peers": peers, "relay": agg_relay, "latency_half_load": agg_lat,
-        "idle": agg_idle, "fanin": fanin, "raw": rows});
+        "idle": agg_idle, "fanin": fanin, "fanout": agg_fanout, "reqrep": agg_reqrep, "raw": rows});
     write(&out.join("results.json"), &serde_json::to_string_pretty(&agg).unwrap())?;
     write(&out.join("table.md"), &t)?;
 
@@ -353,6 +436,137 @@ pub fn report(input: &Path, out: &Path, peers: &[String], charts: bool) -> Resul
     }
     let _ = ours;
     Ok(t)
+}
+
+/// The systems that have rows here, in the order of `all`.
+fn labels_of(all: &[String], rows: &[&Value]) -> Vec<String> {
+    all.iter()
+        .filter(|s| rows.iter().any(|r| label(r) == **s))
+        .cloned()
+        .collect()
+}
+
+/// One table of `metric` by (`key`, payload) × system, medians over rounds, ratios to the best
+/// peer; a failed run (a row with `error`) shows as "failed" where no run succeeded. `title` may
+/// hold `{R}`, the most rounds of any cell. Returns the aggregates.
+fn ratio_table(
+    t: &mut String,
+    all: &[String],
+    rows: &[&Value],
+    (key, key_title): (&str, &str),
+    metric: &str,
+    title: &str,
+    is_peer: &dyn Fn(&str) -> bool,
+) -> Vec<Value> {
+    let systems = labels_of(all, rows);
+    let mut cells: BTreeMap<(u64, u64), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut failed: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut notes = Vec::new();
+    for r in rows {
+        let k = (u(r, key), u(r, "payload"));
+        if let Some(e) = r.get("error").and_then(Value::as_str) {
+            failed.entry(k).or_default().push(label(r));
+            notes.push(format!(
+                "- {} at {} {key}, {}: {}",
+                label(r),
+                k.0,
+                size(k.1),
+                e.replace('|', "/")
+            ));
+            continue;
+        }
+        cells
+            .entry(k)
+            .or_default()
+            .entry(label(r))
+            .or_default()
+            .push(f(r, metric));
+    }
+    for k in failed.keys() {
+        cells.entry(*k).or_default();
+    }
+    let mut agg = Vec::new();
+    if cells.is_empty() {
+        return agg;
+    }
+    let rounds = cells.values().flat_map(|m| m.values().map(Vec::len)).max().unwrap_or(0);
+    let _ = writeln!(t, "{}", title.replace("{R}", &rounds.to_string()));
+    let _ = writeln!(t, "| {key_title} | payload | {} | best peer |", systems.join(" | "));
+    let _ = writeln!(t, "|---:|---|{}---|", "---:|".repeat(systems.len()));
+    for ((k, p), m) in &cells {
+        let med: BTreeMap<&String, f64> = m.iter().map(|(s, v)| (s, median(v.clone()))).collect();
+        let best = med
+            .iter()
+            .filter(|(s, _)| is_peer(s))
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(s, v)| ((*s).clone(), *v));
+        let mut row = Vec::new();
+        for s in &systems {
+            let c = match med.get(s) {
+                None if failed.get(&(*k, *p)).is_some_and(|f| f.contains(s)) => "failed".into(),
+                None => "–".into(),
+                Some(v) => match (&best, is_peer(s)) {
+                    (Some((_, b)), false) => format!("{} (×{:.2})", thousands(*v), v / b),
+                    _ => thousands(*v),
+                },
+            };
+            row.push(c);
+            if let Some(v) = med.get(s) {
+                agg.push(json!({key: k, "payload": p, "label": s, metric: v, "runs": m[s],
+                    "ratio_to_best_peer": best.as_ref().map(|(_, b)| v / b)}));
+            }
+        }
+        let bp = best.map(|(s, _)| s).unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {bp} |",
+            thousands(*k as f64),
+            size(*p),
+            row.join(" | ")
+        );
+    }
+    t.push('\n');
+    if !notes.is_empty() {
+        let _ = writeln!(t, "Failed runs:\n\n{}\n", notes.join("\n"));
+    }
+    agg
+}
+
+/// A table of the median of `metric` by (`key`, payload) × system.
+fn cpu_table(
+    t: &mut String,
+    all: &[String],
+    rows: &[&Value],
+    (key, key_title): (&str, &str),
+    metric: &str,
+    title: &str,
+) {
+    let systems = labels_of(all, rows);
+    let mut cells: BTreeMap<(u64, u64), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for r in rows {
+        if let Some(c) = r.get(metric).and_then(Value::as_f64) {
+            cells
+                .entry((u(r, key), u(r, "payload")))
+                .or_default()
+                .entry(label(r))
+                .or_default()
+                .push(c);
+        }
+    }
+    if cells.is_empty() {
+        return;
+    }
+    let _ = writeln!(t, "{title}");
+    let _ = writeln!(t, "| {key_title} | payload | {} |", systems.join(" | "));
+    let _ = writeln!(t, "|---:|---|{}", "---:|".repeat(systems.len()));
+    for ((k, p), m) in &cells {
+        let row: Vec<String> = systems
+            .iter()
+            .map(|s| m.get(s).map_or("–".into(), |v| format!("{:.2}", median(v.clone()))))
+            .collect();
+        let _ = writeln!(t, "| {} | {} | {} |", thousands(*k as f64), size(*p), row.join(" | "));
+    }
+    t.push('\n');
 }
 
 fn write(p: &Path, s: &str) -> Result<(), String> {

@@ -15,7 +15,7 @@ use crate::fed::HttpSender;
 use crate::net::{loadavg, process_cpu_us, rss_bytes, self_cpu_us, Kind, Target};
 use crate::payload;
 
-fn new_hist() -> Histogram<u64> {
+pub(crate) fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram bounds")
 }
 
@@ -197,7 +197,7 @@ struct Supervised {
     undelivered: u64,
 }
 
-fn us(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
@@ -478,7 +478,7 @@ pub async fn fanin(a: Fanin) -> Result<Value, String> {
                             };
                             tokio::time::sleep(wait).await;
                         }
-                        s => return Err(format!("sender {i}: POST answered {s} {:?}", r.body.trim())),
+                        s => return Err(format!("sender {i}: POST answered {s} {:?}", r.text())),
                     }
                 }
                 max_streak.fetch_max(streak, Ordering::Relaxed);
