@@ -363,38 +363,14 @@ proptest! {
 /// and the answer given from outside completes it; a dropped answer is a `503`.
 #[test]
 fn routing_completes_asynchronously_outside_the_core() {
-    use fedbroker_core::{AllowAll, LocalRouter, RouteReply, RouteRequest, Router};
-    use std::sync::Mutex;
-
-    #[derive(Clone, Default)]
-    struct Deferred(Arc<Mutex<Vec<(RouteRequest, RouteReply)>>>);
-    impl Router for Deferred {
-        fn route(&self, request: RouteRequest, reply: RouteReply) {
-            self.0.lock().unwrap().push((request, reply));
-        }
-    }
-
     let clock = Clock::new();
-    let deferred = Deferred::default();
-    let mut local = None;
-    let b = Broker::with_router(
-        config(),
-        "sim",
-        AllowAll,
-        |registry| {
-            local = Some(LocalRouter::new(registry));
-            deferred.clone()
-        },
-        clock.0,
-        Duration::from_secs(1_800_000_000),
-    );
-    let local = local.unwrap();
+    let (b, deferred, local) = deferred_broker(&clock);
     let mut l = Peer::open(&b, &clock, 5, false);
     let mut p = post_to(&b, &clock, "/5", b"later");
     assert!(response(&mut p, &clock).is_none(), "waits for the router");
     let (request, reply) = deferred.0.lock().unwrap().pop().expect("routed");
     assert_eq!(request.id.get(), 5);
-    local.route(request, reply);
+    fedbroker_core::Router::route(&local, request, reply);
     assert_eq!(response(&mut p, &clock).unwrap().0, 204);
     assert_eq!(l.frames(&clock), vec![(OpCode::Binary, b"later".to_vec())]);
 
@@ -404,10 +380,10 @@ fn routing_completes_asynchronously_outside_the_core() {
     let mut pending = std::mem::take(&mut *deferred.0.lock().unwrap());
     assert_eq!(pending.len(), 2);
     let (r6, reply6) = pending.pop().unwrap();
-    local.route(r6, reply6);
+    fedbroker_core::Router::route(&local, r6, reply6);
     assert!(response(&mut p, &clock).is_none(), "one answer of two");
     let (r5, reply5) = pending.pop().unwrap();
-    local.route(r5, reply5);
+    fedbroker_core::Router::route(&local, r5, reply5);
     let (status, _, body) = response(&mut p, &clock).unwrap();
     assert_eq!(status, 207);
     assert!(String::from_utf8(body).unwrap().contains(r#"{"id":6,"status":404"#));
@@ -423,31 +399,8 @@ fn routing_completes_asynchronously_outside_the_core() {
 /// A request-reply whose routing answers later still waits for its reply afterwards.
 #[test]
 fn request_reply_through_a_deferred_router() {
-    use fedbroker_core::{AllowAll, LocalRouter, RouteReply, RouteRequest, Router};
-    use std::sync::Mutex;
-
-    #[derive(Clone, Default)]
-    struct Deferred(Arc<Mutex<Vec<(RouteRequest, RouteReply)>>>);
-    impl Router for Deferred {
-        fn route(&self, request: RouteRequest, reply: RouteReply) {
-            self.0.lock().unwrap().push((request, reply));
-        }
-    }
     let clock = Clock::new();
-    let deferred = Deferred::default();
-    let mut local = None;
-    let b = Broker::with_router(
-        config(),
-        "sim",
-        AllowAll,
-        |registry| {
-            local = Some(LocalRouter::new(registry));
-            deferred.clone()
-        },
-        clock.0,
-        Duration::from_secs(1_800_000_000),
-    );
-    let local = local.unwrap();
+    let (b, deferred, local) = deferred_broker(&clock);
     let mut l = Peer::open(&b, &clock, 5, true);
     let mut p = post_to(&b, &clock, "/5?reply=1000", b"q");
     assert!(response(&mut p, &clock).is_none());
@@ -457,7 +410,7 @@ fn request_reply_through_a_deferred_router() {
         "still waiting while being routed"
     );
     let (request, reply) = deferred.0.lock().unwrap().pop().unwrap();
-    local.route(request, reply);
+    fedbroker_core::Router::route(&local, request, reply);
     assert!(response(&mut p, &clock).is_none(), "now waiting for the reply");
     let seq = l.envelopes(&clock)[0].0["seq"].as_u64().unwrap();
     l.send(
@@ -469,4 +422,34 @@ fn request_reply_through_a_deferred_router() {
     assert_eq!(status, 204);
     assert!(!headers.iter().any(|(k, _)| k == "content-type"));
     assert_eq!(b.snapshot(clock.0).pending_replies, 0);
+}
+
+/// A router that keeps every message for the test to route (or drop) later, as a cluster engine
+/// answering asynchronously would.
+#[derive(Clone, Default)]
+struct Deferred(Arc<std::sync::Mutex<Vec<(fedbroker_core::RouteRequest, fedbroker_core::RouteReply)>>>);
+
+impl fedbroker_core::Router for Deferred {
+    fn route(&self, request: fedbroker_core::RouteRequest, reply: fedbroker_core::RouteReply) {
+        self.0.lock().unwrap().push((request, reply));
+    }
+}
+
+/// A broker routed by a [`Deferred`] router, and a [`fedbroker_core::LocalRouter`] over its
+/// registry to finish the routing with.
+fn deferred_broker(clock: &Clock) -> (Arc<Broker>, Deferred, fedbroker_core::LocalRouter) {
+    let deferred = Deferred::default();
+    let mut local = None;
+    let b = Broker::with_router(
+        config(),
+        "sim",
+        fedbroker_core::AllowAll,
+        |registry| {
+            local = Some(fedbroker_core::LocalRouter::new(registry));
+            deferred.clone()
+        },
+        clock.0,
+        Duration::from_secs(1_800_000_000),
+    );
+    (b, deferred, local.expect("the router builder ran"))
 }
