@@ -108,6 +108,34 @@ pub struct Flags {
     /// Ids one envelope listener may watch the presence of. [default: 1024]
     #[arg(long, value_name = "N")]
     pub max_watch: Option<u64>,
+    /// Ids that keep a mailbox (repeatable; an id, a FROM-TO range or *): their messages are
+    /// numbered (seq), kept for replay with GET /{id}?since=SEQ, and a POST with nobody listening
+    /// answers 202 instead of 404.
+    #[arg(long, value_name = "RANGE")]
+    pub mailbox: Vec<String>,
+    /// Messages kept per mailbox. [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub mailbox_messages: Option<u64>,
+    /// Bytes kept per mailbox (payloads plus 64 per message); at least --max-message-size + 64. [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub mailbox_bytes: Option<u64>,
+    /// Bytes kept over all mailboxes of the broker; beyond, POST answers 507. [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    pub mailbox_total_bytes: Option<u64>,
+    /// How long a message is kept: a number with s, m, h or d (90s, 15m, 12h, 7d). [default: 1d]
+    #[arg(long, value_name = "DURATION")]
+    pub mailbox_ttl: Option<String>,
+    /// A full mailbox drops its oldest message (drop-oldest, counted, a gap for listeners behind)
+    /// or refuses the new one with 507 unless the oldest was delivered already (refuse). [default: drop-oldest]
+    #[arg(long, value_name = "POLICY")]
+    pub mailbox_full: Option<String>,
+    /// Directory of the durable mailbox store: kept messages survive a restart or a crash.
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// When a 204/202 is answered for a stored message: after an fsync (always, group commit) or
+    /// after the write, with an fsync in the background every 100 ms (batch). [default: always]
+    #[arg(long, value_name = "POLICY")]
+    pub store_sync: Option<String>,
 }
 
 /// The `--config` file: the same settings, keys spelled with `_`.
@@ -137,6 +165,14 @@ struct FileConfig {
     max_pending_replies: Option<u64>,
     max_reply_timeout: Option<u64>,
     max_watch: Option<u64>,
+    mailbox: Option<OneOrMany>,
+    mailbox_messages: Option<u64>,
+    mailbox_bytes: Option<u64>,
+    mailbox_total_bytes: Option<u64>,
+    mailbox_ttl: Option<String>,
+    mailbox_full: Option<String>,
+    store: Option<PathBuf>,
+    store_sync: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -167,6 +203,17 @@ pub struct Settings {
     pub authorizer: Box<dyn Authorizer>,
     /// TLS settings, when every listener speaks TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The durable mailbox store, when `--store` is given.
+    pub store: Option<StoreSettings>,
+}
+
+/// Where and how mailboxes are stored (`--store`, `--store-sync`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The store's directory.
+    pub path: PathBuf,
+    /// Whether an answer waits for the fsync.
+    pub sync_always: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -201,9 +248,29 @@ impl Settings {
     /// Resolves parsed flags: reads the config file (if any), merges (flags win), applies
     /// defaults and checks every value.
     pub fn resolve(flags: Flags) -> Result<Settings, ConfigError> {
-        let file = match &flags.config {
+        let mut file = match &flags.config {
             Some(path) => read_config(path)?,
             None => FileConfig::default(),
+        };
+        let flags_mailbox = MailboxFlags {
+            mailbox: flags.mailbox.clone(),
+            messages: flags.mailbox_messages,
+            bytes: flags.mailbox_bytes,
+            total_bytes: flags.mailbox_total_bytes,
+            ttl: flags.mailbox_ttl.clone(),
+            full: flags.mailbox_full.clone(),
+            store: flags.store.clone(),
+            store_sync: flags.store_sync.clone(),
+        };
+        let file_mailbox = MailboxFlags {
+            mailbox: file.mailbox.take().map(OneOrMany::into_vec).unwrap_or_default(),
+            messages: file.mailbox_messages,
+            bytes: file.mailbox_bytes,
+            total_bytes: file.mailbox_total_bytes,
+            ttl: file.mailbox_ttl.take(),
+            full: file.mailbox_full.take(),
+            store: file.store.take(),
+            store_sync: file.store_sync.take(),
         };
         let listen_raw = if !flags.listen.is_empty() {
             flags.listen
@@ -334,14 +401,141 @@ impl Settings {
         }
         core.secure = security.tls.is_some();
 
+        let store = mailbox_settings(&mut core, &flags_mailbox, file_mailbox)?;
+
         Ok(Settings {
             listen,
             core,
             log_level,
             authorizer: security.authorizer,
             tls: security.tls,
+            store,
         })
     }
+}
+
+/// The mailbox settings as given on the command line or in the config file.
+#[derive(Default)]
+struct MailboxFlags {
+    mailbox: Vec<String>,
+    messages: Option<u64>,
+    bytes: Option<u64>,
+    total_bytes: Option<u64>,
+    ttl: Option<String>,
+    full: Option<String>,
+    store: Option<PathBuf>,
+    store_sync: Option<String>,
+}
+
+/// Checks and applies the mailbox settings (flags win over the file).
+fn mailbox_settings(
+    core: &mut Config,
+    flags: &MailboxFlags,
+    file: MailboxFlags,
+) -> Result<Option<StoreSettings>, ConfigError> {
+    use fedbroker_core::{FullPolicy, MailboxConfig};
+    let ranges = if !flags.mailbox.is_empty() {
+        flags.mailbox.clone()
+    } else {
+        file.mailbox
+    };
+    let ttl = flags.ttl.clone().or(file.ttl);
+    let full = flags.full.clone().or(file.full);
+    let store = flags.store.clone().or(file.store);
+    let sync = flags.store_sync.clone().or(file.store_sync);
+    let mut cfg = MailboxConfig::default();
+    if ranges.is_empty() {
+        let given = [
+            ("--mailbox-messages", flags.messages.or(file.messages).is_some()),
+            ("--mailbox-bytes", flags.bytes.or(file.bytes).is_some()),
+            (
+                "--mailbox-total-bytes",
+                flags.total_bytes.or(file.total_bytes).is_some(),
+            ),
+            ("--mailbox-ttl", ttl.is_some()),
+            ("--mailbox-full", full.is_some()),
+            ("--store", store.is_some()),
+            ("--store-sync", sync.is_some()),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, g)| *g) {
+            return err(format!("{name}: no id keeps a mailbox; add --mailbox RANGE"));
+        }
+        return Ok(None);
+    }
+    for r in &ranges {
+        cfg.ids
+            .add_item(r)
+            .map_err(|e| ConfigError(format!("--mailbox {r:?}: {e}")))?;
+    }
+    if let Some(id) = cfg.ids.overlap(&core.topics) {
+        return err(format!(
+            "--mailbox: id {id} is also a topic (--topics); a mailbox id takes one listener"
+        ));
+    }
+    cfg.max_messages = positive(
+        "--mailbox-messages",
+        pick(flags.messages, file.messages, cfg.max_messages as u64),
+    )?;
+    cfg.max_bytes = positive("--mailbox-bytes", pick(flags.bytes, file.bytes, cfg.max_bytes as u64))?;
+    let least = core.max_message_size + fedbroker_core::mailbox::ENTRY_OVERHEAD;
+    if cfg.max_bytes < least {
+        return err(format!(
+            "--mailbox-bytes {}: must be at least --max-message-size + 64 ({least}), so that every message fits",
+            cfg.max_bytes
+        ));
+    }
+    cfg.max_total_bytes = positive(
+        "--mailbox-total-bytes",
+        pick(flags.total_bytes, file.total_bytes, cfg.max_total_bytes as u64),
+    )?;
+    if cfg.max_total_bytes < cfg.max_bytes {
+        return err(format!(
+            "--mailbox-total-bytes {}: must be at least --mailbox-bytes ({})",
+            cfg.max_total_bytes, cfg.max_bytes
+        ));
+    }
+    if let Some(t) = &ttl {
+        cfg.ttl = parse_duration(t).ok_or_else(|| {
+            ConfigError(format!(
+                "--mailbox-ttl {t:?}: expected a number with s, m, h or d, e.g. 90s, 15m, 12h, 7d (at most 3650d)"
+            ))
+        })?;
+    }
+    cfg.full = match full.as_deref() {
+        None | Some("drop-oldest") => FullPolicy::DropOldest,
+        Some("refuse") => FullPolicy::Refuse,
+        Some(other) => return err(format!("--mailbox-full {other:?}: expected drop-oldest or refuse")),
+    };
+    core.mailbox = Some(cfg);
+    let sync_always = match sync.as_deref() {
+        None | Some("always") => true,
+        Some("batch") => false,
+        Some(other) => return err(format!("--store-sync {other:?}: expected always or batch")),
+    };
+    match store {
+        Some(path) => Ok(Some(StoreSettings { path, sync_always })),
+        None if sync.is_some() => err("--store-sync: needs --store PATH"),
+        None => Ok(None),
+    }
+}
+
+/// `90s`, `15m`, `12h`, `7d`, or plain seconds; from 1 s to 3650 days. (Four suffixes: a
+/// duration crate would add little.)
+fn parse_duration(t: &str) -> Option<Duration> {
+    let t = t.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = n.checked_mul(match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    })?;
+    (1..=3650 * 86_400).contains(&secs).then(|| Duration::from_secs(secs))
 }
 
 fn pick(flag: Option<u64>, file: Option<u64>, default: u64) -> u64 {

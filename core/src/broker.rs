@@ -18,7 +18,8 @@ use bytes::{Buf, Bytes};
 use crate::auth::{
     decision_channel_reusing, token_matches, Action, AllowAll, AuthTime, Authorizer, Decision, PendingDecision,
 };
-use crate::conn::{Connection, Event, StatsFormat};
+use crate::conn::{Connection, Event, Listening, StatsFormat};
+use crate::mailbox::Persist;
 use crate::registry::{Delivered, Item, ListenerHandle, Pop, Registry};
 use crate::reply::{reply_channel, PendingReply, ReplyOutcome, ReplySender};
 use crate::router::{route_channel, LocalRouter, PendingRoute, RouteRequest, Router};
@@ -87,7 +88,26 @@ impl Broker {
         now: Instant,
         since_epoch: Duration,
     ) -> Arc<Broker> {
-        let registry = Registry::new(config.queue_limit, config.topics.clone());
+        Self::with_store(config, runtime, authorizer, make_router, None, now, since_epoch)
+    }
+
+    /// As [`Broker::with_router`], keeping the mailboxes of `config.mailbox` durable through
+    /// `persist` (restore what it holds with [`Registry::restore`] before serving).
+    pub fn with_store<R: Router>(
+        config: Config,
+        runtime: &'static str,
+        authorizer: impl Authorizer,
+        make_router: impl FnOnce(Registry) -> R,
+        persist: Option<Arc<dyn Persist>>,
+        now: Instant,
+        since_epoch: Duration,
+    ) -> Arc<Broker> {
+        let registry = Registry::with_mailboxes(
+            config.queue_limit,
+            config.topics.clone(),
+            config.mailbox.clone(),
+            persist,
+        );
         let router = Box::new(make_router(registry.clone()));
         Arc::new(Broker {
             config: Arc::new(config),
@@ -124,9 +144,20 @@ impl Broker {
         self.wall_at_start.store(nanos(at_start), Ordering::Relaxed);
     }
 
+    /// Wall-clock milliseconds since the Unix epoch at `now`.
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        u64::try_from(self.wall_clock(now).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// The statistics at `now`.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let [kept, kept_bytes, dropped, refused, store_errors] = self.registry.mailbox_figures();
         let gauges = Gauges {
+            mailbox_messages: kept,
+            mailbox_bytes: kept_bytes,
+            mailbox_dropped: dropped,
+            mailbox_refused: refused,
+            store_errors,
             listeners: self.registry.listeners(),
             topic_listeners: self.registry.topic_listeners(),
             slow_listeners_closed: self.registry.slow_listeners_closed(),
@@ -459,6 +490,7 @@ impl Session {
                     self.conn.handle_overflow(now);
                     break;
                 }
+                Pop::Gap { from, to } => self.conn.handle_gap(now, from, to),
             }
         }
         if !self.conn.is_listening() {
@@ -527,6 +559,7 @@ impl Session {
                         payload,
                         from,
                         reply,
+                        at_ms: broker.wall_ms(now),
                     },
                     spare,
                 );
@@ -534,6 +567,7 @@ impl Session {
             Event::DeliverMany { ids, payload } => {
                 self.routes.clear();
                 self.routes_many = true;
+                let at_ms = broker.wall_ms(now);
                 for id in ids {
                     broker.stats.received(payload.len());
                     let request = RouteRequest {
@@ -541,16 +575,25 @@ impl Session {
                         payload: payload.clone(),
                         from: None,
                         reply: None,
+                        at_ms,
                     };
                     self.route(request, None);
                 }
             }
-            Event::Listen { id, envelope } => {
+            Event::Listen { id, envelope, since } => {
                 let role = broker.config.websocket_role;
-                if role == Role::Listener {
-                    self.listener = Some(broker.registry.listen(id, envelope));
-                }
-                self.conn.handle_listening(now, Ok(role));
+                let result = if role == Role::Listener {
+                    broker
+                        .registry
+                        .listen_since(id, envelope, since, broker.wall_ms(now))
+                        .map(|(handle, last_seq)| {
+                            self.listener = Some(handle);
+                            Listening { role, last_seq }
+                        })
+                } else {
+                    Ok(Listening { role, last_seq: None })
+                };
+                self.conn.handle_listening(now, result);
             }
             Event::Reply { reply_to, reply } => {
                 let handed = self.replies.remove(&reply_to).is_some_and(|tx| tx.send(reply));

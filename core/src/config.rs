@@ -48,6 +48,9 @@ pub struct Config {
     pub max_reply_timeout: Duration,
     /// Ids one envelope listener may follow the presence of (`--max-watch`).
     pub max_watch: usize,
+    /// Mailboxes: which ids keep their messages for replay, and within which bounds
+    /// (`--mailbox`, `--mailbox-*`); `None`: no id has one.
+    pub mailbox: Option<crate::MailboxConfig>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             max_pending_replies: 10_000,
             max_reply_timeout: Duration::from_secs(30),
             max_watch: 1024,
+            mailbox: None,
         }
     }
 }

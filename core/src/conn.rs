@@ -76,6 +76,8 @@ pub enum Event {
         id: Id,
         /// Whether it negotiated the `fedbroker.v1` envelope.
         envelope: bool,
+        /// `?since=SEQ`: replay the id's mailbox after this seq.
+        since: Option<u64>,
     },
     /// This envelope listener answers the request numbered `reply_to`: hand `reply` to the
     /// waiting sender and answer with [`Connection::handle_replied`].
@@ -121,7 +123,7 @@ fn with_cors(resp: Response, origin: Option<&str>) -> Response {
             .header("Access-Control-Allow-Origin", origin)
             .header(
                 "Access-Control-Expose-Headers",
-                "Retry-After, WWW-Authenticate, Fedbroker-Recipients",
+                "Retry-After, WWW-Authenticate, Fedbroker-Recipients, Fedbroker-Seq",
             )
             .header("Vary", "Origin"),
         None => resp,
@@ -149,6 +151,8 @@ struct Request {
     reply_ms: Option<u64>,
     /// A listen request that negotiated `fedbroker.v1`.
     envelope: bool,
+    /// `?since=SEQ` of a listen request.
+    since: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -433,6 +437,9 @@ impl Connection {
                 Ok(Delivered::Topic { recipients }) => {
                     answer_ack(ws, op.msg.reference(), 204, Some(recipients), &mut self.out)
                 }
+                Ok(Delivered::Mailbox { live: false, .. }) => {
+                    answer_ack(ws, op.msg.reference(), 202, None, &mut self.out)
+                }
                 Ok(_) => answer_ack(ws, op.msg.reference(), 204, None, &mut self.out),
                 Err(e) => answer_error(ws, op.msg.reference(), &e, &mut self.out),
             }
@@ -446,6 +453,11 @@ impl Connection {
         };
         match result {
             Ok(Delivered::Listener) => self.respond(now, req, Response::new(204)),
+            Ok(Delivered::Mailbox { seq, live }) => {
+                let status = if live { 204 } else { 202 };
+                let resp = Response::new(status).header("Fedbroker-Seq", seq.to_string());
+                self.respond(now, req, resp)
+            }
             Ok(Delivered::Topic { recipients }) => {
                 let resp = Response::new(204).header("Fedbroker-Recipients", recipients.to_string());
                 self.respond(now, req, resp)
@@ -470,7 +482,10 @@ impl Connection {
         let State::Waiting(req, _) = std::mem::replace(&mut self.state, State::Head) else {
             return;
         };
-        if results.len() == req.targets.len() && results.iter().all(Result::is_ok) {
+        let all_live = results
+            .iter()
+            .all(|r| r.is_ok() && !matches!(r, Ok(Delivered::Mailbox { live: false, .. })));
+        if results.len() == req.targets.len() && all_live {
             self.respond(now, req, Response::new(204));
         } else {
             let body = multi_status_report(&req.targets, &results);
@@ -547,8 +562,10 @@ impl Connection {
         self.advance(now);
     }
 
-    /// The answer to [`Event::Listen`]: `Ok` with the role to take once registered.
-    pub fn handle_listening(&mut self, now: Instant, result: Result<Role, HttpError>) {
+    /// The answer to [`Event::Listen`]: `Ok` with the role to take once registered (a
+    /// [`Role`], or a [`Listening`] that also says the mailbox's last seq).
+    pub fn handle_listening<L: Into<Listening>>(&mut self, now: Instant, result: Result<L, HttpError>) {
+        let result = result.map(Into::into);
         let State::Waiting(_, Wait::Listen { .. }) = self.state else {
             return;
         };
@@ -563,14 +580,17 @@ impl Connection {
         else {
             return;
         };
-        let (Ok(role), Some(Route::Listen(id))) = (&result, req.route) else {
+        let (Ok(Listening { role, last_seq }), Some(Route::Listen(id))) = (&result, req.route) else {
             let err = result.err().unwrap_or(HttpError::MalformedHead);
             self.refuse_request(now, req, err);
             return self.advance(now);
         };
         let envelope = req.envelope && *role == Role::Listener;
         let role = if envelope { Role::Envelope } else { *role };
-        let resp = handshake.accept(req.envelope.then_some(envelope::PROTOCOL));
+        let mut resp = handshake.accept(req.envelope.then_some(envelope::PROTOCOL));
+        if let Some(seq) = last_seq {
+            resp = resp.header("Fedbroker-Seq", seq.to_string());
+        }
         self.out.write_with(|b| resp.encode(false, b));
         let timers = WsTimers {
             ping_interval: self.config.ping_interval,
@@ -654,6 +674,21 @@ impl Connection {
         }
         send_envelope(&envelope::request_header(seq, id, timeout_ms), payload, &mut self.out);
         true
+    }
+
+    /// Messages `from..=to` of this listener's mailbox id were dropped before it read them: an
+    /// envelope listener is told with a `gap` event; a plain one is closed with `4002`.
+    pub fn handle_gap(&mut self, now: Instant, from: u64, to: u64) {
+        let State::WebSocket(ws) = &mut self.state else {
+            return;
+        };
+        if ws.envelope {
+            if ws.session.is_open() {
+                send_envelope(&envelope::gap_header(ws.id, from, to), Bytes::new(), &mut self.out);
+            }
+        } else {
+            self.close_listener(now, CloseReason::MessagesLost);
+        }
     }
 
     /// Another connection became the listener of this id: close with `4000`.
@@ -868,6 +903,7 @@ impl Connection {
             targets: Vec::new(),
             reply_ms: None,
             envelope: false,
+            since: None,
         };
         match self.config.cors.check(&head, self.config.secure) {
             OriginCheck::Absent | OriginCheck::SameOrigin => {}
@@ -950,6 +986,10 @@ impl Connection {
                     Ok(hs) => hs,
                     Err(e) => return self.refuse_request(now, req, e),
                 };
+                match since_param(head.query()) {
+                    Ok(since) => req.since = since,
+                    Err(e) => return self.refuse_request(now, req, e),
+                }
                 if self.config.websocket_role == Role::Listener {
                     match envelope::negotiate(head.header_all("sec-websocket-protocol")) {
                         envelope::Offer::Plain => {}
@@ -1017,6 +1057,7 @@ impl Connection {
                     self.events.push_back(Event::Listen {
                         id,
                         envelope: req.envelope,
+                        since: req.since,
                     });
                     self.state = State::Waiting(
                         req,
@@ -1305,6 +1346,10 @@ fn multi_status_report(ids: &[Id], results: &[Result<Delivered, HttpError>]) -> 
             Some(Ok(Delivered::Topic { recipients })) => {
                 let _ = write!(body, r#"{{"id":{id},"status":204,"recipients":{recipients}}}"#);
             }
+            Some(Ok(Delivered::Mailbox { seq, live })) => {
+                let status = if *live { 204 } else { 202 };
+                let _ = write!(body, r#"{{"id":{id},"status":{status},"seq":{seq}}}"#);
+            }
             Some(Ok(_)) => {
                 let _ = write!(body, r#"{{"id":{id},"status":204}}"#);
             }
@@ -1323,6 +1368,38 @@ fn multi_status_report(ids: &[Id], results: &[Result<Delivered, HttpError>]) -> 
     }
     body.push_str("]}");
     body
+}
+
+/// Reads `since=SEQ` from a listen request's query string.
+fn since_param(query: Option<&str>) -> Result<Option<u64>, HttpError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    match query.split('&').find(|kv| *kv == "since" || kv.starts_with("since=")) {
+        None => Ok(None),
+        Some(kv) => {
+            let v = kv.strip_prefix("since=").unwrap_or("");
+            if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::BadSince);
+            }
+            v.parse().map(Some).map_err(|_| HttpError::BadSince)
+        }
+    }
+}
+
+/// What [`Connection::handle_listening`] is told when the listener is registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// The role the connection takes.
+    pub role: Role,
+    /// On a mailbox id, the last seq given so far (sent as `Fedbroker-Seq` in the `101`).
+    pub last_seq: Option<u64>,
+}
+
+impl From<Role> for Listening {
+    fn from(role: Role) -> Self {
+        Listening { role, last_seq: None }
+    }
 }
 
 /// Reads `reply=MS` from a query string: `Ok(None)` without it, the value capped at `max`.

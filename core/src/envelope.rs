@@ -251,6 +251,12 @@ pub fn presence_header(id: Id, online: bool) -> String {
     format!(r#"{{"type":"{kind}","id":{id}}}"#)
 }
 
+/// The header of a gap: messages `from..=to` of the listened id were dropped before they were
+/// read: `{"type":"gap","id":…,"from":…,"to":…}`.
+pub fn gap_header(id: Id, from: u64, to: u64) -> String {
+    format!(r#"{{"type":"gap","id":{id},"from":{from},"to":{to}}}"#)
+}
+
 /// Writes one binary frame holding `header` and `payload` into `out`; returns the payload when
 /// it is large enough to be sent as its own (shared) piece after `out`.
 pub fn encode_frame(header: &str, payload: Bytes, out: &mut BytesMut) -> Option<Bytes> {

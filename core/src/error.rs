@@ -104,6 +104,30 @@ pub enum HttpError {
         /// The limit.
         limit: usize,
     },
+    /// `since` is not a whole number.
+    BadSince,
+    /// `since` was given for an id that keeps no mailbox.
+    NoMailbox(Id),
+    /// `since` is beyond the last seq given on the id (its mailbox was reset).
+    SinceAhead {
+        /// The id.
+        id: Id,
+        /// The last seq given on it.
+        last: u64,
+    },
+    /// A plain listener's `since` asks for messages that were dropped already.
+    Gone {
+        /// The id.
+        id: Id,
+        /// First seq lost.
+        from: u64,
+        /// Last seq lost.
+        to: u64,
+    },
+    /// The id's mailbox is full and refuses more (or the broker's mailbox budget is spent).
+    MailboxFull(Id),
+    /// The mailbox store cannot take the message now (full queue, or failed).
+    StoreUnavailable,
 }
 
 impl HttpError {
@@ -124,7 +148,12 @@ impl HttpError {
             | BadTargets(_)
             | BadReply(_)
             | UnsupportedSubprotocol
-            | TooManyWatched { .. } => 400,
+            | TooManyWatched { .. }
+            | BadSince
+            | NoMailbox(_) => 400,
+            SinceAhead { .. } => 409,
+            Gone { .. } => 410,
+            MailboxFull(_) => 507,
             Unauthorized => 401,
             Forbidden | OriginNotAllowed => 403,
             NoListener(_) | NotFound | NoTopicListener(_) | NoSuchRequest(_) => 404,
@@ -144,7 +173,8 @@ impl HttpError {
             | AuthUnavailable
             | DecisionTimeout
             | TooManyPendingReplies
-            | RouteUnavailable => 503,
+            | RouteUnavailable
+            | StoreUnavailable => 503,
             VersionNotSupported => 505,
         }
     }
@@ -224,6 +254,18 @@ impl fmt::Display for HttpError {
             NoSuchRequest(seq) => write!(f, "no request {seq} awaits a reply"),
             RouteUnavailable => f.write_str("the message could not be routed; retry later"),
             TooManyWatched { limit } => write!(f, "at most {limit} ids may be watched per connection"),
+            BadSince => f.write_str("since must be a whole number (the last seq received, 0 for everything kept)"),
+            NoMailbox(id) => write!(f, "id {id} keeps no mailbox, so since cannot be used (see --mailbox)"),
+            SinceAhead { id, last } => write!(
+                f,
+                "since is ahead of the last message on id {id} ({last}): the mailbox was reset; listen with since=0"
+            ),
+            Gone { id, from, to } => write!(
+                f,
+                "messages {from} to {to} on id {id} are no longer kept; listen with since={to} for the rest"
+            ),
+            MailboxFull(id) => write!(f, "the mailbox of id {id} is full; retry later"),
+            StoreUnavailable => f.write_str("the message store cannot take messages now; retry later"),
         }
     }
 }
@@ -259,6 +301,9 @@ pub enum CloseReason {
     TooSlow,
     /// An envelope listener sent a text message.
     EnvelopeText,
+    /// Messages of this plain listener's mailbox id were dropped before it read them (it is
+    /// behind): it may reconnect with `since` to learn which.
+    MessagesLost,
 }
 
 impl CloseReason {
@@ -276,6 +321,7 @@ impl CloseReason {
             CloseReason::TokenExpired => 4001,
             CloseReason::TooSlow => 1008,
             CloseReason::EnvelopeText => 1003,
+            CloseReason::MessagesLost => 4002,
         }
     }
 
@@ -293,6 +339,7 @@ impl CloseReason {
             CloseReason::TokenExpired => "token expired",
             CloseReason::TooSlow => "too slow: queue full",
             CloseReason::EnvelopeText => "envelope messages are binary",
+            CloseReason::MessagesLost => "messages lost: reconnect with since",
         }
     }
 }
@@ -344,6 +391,12 @@ mod tests {
             HttpError::NoSuchRequest(3),
             HttpError::RouteUnavailable,
             HttpError::TooManyWatched { limit: 2 },
+            HttpError::BadSince,
+            HttpError::NoMailbox(id),
+            HttpError::SinceAhead { id, last: 3 },
+            HttpError::Gone { id, from: 1, to: 2 },
+            HttpError::MailboxFull(id),
+            HttpError::StoreUnavailable,
         ];
         for e in all {
             assert!((400..600).contains(&e.status()));
@@ -362,6 +415,7 @@ mod tests {
             CloseReason::MessageTooBig,
             CloseReason::Replaced,
             CloseReason::TokenExpired,
+            CloseReason::MessagesLost,
         ] {
             assert!(r.reason().len() <= 123);
         }

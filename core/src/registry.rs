@@ -9,7 +9,7 @@
 //! unparks it) can wait on a queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -17,7 +17,11 @@ use bytes::Bytes;
 
 use crate::auth::IdSet;
 use crate::envelope;
+use crate::mailbox::{
+    Budget, History, MailboxConfig, Persist, Persisted, Read, Refusal, Refused, Restored, StartError, StoreOp,
+};
 use crate::reply::ReplySender;
+use crate::router::RouteReply;
 use crate::{HttpError, Id};
 
 /// Number of registry shards (a power of two).
@@ -36,6 +40,10 @@ pub enum DeliveryError {
     CannotReply,
     /// A reply was asked of a topic.
     ReplyToTopic,
+    /// The id's mailbox is full and refuses (or the broker's mailbox budget is spent).
+    MailboxFull,
+    /// The mailbox store cannot take the message now.
+    StoreUnavailable,
 }
 
 impl DeliveryError {
@@ -47,6 +55,8 @@ impl DeliveryError {
             DeliveryError::QueueFull => HttpError::QueueFull(id),
             DeliveryError::CannotReply => HttpError::CannotReply(id),
             DeliveryError::ReplyToTopic => HttpError::BadReply("request-reply needs a plain id, not a topic"),
+            DeliveryError::MailboxFull => HttpError::MailboxFull(id),
+            DeliveryError::StoreUnavailable => HttpError::StoreUnavailable,
         }
     }
 }
@@ -63,6 +73,14 @@ pub enum Delivered {
     },
     /// Into the listener's queue as a request; the answer comes through the reply channel.
     AwaitingReply,
+    /// Into the id's mailbox (durable, when it has a store), as `seq`; `live` when a listener
+    /// was connected to read it (`204`), else kept for a later one (`202`).
+    Mailbox {
+        /// The message's seq.
+        seq: u64,
+        /// Whether a listener was connected.
+        live: bool,
+    },
 }
 
 /// What a listener's queue holds.
@@ -134,11 +152,15 @@ struct Entry {
     /// The last `seq` given on this id; restarts when the id has no listener.
     seq: u64,
     watchers: Vec<Arc<Mailbox>>,
+    /// The id's mailbox, when it has one.
+    history: Option<History>,
 }
 
 impl Entry {
     fn is_unused(&self) -> bool {
-        matches!(self.slot, Slot::Empty) && self.watchers.is_empty()
+        matches!(self.slot, Slot::Empty)
+            && self.watchers.is_empty()
+            && self.history.as_ref().is_none_or(|h| h.is_empty())
     }
 
     fn online(&self) -> bool {
@@ -158,6 +180,35 @@ struct Inner {
     watches: AtomicUsize,
     queue_limit: usize,
     topics: IdSet,
+    mailboxes: Option<Mailboxes>,
+}
+
+/// The mailbox side of a registry.
+struct Mailboxes {
+    config: MailboxConfig,
+    budget: Budget,
+    persist: Option<Arc<dyn Persist>>,
+    /// Above every seq of a forgotten mailbox (one whose messages are all gone): a mailbox made
+    /// again numbers from here, so no seq is reused.
+    floor: AtomicU64,
+    dropped: AtomicU64,
+    refused: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Mailboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailboxes")
+            .field("config", &self.config)
+            .field("durable", &self.persist.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailboxes {
+    fn new_history(&self) -> History {
+        History::new(self.floor.load(Ordering::Relaxed))
+    }
 }
 
 /// Wake-ups collected while locks are held, made once they are released.
@@ -184,6 +235,26 @@ impl Registry {
     /// An empty registry whose listeners queue at most `queue_limit` items each, and whose ids in
     /// `topics` take any number of listeners.
     pub fn new(queue_limit: usize, topics: IdSet) -> Self {
+        Self::with_mailboxes(queue_limit, topics, None, None)
+    }
+
+    /// As [`Registry::new`], with mailboxes for the ids of `mailboxes`, kept durable by
+    /// `persist` when given.
+    pub fn with_mailboxes(
+        queue_limit: usize,
+        topics: IdSet,
+        mailboxes: Option<MailboxConfig>,
+        persist: Option<Arc<dyn Persist>>,
+    ) -> Self {
+        let mailboxes = mailboxes.map(|config| Mailboxes {
+            config,
+            budget: Budget::default(),
+            persist,
+            floor: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+        });
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Registry {
             inner: Arc::new(Inner {
@@ -194,6 +265,7 @@ impl Registry {
                 watches: AtomicUsize::new(0),
                 queue_limit: queue_limit.max(1),
                 topics,
+                mailboxes,
             }),
         }
     }
@@ -211,33 +283,320 @@ impl Registry {
 
     /// Makes the caller a listener of `id` (an envelope listener when `envelope`). On a plain id,
     /// a previous listener is told it was replaced (it still receives what was queued for it
-    /// before, then closes); a topic takes any number.
+    /// before, then closes); a topic takes any number. On a mailbox id, it reads what arrives
+    /// from now on.
     pub fn listen(&self, id: Id, envelope: bool) -> ListenerHandle {
-        let mailbox = Arc::new(Mailbox::new(self.inner.queue_limit, envelope));
         let mut wakers = Wakers::default();
-        {
-            let mut shard = self.shard(id);
-            let entry = shard.entry(id).or_default();
-            let was_online = entry.online();
-            if self.is_topic(id) {
-                match &mut entry.slot {
-                    Slot::Topic(list) => list.push(mailbox.clone()),
-                    slot => *slot = Slot::Topic(vec![mailbox.clone()]),
+        let mut shard = self.shard(id);
+        let entry = shard.entry(id).or_default();
+        let cursor = match self.has_mailbox(id) {
+            true => self.mailbox_of(entry).map(|h| h.visible_through() + 1),
+            false => None,
+        };
+        self.register(entry, id, envelope, cursor, &mut wakers)
+    }
+
+    /// As [`Registry::listen`], on a mailbox id from `since` (every message after that seq;
+    /// `None`: from now on), at wall-clock `now_ms` (for the TTL). Also returns the last seq
+    /// given on a mailbox id. Refused when `since` is given for an id without a mailbox, is
+    /// ahead of the last seq, or (`plain` listeners, who cannot be told in-band) when messages
+    /// after it were dropped already.
+    pub fn listen_since(
+        &self,
+        id: Id,
+        envelope: bool,
+        since: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        let floor = self.inner.mailboxes.as_ref().map(|m| m.floor.load(Ordering::Relaxed));
+        let is_mailbox = self.has_mailbox(id);
+        if since.is_some() && !is_mailbox {
+            return Err(HttpError::NoMailbox(id));
+        }
+        let entry = shard.entry(id).or_default();
+        let mut last = None;
+        let mut cursor = None;
+        if let (true, Some(m)) = (is_mailbox, &self.inner.mailboxes) {
+            let h = entry.history.get_or_insert_with(|| History::new(floor.unwrap_or(0)));
+            let expired = h.expire(&m.config, &m.budget, now_ms);
+            self.after_drop(id, expired.dropped, expired.trim_through);
+            let c = match h.start(since) {
+                Ok(c) => c,
+                Err(StartError::Ahead { last }) => {
+                    let forget = entry.is_unused();
+                    if forget {
+                        self.forget(&mut shard, id);
+                    }
+                    return Err(HttpError::SinceAhead { id, last });
                 }
-                self.inner.topic_listeners.fetch_add(1, Ordering::Relaxed);
-            } else if let Slot::Single(old) = std::mem::replace(&mut entry.slot, Slot::Single(mailbox.clone())) {
-                wakers.add(old.close());
+            };
+            if let (false, Some((from, to))) = (envelope, h.gap_at(c)) {
+                return Err(HttpError::Gone { id, from, to });
             }
-            if !was_online {
-                self.inner.listeners.fetch_add(1, Ordering::Relaxed);
-                self.notify(entry, id, true, &mut wakers);
+            last = Some(h.last_seq());
+            cursor = Some(c);
+        }
+        Ok((self.register(entry, id, envelope, cursor, &mut wakers), last))
+    }
+
+    /// The mailbox of `entry` (made if missing), when its id has one.
+    fn mailbox_of<'e>(&self, entry: &'e mut Entry) -> Option<&'e mut History> {
+        let m = self.inner.mailboxes.as_ref()?;
+        Some(entry.history.get_or_insert_with(|| m.new_history()))
+    }
+
+    fn register(
+        &self,
+        entry: &mut Entry,
+        id: Id,
+        envelope: bool,
+        cursor: Option<u64>,
+        wakers: &mut Wakers,
+    ) -> ListenerHandle {
+        let mailbox = Arc::new(Mailbox::new(self.inner.queue_limit, envelope));
+        let cursor = cursor.filter(|_| self.has_mailbox(id));
+        if let (Some(c), Some(h)) = (cursor, &entry.history) {
+            if h.readable(c) {
+                lock(&mailbox.state).signal = true;
             }
+        }
+        let was_online = entry.online();
+        if self.is_topic(id) {
+            match &mut entry.slot {
+                Slot::Topic(list) => list.push(mailbox.clone()),
+                slot => *slot = Slot::Topic(vec![mailbox.clone()]),
+            }
+            self.inner.topic_listeners.fetch_add(1, Ordering::Relaxed);
+        } else if let Slot::Single(old) = std::mem::replace(&mut entry.slot, Slot::Single(mailbox.clone())) {
+            wakers.add(old.close());
+        }
+        if !was_online {
+            self.inner.listeners.fetch_add(1, Ordering::Relaxed);
+            self.notify(entry, id, true, wakers);
         }
         ListenerHandle {
             registry: self.clone(),
             id,
             mailbox,
             watching: Vec::new(),
+            cursor: cursor.map(AtomicU64::new),
+        }
+    }
+
+    /// Whether `id` keeps a mailbox.
+    pub fn has_mailbox(&self, id: Id) -> bool {
+        self.inner.mailboxes.as_ref().is_some_and(|m| m.config.ids.contains(id))
+    }
+
+    /// Counts what a mailbox dropped and tells the store it may delete it.
+    fn after_drop(&self, id: Id, dropped: u64, trim_through: Option<u64>) {
+        let Some(m) = &self.inner.mailboxes else {
+            return;
+        };
+        m.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let (Some(through), Some(p)) = (trim_through, &m.persist) {
+            // A trim that cannot be queued is harmless: the records are dropped again (by the
+            // same bounds and TTL) when they are loaded.
+            let _ = p.submit(StoreOp::Trim { id, through }, None);
+        }
+    }
+
+    /// Removes an unused entry, remembering its mailbox's last seq so that it is never reused.
+    fn forget(&self, shard: &mut HashMap<Id, Entry>, id: Id) {
+        if let Some(entry) = shard.remove(&id) {
+            if let (Some(h), Some(m)) = (&entry.history, &self.inner.mailboxes) {
+                m.floor.fetch_max(h.last_seq(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Restores one id's mailbox from a store at startup (before any connection), at wall-clock
+    /// `now_ms`; bounds and TTL apply as to new messages.
+    pub fn restore(&self, id: Id, trimmed_through: u64, records: Vec<Restored>, now_ms: u64) {
+        let Some(m) = &self.inner.mailboxes else {
+            return;
+        };
+        let (h, dropped) = History::restore(&m.config, &m.budget, trimmed_through, records, now_ms);
+        self.after_drop(id, dropped.dropped, dropped.trim_through);
+        let mut shard = self.shard(id);
+        let entry = shard.entry(id).or_default();
+        if let Some(old) = entry.history.take() {
+            // Restored twice: the budget forgets the first.
+            let mut old = old;
+            let cfg = MailboxConfig {
+                ttl: std::time::Duration::ZERO,
+                ..m.config.clone()
+            };
+            let _ = old.expire(&cfg, &m.budget, u64::MAX);
+        }
+        m.floor.fetch_max(h.last_seq(), Ordering::Relaxed);
+        entry.history = Some(h);
+        if entry.is_unused() {
+            self.forget(&mut shard, id);
+        }
+    }
+
+    /// Keeps `payload` in the mailbox of `id` (or, with `reply`, queues a request to its
+    /// envelope listener), answering `route` now or, with a store, once the message is durable.
+    pub(crate) fn deliver_mailbox(
+        &self,
+        id: Id,
+        payload: Bytes,
+        from: Option<Id>,
+        reply: Option<(ReplySender, u64)>,
+        now_ms: u64,
+        route: RouteReply,
+    ) {
+        let Some(m) = &self.inner.mailboxes else {
+            return route.answer(Err(DeliveryError::NoListener.to_http(id)));
+        };
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        let entry = shard.entry(id).or_default();
+        let h = entry.history.get_or_insert_with(|| m.new_history());
+        if let Some((reply, timeout_ms)) = reply {
+            // A request is not kept; it takes a seq (so `reply_to` is unique) that replay skips.
+            let listener = match &entry.slot {
+                Slot::Single(mb) if mb.envelope => mb.clone(),
+                Slot::Single(_) => return route.answer(Err(DeliveryError::CannotReply.to_http(id))),
+                _ => {
+                    if entry.is_unused() {
+                        self.forget(&mut shard, id);
+                    }
+                    return route.answer(Err(DeliveryError::NoListener.to_http(id)));
+                }
+            };
+            let Ok(a) = h.append(&m.config, &m.budget, now_ms, None, None, false) else {
+                return route.answer(Err(DeliveryError::MailboxFull.to_http(id)));
+            };
+            let seq = a.seq;
+            let item = Item::Request {
+                seq,
+                id,
+                timeout_ms,
+                payload,
+                reply,
+            };
+            let result = match listener.push(item, false) {
+                Push::Queued(w) => {
+                    wakers.add(w);
+                    Ok(Delivered::AwaitingReply)
+                }
+                Push::Full(_) => Err(DeliveryError::QueueFull.to_http(id)),
+                Push::Closed => Err(DeliveryError::NoListener.to_http(id)),
+            };
+            self.after_drop(id, a.dropped, a.trim_through);
+            if let Some(p) = &m.persist {
+                let op = StoreOp::Append {
+                    id,
+                    seq,
+                    at_ms: now_ms,
+                    from: None,
+                    payload: None,
+                };
+                let _ = p.submit(op, None);
+            }
+            drop(shard);
+            return route.answer(result);
+        }
+        let pending = m.persist.is_some();
+        let a = match h.append(&m.config, &m.budget, now_ms, from, Some(payload.clone()), pending) {
+            Ok(a) => a,
+            Err(Refused::Full | Refused::BudgetSpent) => {
+                m.refused.fetch_add(1, Ordering::Relaxed);
+                if entry.is_unused() {
+                    self.forget(&mut shard, id);
+                }
+                return route.answer(Err(DeliveryError::MailboxFull.to_http(id)));
+            }
+        };
+        self.after_drop(id, a.dropped, a.trim_through);
+        let seq = a.seq;
+        let Some(p) = &m.persist else {
+            let live = match &entry.slot {
+                Slot::Single(mb) => {
+                    wakers.add(mb.signal());
+                    true
+                }
+                _ => false,
+            };
+            drop(shard);
+            return route.answer(Ok(Delivered::Mailbox { seq, live }));
+        };
+        let op = StoreOp::Append {
+            id,
+            seq,
+            at_ms: now_ms,
+            from,
+            payload: Some(payload),
+        };
+        let done = Persisted {
+            registry: self.clone(),
+            id,
+            seq,
+            reply: Some(route),
+        };
+        // Submitted under the shard lock, so the store sees each id's seqs in order.
+        if let Err(Refusal { error, done }) = p.submit(op, Some(done)) {
+            m.store_errors.fetch_add(1, Ordering::Relaxed);
+            h.settle(seq, false);
+            tracing::warn!(%id, "mailbox store refused a message: {error:?}");
+            let reply = done.and_then(|mut d| d.reply.take());
+            drop(shard);
+            if let Some(reply) = reply {
+                reply.answer(Err(DeliveryError::StoreUnavailable.to_http(id)));
+            }
+        }
+    }
+
+    /// The store's answer for a message: make it readable (or drop it) and answer its sender.
+    pub(crate) fn settle(
+        &self,
+        id: Id,
+        seq: u64,
+        result: Result<(), crate::mailbox::PersistError>,
+        reply: Option<RouteReply>,
+    ) {
+        let mut wakers = Wakers::default();
+        let mut live = false;
+        {
+            let mut shard = self.shard(id);
+            if let Some(entry) = shard.get_mut(&id) {
+                if let Some(h) = &mut entry.history {
+                    h.settle(seq, result.is_ok());
+                }
+                if let Slot::Single(mb) = &entry.slot {
+                    live = true;
+                    wakers.add(mb.signal());
+                }
+            }
+        }
+        if let (Err(e), Some(m)) = (&result, &self.inner.mailboxes) {
+            m.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%id, seq, "mailbox store failed a message: {e:?}");
+        }
+        if let Some(reply) = reply {
+            reply.answer(match result {
+                Ok(()) => Ok(Delivered::Mailbox { seq, live }),
+                Err(_) => Err(DeliveryError::StoreUnavailable.to_http(id)),
+            });
+        }
+    }
+
+    /// Messages kept in mailboxes now, their charged bytes, and the counts of messages dropped
+    /// (pushed out or expired), refused (`507`) and failed or refused by the store so far.
+    pub fn mailbox_figures(&self) -> [u64; 5] {
+        match &self.inner.mailboxes {
+            None => [0; 5],
+            Some(m) => [
+                m.budget.messages() as u64,
+                m.budget.used() as u64,
+                m.dropped.load(Ordering::Relaxed),
+                m.refused.load(Ordering::Relaxed),
+                m.store_errors.load(Ordering::Relaxed),
+            ],
         }
     }
 
@@ -390,7 +749,7 @@ impl Registry {
         self.inner.listeners.fetch_sub(1, Ordering::Relaxed);
         self.notify(entry, id, false, wakers);
         if entry.is_unused() {
-            shard.remove(&id);
+            self.forget(shard, id);
         }
     }
 
@@ -448,7 +807,7 @@ impl Registry {
             self.inner.watches.fetch_sub(1, Ordering::Relaxed);
         }
         if entry.is_unused() {
-            shard.remove(&id);
+            self.forget(&mut shard, id);
         }
     }
 }
@@ -474,6 +833,8 @@ struct MailboxState {
     replaced: bool,
     /// The queue overflowed where that closes the listener (topics, presence).
     overflowed: bool,
+    /// The id's mailbox may have something for this listener's cursor.
+    signal: bool,
 }
 
 enum Push {
@@ -514,6 +875,13 @@ impl Mailbox {
         s.replaced = true;
         s.waker.take()
     }
+
+    /// The id's mailbox has news for this listener.
+    fn signal(&self) -> Option<Waker> {
+        let mut s = lock(&self.state);
+        s.signal = true;
+        s.waker.take()
+    }
 }
 
 /// What a listener finds in its queue.
@@ -527,6 +895,13 @@ pub enum Pop {
     Replaced,
     /// The queue overflowed on a topic or with presence events: close the listener as too slow.
     Overflowed,
+    /// Messages `from..=to` of a mailbox id were dropped before this listener read them.
+    Gap {
+        /// First seq lost.
+        from: u64,
+        /// Last seq lost.
+        to: u64,
+    },
 }
 
 /// A connection's place as a listener of one id. Dropping it stops listening (unless it was
@@ -538,6 +913,8 @@ pub struct ListenerHandle {
     mailbox: Arc<Mailbox>,
     /// Ids whose presence this listener follows.
     watching: Vec<Id>,
+    /// On a mailbox id: the next seq to read.
+    cursor: Option<AtomicU64>,
 }
 
 impl ListenerHandle {
@@ -546,16 +923,48 @@ impl ListenerHandle {
         self.id
     }
 
-    /// Takes the next queued item.
+    /// Takes the next queued item: requests and presence events first, then what the id's
+    /// mailbox holds for this listener.
     pub fn pop(&self) -> Pop {
-        let mut s = lock(&self.mailbox.state);
-        if s.overflowed {
-            return Pop::Overflowed;
+        {
+            let mut s = lock(&self.mailbox.state);
+            if s.overflowed {
+                return Pop::Overflowed;
+            }
+            if let Some(m) = s.queue.pop_front() {
+                return Pop::Item(m);
+            }
+            if s.replaced {
+                return Pop::Replaced;
+            }
+            if self.cursor.is_none() {
+                return Pop::Empty;
+            }
+            // Cleared before the mailbox is read: news arriving after the read sets it again.
+            s.signal = false;
         }
-        match s.queue.pop_front() {
-            Some(m) => Pop::Item(m),
-            None if s.replaced => Pop::Replaced,
-            None => Pop::Empty,
+        let Some(cursor) = &self.cursor else {
+            return Pop::Empty;
+        };
+        let mut shard = self.registry.shard(self.id);
+        let Some(h) = shard.get_mut(&self.id).and_then(|e| e.history.as_mut()) else {
+            return Pop::Empty;
+        };
+        let mut at = cursor.load(Ordering::Relaxed);
+        let read = h.read(&mut at);
+        cursor.store(at, Ordering::Relaxed);
+        if h.readable(at) {
+            lock(&self.mailbox.state).signal = true;
+        }
+        match read {
+            Read::Gap { from, to } => Pop::Gap { from, to },
+            Read::Message { seq, from, payload } => Pop::Item(Item::Message {
+                seq,
+                id: self.id,
+                from,
+                payload,
+            }),
+            Read::Empty => Pop::Empty,
         }
     }
 
@@ -563,7 +972,7 @@ impl ListenerHandle {
     /// woken when an item arrives or the listener is replaced.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = lock(&self.mailbox.state);
-        if !s.queue.is_empty() || s.replaced || s.overflowed {
+        if !s.queue.is_empty() || s.replaced || s.overflowed || s.signal {
             return Poll::Ready(());
         }
         if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

@@ -28,6 +28,9 @@ pub struct RouteRequest {
     /// For a request-reply: where the listener's answer goes, and how long the sender waits
     /// (milliseconds).
     pub reply: Option<(ReplySender, u64)>,
+    /// When the message was received: wall-clock milliseconds since the Unix epoch (a mailbox
+    /// keeps it for its TTL).
+    pub at_ms: u64,
 }
 
 /// Routes messages. An implementation that must ask elsewhere moves the [`RouteReply`] to where
@@ -69,6 +72,16 @@ impl LocalRouter {
 impl Router for LocalRouter {
     fn route(&self, request: RouteRequest, reply: RouteReply) {
         let id = request.id;
+        if self.registry.has_mailbox(id) {
+            let RouteRequest {
+                payload,
+                from,
+                reply: asks,
+                at_ms,
+                ..
+            } = request;
+            return self.registry.deliver_mailbox(id, payload, from, asks, at_ms, reply);
+        }
         let result = self
             .registry
             .deliver(id, request.payload, request.from, request.reply)

@@ -33,6 +33,16 @@ pub struct Gauges {
     pub pending_replies: usize,
     /// Watched ids now, over all watchers.
     pub presence_watches: usize,
+    /// Messages kept in mailboxes now.
+    pub mailbox_messages: u64,
+    /// Bytes kept in mailboxes now (payloads plus a fixed overhead per message).
+    pub mailbox_bytes: u64,
+    /// Mailbox messages dropped so far: pushed out by newer ones, or expired.
+    pub mailbox_dropped: u64,
+    /// Messages refused so far because a mailbox was full (`507`).
+    pub mailbox_refused: u64,
+    /// Mailbox writes the store refused or failed so far (`503`).
+    pub store_errors: u64,
 }
 
 /// The figures at one moment, with what the broker adds to them.
@@ -75,6 +85,16 @@ pub struct Snapshot {
     pub replies_failed: u64,
     /// Watched ids now, over all watchers.
     pub presence_watches: u64,
+    /// Messages kept in mailboxes now.
+    pub mailbox_messages: u64,
+    /// Bytes kept in mailboxes now.
+    pub mailbox_bytes: u64,
+    /// Mailbox messages dropped (pushed out or expired).
+    pub mailbox_dropped: u64,
+    /// Messages refused because a mailbox was full (`507`).
+    pub mailbox_refused: u64,
+    /// Mailbox writes the store refused or failed.
+    pub store_errors: u64,
 }
 
 impl Stats {
@@ -128,12 +148,17 @@ impl Stats {
             replies_timed_out: get(&self.replies_timed_out),
             replies_failed: get(&self.replies_failed),
             presence_watches: gauges.presence_watches as u64,
+            mailbox_messages: gauges.mailbox_messages,
+            mailbox_bytes: gauges.mailbox_bytes,
+            mailbox_dropped: gauges.mailbox_dropped,
+            mailbox_refused: gauges.mailbox_refused,
+            store_errors: gauges.store_errors,
         }
     }
 }
 
 impl Snapshot {
-    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 15] {
+    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 20] {
         [
             ("connections", "gauge", "Connections open now.", self.connections),
             ("listeners", "gauge", "Ids listened on now.", self.listeners),
@@ -209,6 +234,36 @@ impl Snapshot {
                 "gauge",
                 "Watched ids now, over all watchers.",
                 self.presence_watches,
+            ),
+            (
+                "mailbox_messages",
+                "gauge",
+                "Messages kept in mailboxes now.",
+                self.mailbox_messages,
+            ),
+            (
+                "mailbox_bytes",
+                "gauge",
+                "Bytes kept in mailboxes now (payloads plus 64 per message).",
+                self.mailbox_bytes,
+            ),
+            (
+                "mailbox_dropped",
+                "counter",
+                "Mailbox messages dropped: pushed out by newer ones, or expired.",
+                self.mailbox_dropped,
+            ),
+            (
+                "mailbox_refused",
+                "counter",
+                "Messages refused because a mailbox was full (507).",
+                self.mailbox_refused,
+            ),
+            (
+                "store_errors",
+                "counter",
+                "Mailbox writes the store refused or failed (503).",
+                self.store_errors,
             ),
         ]
     }

@@ -71,7 +71,7 @@ fn actual_responses_carry_cors_headers() {
     assert_eq!(header(&r, "access-control-allow-origin"), Some("https://app.example"));
     assert_eq!(
         header(&r, "access-control-expose-headers"),
-        Some("Retry-After, WWW-Authenticate, Fedbroker-Recipients")
+        Some("Retry-After, WWW-Authenticate, Fedbroker-Recipients, Fedbroker-Seq")
     );
 }
 

@@ -48,6 +48,8 @@ pub struct Listener {
     socket: TcpStream,
     /// The `Sec-WebSocket-Protocol` of the `101`, if it had one.
     subprotocol: Option<String>,
+    /// The `Fedbroker-Seq` of the `101` (a mailbox id's last seq), if it had one.
+    seq: Option<u64>,
 }
 
 impl Listener {
@@ -104,11 +106,22 @@ impl Listener {
             .headers()
             .get("sec-websocket-protocol")
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        let seq = response.headers().get("fedbroker-seq").map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .parse()
+                .expect("Fedbroker-Seq is a number")
+        });
         Ok(Listener {
             ws,
             socket,
             subprotocol,
+            seq,
         })
+    }
+
+    /// The `Fedbroker-Seq` header of the `101` (on a mailbox id: the last seq given so far).
+    pub fn seq_header(&self) -> Option<u64> {
+        self.seq
     }
 
     /// The subprotocol the `101` confirmed (`Sec-WebSocket-Protocol`), `None` when it named none.

@@ -35,6 +35,30 @@ impl IdSet {
         i > 0 && self.ranges[i - 1].1 >= v
     }
 
+    /// An id that both sets hold, if any.
+    pub fn overlap(&self, other: &IdSet) -> Option<Id> {
+        if self.is_empty() || other.is_empty() {
+            return None;
+        }
+        match (self.all, other.all) {
+            (true, _) => other.first(),
+            (_, true) => self.first(),
+            _ => self.ranges.iter().find_map(|&(a, b)| {
+                other
+                    .ranges
+                    .iter()
+                    .find_map(|&(c, d)| (a.max(c) <= b.min(d)).then(|| Id::new(a.max(c))).flatten())
+            }),
+        }
+    }
+
+    fn first(&self) -> Option<Id> {
+        if self.all {
+            return Id::new(1);
+        }
+        self.ranges.first().and_then(|&(lo, _)| Id::new(lo))
+    }
+
     /// Whether the set has no id.
     pub fn is_empty(&self) -> bool {
         !self.all && self.ranges.is_empty()

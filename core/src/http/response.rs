@@ -48,7 +48,11 @@ impl Response {
             | HttpError::AuthUnavailable
             | HttpError::DecisionTimeout
             | HttpError::TooManyPendingReplies
-            | HttpError::RouteUnavailable => r = r.header("Retry-After", "1"),
+            | HttpError::RouteUnavailable
+            | HttpError::StoreUnavailable
+            | HttpError::MailboxFull(_) => r = r.header("Retry-After", "1"),
+            HttpError::Gone { to, .. } => r = r.header("Fedbroker-Seq", to.to_string()),
+            HttpError::SinceAhead { last, .. } => r = r.header("Fedbroker-Seq", last.to_string()),
             HttpError::Unauthorized => r = r.header("WWW-Authenticate", "Bearer"),
             _ => {}
         }

@@ -9,6 +9,7 @@ mod delivery;
 mod http1;
 mod jwt;
 mod lifecycle;
+mod mailbox;
 mod patterns;
 mod routes;
 mod status;
