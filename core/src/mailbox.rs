@@ -279,6 +279,26 @@ impl History {
         self.len() >= cfg.max_messages.max(1) || self.bytes + incoming > cfg.max_bytes
     }
 
+    /// Whether dropping only what was delivered already (or was never a message) from the front
+    /// makes room for `charge` more bytes.
+    fn room_without_loss(&self, cfg: &MailboxConfig, charge: usize) -> bool {
+        let (mut count, mut bytes) = (self.len(), self.bytes);
+        let fits = |count: usize, bytes: usize| count < cfg.max_messages.max(1) && bytes + charge <= cfg.max_bytes;
+        for (seq, k) in (self.first_seq..).zip(&self.entries) {
+            if fits(count, bytes) {
+                return true;
+            }
+            if k.payload.is_some() && seq > self.delivered_through {
+                return false;
+            }
+            if k.payload.is_some() {
+                count -= 1;
+            }
+            bytes -= k.charge();
+        }
+        fits(count, bytes)
+    }
+
     /// Keeps a message received at `now_ms` (`payload: None` takes a seq for something not kept,
     /// a request). With `pending`, it stays invisible until [`History::settle`].
     #[allow(clippy::too_many_arguments)]
@@ -297,16 +317,10 @@ impl History {
             if charge > cfg.max_bytes {
                 return Err(Refused::Full);
             }
-            while self.is_full(cfg, charge) {
-                let Some(front) = self.entries.front() else { break };
-                let may_drop = match cfg.full {
-                    FullPolicy::DropOldest => true,
-                    // Delivered already, or not a message (a request's seq): no loss.
-                    FullPolicy::Refuse => front.payload.is_none() || self.first_seq <= self.delivered_through,
-                };
-                if !may_drop {
-                    return Err(Refused::Full);
-                }
+            if cfg.full == FullPolicy::Refuse && !self.room_without_loss(cfg, charge) {
+                return Err(Refused::Full);
+            }
+            while self.is_full(cfg, charge) && !self.entries.is_empty() {
                 self.drop_front(budget, &mut out);
             }
             // The broker-wide budget: under drop-oldest, this id's own oldest make room first.
@@ -344,15 +358,26 @@ impl History {
         Ok(out)
     }
 
-    /// The store's answer for `seq`: durable (`ok`), or failed (then never read). Returns
-    /// whether the message is still kept (it may have been pushed out meanwhile).
-    pub fn settle(&mut self, seq: u64, ok: bool) -> bool {
+    /// The store's answer for `seq`: durable (`ok`), or failed (then never read, and no longer
+    /// counted against the bounds). Returns whether the message is still kept (it may have been
+    /// pushed out meanwhile).
+    pub fn settle(&mut self, budget: &Budget, seq: u64, ok: bool) -> bool {
         let Some(i) = seq.checked_sub(self.first_seq) else {
             return false;
         };
         match self.entries.get_mut(i as usize) {
             Some(k) if k.state == State::Pending => {
-                k.state = if ok { State::Ready } else { State::Failed };
+                if ok {
+                    k.state = State::Ready;
+                } else {
+                    let c = k.charge();
+                    k.state = State::Failed;
+                    if k.payload.take().is_some() {
+                        budget.messages.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    self.bytes -= c;
+                    budget.give(c);
+                }
                 true
             }
             _ => false,
@@ -628,9 +653,9 @@ mod tests {
         let _ = h.append(&c, &b, 0, None, Some(Bytes::from_static(b"b")), true).unwrap();
         assert_eq!(a.seq, 6);
         assert_eq!(h.read(&mut cur), Read::Empty);
-        assert!(h.settle(7, true));
+        assert!(h.settle(&b, 7, true));
         assert_eq!(h.read(&mut cur), Read::Empty, "6 still pending");
-        assert!(h.settle(6, false));
+        assert!(h.settle(&b, 6, false));
         assert_eq!(msg(h.read(&mut cur)), 7, "6 failed: skipped, not a gap");
     }
 

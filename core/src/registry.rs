@@ -541,7 +541,7 @@ impl Registry {
         // Submitted under the shard lock, so the store sees each id's seqs in order.
         if let Err(Refusal { error, done }) = p.submit(op, Some(done)) {
             m.store_errors.fetch_add(1, Ordering::Relaxed);
-            h.settle(seq, false);
+            h.settle(&m.budget, seq, false);
             tracing::warn!(%id, "mailbox store refused a message: {error:?}");
             let reply = done.and_then(|mut d| d.reply.take());
             drop(shard);
@@ -561,11 +561,11 @@ impl Registry {
     ) {
         let mut wakers = Wakers::default();
         let mut live = false;
-        {
+        if let Some(m) = &self.inner.mailboxes {
             let mut shard = self.shard(id);
             if let Some(entry) = shard.get_mut(&id) {
                 if let Some(h) = &mut entry.history {
-                    h.settle(seq, result.is_ok());
+                    h.settle(&m.budget, seq, result.is_ok());
                 }
                 if let Slot::Single(mb) = &entry.slot {
                     live = true;
