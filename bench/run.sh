@@ -11,8 +11,8 @@
 #   bench/run.sh --bin-dir DIR   # fedbroker-{tokio,smol,std} from DIR (or $FEDBROKER_BIN_DIR), not
 #                                # built here; only fedbroker-bench is built
 #   bench/run.sh --scenarios fanout,reqrep --systems tokio,nats --out DIR
-#                                # only some phases (relay,latency,idle,fanin,fanout,reqrep; latency
-#                                # needs relay) and systems (tokio,smol,std,mosquitto,nats)
+#                                # only some phases (relay,latency,idle,fanin,fanout,reqrep,fault;
+#                                # latency needs relay) and systems (tokio,smol,std,mosquitto,nats)
 #
 # Phases of the full run, each server started here on its own port with its own config (never a
 # Debian service) and stopped on exit:
@@ -26,6 +26,15 @@
 #   6. request-reply: 1 and 16 requesters, one echoing responder (fedbroker POST ?reply= and an
 #      envelope listener; nats-server PUB with a reply inbox), 64 B and 1 KiB; round trips/s and
 #      latency. mosquitto has no request-reply (MQTT 3.1.1) and is not in this phase.
+#   7. fault (fedbroker only; `fedbroker-bench fault` starts each broker itself with --mailbox):
+#      16 senders → 16 mailbox ids, half the listeners plain and half envelope, dropping their
+#      connections at random and coming back with ?since=; three configurations per adapter:
+#      in memory (reconnects only), --store-sync always and --store-sync batch, each also killed
+#      with SIGKILL and restarted 3 times; every acknowledged message must arrive once, in seq
+#      order. Then the cost of the store: the same load without faults, no store / always /
+#      batch, window 16 and 1, interleaved over the rounds. The kill runs need a broker whose
+#      --store is durable: a probe (POST, SIGKILL, restart, POST: does the seq go on?) decides,
+#      and without it they are skipped with a note in the table.
 # Then one table with ratios to the best peer (bench/results/table.md), raw JSON lines
 # (raw.jsonl), aggregates (results.json), machine facts (machine.txt) and SVG charts.
 # Any lost, duplicated, reordered or corrupted message fails the run (non-zero exit).
@@ -41,7 +50,7 @@ ROUNDS=3
 OUT=
 IDLE_CONNECTIONS=10000
 BIN_DIR=${FEDBROKER_BIN_DIR:-}
-SCENARIOS=relay,latency,idle,fanin,fanout,reqrep
+SCENARIOS=relay,latency,idle,fanin,fanout,reqrep,fault
 ONLY_SYSTEMS=
 while (($#)); do
     case $1 in
@@ -85,9 +94,9 @@ done
 want() { [[ ,$SCENARIOS, == *,$1,* ]]; }
 for sc in ${SCENARIOS//,/ }; do
     case $sc in
-    relay | latency | idle | fanin | fanout | reqrep) ;;
+    relay | latency | idle | fanin | fanout | reqrep | fault) ;;
     *)
-        echo "run.sh: unknown scenario '$sc' in --scenarios (relay,latency,idle,fanin,fanout,reqrep)" >&2
+        echo "run.sh: unknown scenario '$sc' in --scenarios (relay,latency,idle,fanin,fanout,reqrep,fault)" >&2
         exit 2
         ;;
     esac
@@ -374,6 +383,59 @@ reqrep() {
     fi
 }
 
+# ---- mailbox faults ------------------------------------------------------------------------
+# Mailbox ids 1-1000 with room for every message of a run (so a reconnect never meets a gap).
+MAILBOX_FLAGS=(--mailbox 1-1000 --mailbox-messages 50000 --max-connections 20000 --log-level warn)
+
+# fault SYSTEM NAME STORE_SYNC(none|always|batch) [bench args...]: one fault-mode run; the bench
+# starts (and kills, and restarts) the broker itself, with a fresh store directory.
+fault() {
+    local sys=$1 name=$2 sync=$3 err store=()
+    shift 3
+    err=$WORK/fault-$sys-$name.err
+    if [[ $sync != none ]]; then
+        rm -rf "$WORK/store-$sys-$name"
+        store=(--store "$WORK/store-$sys-$name" --store-sync "$sync")
+    fi
+    local before
+    before=$(wc -l <"$RAW")
+    if ! "${GEN[@]}" "$BENCH" fault --broker-cmd "${SRV[*]} $FED_BIN/fedbroker-$sys ${MAILBOX_FLAGS[*]} ${store[*]}" \
+        --broker-log "$WORK/$sys.log" --label "$sys" --json "$RAW" "$@" 2>"$err"; then
+        cat "$err" >&2
+        if (($(wc -l <"$RAW") > before)); then
+            # It ran to the end and found a loss: its JSON line carries the error.
+            FAILED+=("fault $sys $name")
+        else
+            record_failure fault "$sys" "$err" "\"broker\":\"$sync\",\"name\":\"$name\""
+        fi
+    fi
+    rm -rf "$WORK/store-$sys-$name"
+}
+
+# Is fedbroker-SYS's --store durable (the store glue is in this build)? POST to a mailbox id,
+# SIGKILL, restart on the same store, POST again: the seq goes on (2) only if the first survived.
+durable_store() {
+    local sys=$1 dir=$WORK/probe-$1 seq addr
+    rm -rf "$dir"
+    start "$sys" --mailbox 1 --store "$dir" --store-sync always || return 1
+    post_seq "${ADDR[$sys]#fedbroker://}" 1 >/dev/null
+    kill -9 "${PID[$sys]}" 2>/dev/null || true
+    wait "${PID[$sys]}" 2>/dev/null || true
+    start "$sys" --mailbox 1 --store "$dir" --store-sync always || return 1
+    seq=$(post_seq "${ADDR[$sys]#fedbroker://}" 1)
+    stop "$sys"
+    rm -rf "$dir"
+    [[ $seq == 2 ]]
+}
+
+# post_seq HOST:PORT ID: POSTs one byte, prints the answer's Fedbroker-Seq (bash /dev/tcp, no curl;
+# in a subshell, so that a refused connection cannot end this script).
+post_seq() (
+    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
+    printf 'POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx' "$2" "$1" >&3
+    timeout 10 cat <&3 | tr -d '\r' | sed -n 's/^[Ff]edbroker-[Ss]eq: *//p'
+)
+
 machine() {
     {
         echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -426,6 +488,16 @@ if ((SMOKE)); then
                 reqrep "$s" 4 1024 400
             fi
             stop "$s"
+        fi
+        if want fault && [[ $s == tokio || $s == smol || $s == std ]]; then
+            # A few hundred messages, listeners dropping every ~50 messages; with a durable store
+            # also one SIGKILL and restart.
+            fault "$s" reconnect none --ids 4 --senders 2 --messages 600 --drop-prob 0.02 --offline-ms 20
+            if durable_store "$s"; then
+                fault "$s" kill-always always --ids 4 --senders 2 --messages 600 --drop-prob 0.02 --offline-ms 20 --kills 1
+            else
+                echo "   (fedbroker-$s: --store is not durable in this build: the smoke's kill + restart run is skipped)"
+            fi
         fi
     done
     "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
@@ -586,6 +658,34 @@ if want reqrep && ((${#RR_SYSTEMS[@]})); then
         done
     done
     for s in "${RR_SYSTEMS[@]}"; do stop "$s"; done
+fi
+
+# ---- 7. mailbox faults and the cost of the store ------------------------------------------
+if want fault && ((${#ADAPTERS[@]})); then
+    log "fault: mailbox ids with listeners reconnecting with ?since=, and brokers killed (SIGKILL) and restarted"
+    quiet
+    for s in "${ADAPTERS[@]}"; do
+        fault "$s" reconnect none --ids 16 --senders 16 --messages 200000 --drop-prob 0.002
+        if durable_store "$s"; then
+            fault "$s" kill-always always --ids 16 --senders 16 --messages 100000 --drop-prob 0.002 --kills 3
+            fault "$s" kill-batch batch --ids 16 --senders 16 --messages 100000 --drop-prob 0.002 --kills 3
+        else
+            log "fedbroker-$s: --store is not durable in this build (the probe's seq did not go on after SIGKILL): kill runs skipped"
+            printf '{"scenario":"fault","label":"%s","name":"kill","skipped":"--store not durable in this build: kill runs not run"}\n' "$s" >>"$RAW"
+        fi
+    done
+    log "store cost: the same load without faults, no store / --store-sync always / batch"
+    for ((round = 0; round < ROUNDS; round++)); do
+        quiet
+        for s in "${ADAPTERS[@]}"; do
+            for window in 16 1; do
+                for sync in none always batch; do
+                    fault "$s" "cost-$sync-w$window" "$sync" --ids 16 --senders 16 --window "$window" \
+                        --messages $((window == 16 ? 100000 : 30000)) --drop-prob 0
+                done
+            done
+        done
+    done
 fi
 
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); cargo processes: $(pgrep -c cargo || true)" | tee -a "$OUT/machine.txt"

@@ -18,6 +18,8 @@ pub struct Response {
     pub retry_after: Option<u64>,
     /// `Fedbroker-Recipients` (a topic's `204`), when present.
     pub recipients: Option<u32>,
+    /// `Fedbroker-Seq` (a mailbox id's `202`/`204`), when present.
+    pub seq: Option<u64>,
     pub body: Vec<u8>,
 }
 
@@ -31,6 +33,8 @@ impl Response {
 /// A keep-alive HTTP/1.1 connection that POSTs fixed-size bodies to one id.
 pub struct HttpSender {
     sock: TcpStream,
+    /// `Host` value for [`HttpSender::push_to`].
+    host: String,
     head: Vec<u8>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -51,11 +55,35 @@ impl HttpSender {
         .into_bytes();
         Ok(HttpSender {
             sock,
+            host: addr.to_string(),
             head,
             wbuf: Vec::new(),
             rbuf: Vec::with_capacity(8192),
             rpos: 0,
         })
+    }
+
+    /// A keep-alive connection whose requests each name their own id ([`HttpSender::push_to`]).
+    pub async fn connect_any(addr: SocketAddr) -> Result<Self, String> {
+        Ok(HttpSender {
+            sock: crate::net::connect_tcp(addr, None).await?,
+            host: addr.to_string(),
+            head: Vec::new(),
+            wbuf: Vec::new(),
+            rbuf: Vec::with_capacity(8192),
+            rpos: 0,
+        })
+    }
+
+    /// Queues one `POST /{id}` of `len` bytes; `body` appends exactly `len` bytes.
+    pub fn push_to(&mut self, id: u32, len: usize, body: impl FnOnce(&mut Vec<u8>)) {
+        use std::io::Write as _;
+        let _ = write!(
+            self.wbuf,
+            "POST /{id} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
+            self.host
+        );
+        body(&mut self.wbuf);
     }
 
     /// Queues one request; `body` appends the body to the buffer it is given.
@@ -112,6 +140,7 @@ impl HttpSender {
             let mut len = 0usize;
             let mut retry_after = None;
             let mut recipients = None;
+            let mut seq = None;
             for h in r.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
                     len = std::str::from_utf8(h.value)
@@ -127,6 +156,13 @@ impl HttpSender {
                             .and_then(|v| v.trim().parse().ok())
                             .ok_or("bad Fedbroker-Recipients in response")?,
                     );
+                } else if h.name.eq_ignore_ascii_case("fedbroker-seq") {
+                    seq = Some(
+                        std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .ok_or("bad Fedbroker-Seq in response")?,
+                    );
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                     return Err("response with Transfer-Encoding: the bench reads Content-Length bodies only".into());
                 }
@@ -141,6 +177,7 @@ impl HttpSender {
                 status,
                 retry_after,
                 recipients,
+                seq,
                 body,
             });
         }

@@ -8,6 +8,7 @@
 
 mod conn;
 mod fanout;
+mod fault;
 mod fed;
 mod mqtt;
 mod nats;
@@ -192,6 +193,69 @@ enum Cmd {
         /// The broker's PID: its CPU time per round trip is reported.
         #[arg(long)]
         pid: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Mailbox ids under faults: listeners drop and reconnect with ?since= at random, the broker
+    /// is killed (SIGKILL) and restarted; every acknowledged (202/204) message must arrive once,
+    /// in seq order.
+    Fault {
+        /// The broker command line, split at spaces, with --mailbox covering the ids and no
+        /// --listen: the bench starts it on a free port and restarts it there after each kill.
+        #[arg(long, required_unless_present = "target", conflicts_with = "target")]
+        broker_cmd: Option<String>,
+        /// Or a broker already running at fedbroker://ADDR (no kills then).
+        #[arg(long)]
+        target: Option<Target>,
+        /// Append the broker's stderr to this file (default: this process's stderr).
+        #[arg(long)]
+        broker_log: Option<PathBuf>,
+        /// Mailbox ids, one listener each: --first-id … --first-id + --ids - 1.
+        #[arg(long, default_value_t = 16)]
+        ids: u32,
+        #[arg(long, default_value_t = 1)]
+        first_id: u32,
+        /// Senders; sender i owns the ids i, i + S, … (at most --ids).
+        #[arg(long, default_value_t = 8)]
+        senders: u32,
+        /// Message size in bytes (at least 20).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Messages in total, split evenly over the senders.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Requests in flight per sender connection.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Every n-th listener speaks the fedbroker.v1 envelope, the others are plain (0: none).
+        #[arg(long, default_value_t = 2)]
+        envelope_every: u32,
+        /// Per message received, the chance that its listener drops the connection (no close
+        /// handshake) and reconnects with ?since=LAST.
+        #[arg(long, default_value_t = 0.002)]
+        drop_prob: f64,
+        /// A dropped listener stays away for a random time up to this many milliseconds.
+        #[arg(long, default_value_t = 50)]
+        offline_ms: u64,
+        /// Kill the broker with SIGKILL and start it again this many times, spread evenly over
+        /// the messages.
+        #[arg(long, default_value_t = 0)]
+        kills: u32,
+        /// Also kill and restart it every SECS seconds while the senders run.
+        #[arg(long)]
+        restart_every: Option<f64>,
+        /// Milliseconds between a kill and the restart.
+        #[arg(long, default_value_t = 100)]
+        down_ms: u64,
+        /// Seed of the listeners' random drops.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// After the senders finish, wait at most this many seconds for the listeners.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
+        /// Fail when a client cannot reach the broker for this many seconds.
+        #[arg(long, default_value_t = 30)]
+        reconnect_timeout: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -442,6 +506,77 @@ fn main() {
             };
             match runtime(common.threads).block_on(rpc::rpc(a)) {
                 Ok(v) => save(&common.json, &v),
+                Err(e) => fail(&what, &e),
+            }
+        }
+        Cmd::Fault {
+            broker_cmd,
+            target,
+            broker_log,
+            ids,
+            first_id,
+            senders,
+            payload,
+            messages,
+            window,
+            envelope_every,
+            drop_prob,
+            offline_ms,
+            kills,
+            restart_every,
+            down_ms,
+            seed,
+            drain_timeout,
+            reconnect_timeout,
+            common,
+        } => {
+            let what = format!("fault {}", common.label);
+            if payload < payload::HEADER || senders == 0 || ids < senders || window == 0 || messages < u64::from(ids) {
+                fail(
+                    &what,
+                    "--payload must be at least 20, --senders positive and at most --ids, --window positive, --messages at least --ids",
+                );
+            }
+            if first_id == 0 || first_id.checked_add(ids).is_none_or(|e| e > 1 << 31) {
+                fail(&what, "--first-id and --ids must give ids in 1..=2147483647");
+            }
+            if !(0.0..=1.0).contains(&drop_prob) || restart_every.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                fail(&what, "--drop-prob must be in 0..=1 and --restart-every positive");
+            }
+            let broker = match (broker_cmd, target) {
+                (Some(c), _) => fault::BrokerSpec::Command {
+                    argv: c.split_whitespace().map(String::from).collect(),
+                    log: broker_log,
+                },
+                (None, Some(t)) if t.kind == net::Kind::Fedbroker => fault::BrokerSpec::Running(t.addr),
+                _ => fail(&what, "--target must be fedbroker://ADDR"),
+            };
+            let a = fault::Fault {
+                broker,
+                ids,
+                first_id,
+                senders,
+                payload,
+                messages,
+                window,
+                envelope_every,
+                drop_prob,
+                offline: Duration::from_millis(offline_ms),
+                kills,
+                restart_every: restart_every.map(Duration::from_secs_f64),
+                down: Duration::from_millis(down_ms),
+                seed,
+                drain_timeout: Duration::from_secs(drain_timeout),
+                reconnect_timeout: Duration::from_secs(reconnect_timeout),
+                stall: Duration::from_secs(common.stall_timeout),
+                label: common.label.clone(),
+            };
+            match runtime(common.threads).block_on(fault::fault(a)) {
+                Ok((v, None)) => save(&common.json, &v),
+                Ok((v, Some(e))) => {
+                    save(&common.json, &v);
+                    fail(&what, &e)
+                }
                 Err(e) => fail(&what, &e),
             }
         }

@@ -380,9 +380,11 @@ pub fn report(input: &Path, out: &Path, peers: &[String], charts: bool) -> Resul
         "### Request-reply — broker CPU time per round trip — µs (user + system, /proc/PID/stat), median; lower is better\n",
     );
 
+    let agg_fault = fault_tables(&mut t, &systems, &rows);
+
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let agg = json!({"systems": systems, "peers": peers, "relay": agg_relay, "latency_half_load": agg_lat,
-        "idle": agg_idle, "fanin": fanin, "fanout": agg_fanout, "reqrep": agg_reqrep, "raw": rows});
+        "idle": agg_idle, "fanin": fanin, "fanout": agg_fanout, "reqrep": agg_reqrep, "fault": agg_fault, "raw": rows});
     write(&out.join("results.json"), &serde_json::to_string_pretty(&agg).unwrap())?;
     write(&out.join("table.md"), &t)?;
 
@@ -436,6 +438,139 @@ pub fn report(input: &Path, out: &Path, peers: &[String], charts: bool) -> Resul
     }
     let _ = ours;
     Ok(t)
+}
+
+/// The `--store-sync` of a fault row: `none`, `always` or `batch` (from the broker's command line,
+/// or the policy a broken-down run recorded).
+fn store_sync(r: &Value) -> &'static str {
+    let b = r.get("broker").and_then(Value::as_str).unwrap_or("");
+    if b.contains("batch") {
+        "batch"
+    } else if b.contains("always") || b.contains("--store ") {
+        "always"
+    } else {
+        "none"
+    }
+}
+
+/// Is this fault row a fault run (reconnects or kills), not a store-cost run?
+fn with_faults(r: &Value) -> bool {
+    match r.get("name").and_then(Value::as_str) {
+        Some(n) => !n.starts_with("cost-"),
+        None => f(r, "drop_prob") > 0.0 || u(r, "kills") > 0,
+    }
+}
+
+/// The fault scenario's two tables: each fault run with its counts, and the store's cost (msgs/s
+/// acknowledged without faults, no store / always / batch). Returns the aggregates.
+fn fault_tables(t: &mut String, all: &[String], rows: &[Value]) -> Value {
+    let fault: Vec<&Value> = rows.iter().filter(|r| r["scenario"] == "fault").collect();
+    if fault.is_empty() {
+        return Value::Null;
+    }
+    let systems = labels_of(all, &fault);
+    let runs: Vec<&&Value> = fault.iter().filter(|r| with_faults(r)).collect();
+    if !runs.is_empty() {
+        let _ = writeln!(
+            t,
+            "### Mailbox faults — listeners reconnecting with ?since=, brokers killed (SIGKILL) and restarted\n"
+        );
+        let _ = writeln!(
+            t,
+            "| system | store | acked | delivered | lost | duplicates | out of order | delivered unacked | reconnects | restarts (ms to listening) | msgs/s acked | result |"
+        );
+        let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for s in &systems {
+            for r in runs.iter().filter(|r| label(r) == *s) {
+                if let Some(k) = r.get("skipped").and_then(Value::as_str) {
+                    let _ = writeln!(t, "| {s} | – | | | | | | | | | | skipped: {k} |");
+                    continue;
+                }
+                let result = match r.get("error").and_then(Value::as_str) {
+                    Some(e) => format!("FAIL: {}", e.replace('|', "/")),
+                    None => "ok".into(),
+                };
+                if r.get("acked").is_none() {
+                    let _ = writeln!(t, "| {s} | {} | | | | | | | | | | {result} |", store_sync(r));
+                    continue;
+                }
+                let ms: Vec<String> = r["restart_ms"]
+                    .as_array()
+                    .map(|v| v.iter().filter_map(Value::as_f64).map(|m| format!("{m:.0}")).collect())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    t,
+                    "| {s} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {result} |",
+                    store_sync(r),
+                    thousands(f(r, "acked")),
+                    thousands(f(r, "delivered")),
+                    u(r, "lost"),
+                    u(r, "duplicates"),
+                    u(r, "out_of_order") + u(r, "misnumbered"),
+                    u(r, "delivered_unacked"),
+                    u(r, "reconnects"),
+                    u(r, "restarts"),
+                    if ms.is_empty() { String::new() } else { format!(" ({})", ms.join(", ")) },
+                    thousands(f(r, "msgs_per_s")),
+                );
+            }
+        }
+        t.push('\n');
+    }
+    let mut cost: BTreeMap<(u64, u64), BTreeMap<(String, &str), Vec<&Value>>> = BTreeMap::new();
+    for r in fault.iter().filter(|r| !with_faults(r) && r.get("skipped").is_none()) {
+        cost.entry((u(r, "window"), u(r, "payload")))
+            .or_default()
+            .entry((label(r), store_sync(r)))
+            .or_default()
+            .push(r);
+    }
+    let mut agg = Vec::new();
+    if !cost.is_empty() {
+        let _ = writeln!(
+            t,
+            "### Mailbox store cost — msgs/s acknowledged (202/204) without faults, median; ack p99 in µs; (×N) = ratio to no store\n"
+        );
+        let _ = writeln!(t, "| window | payload | system | no store | --store-sync always | --store-sync batch |");
+        let _ = writeln!(t, "|---:|---|---|---:|---:|---:|");
+        for ((w, p), m) in &cost {
+            for s in &systems {
+                let cell = |sync: &str| -> (String, Option<f64>) {
+                    let Some(v) = m.get(&(s.clone(), sync)) else {
+                        return ("–".into(), None);
+                    };
+                    let ok: Vec<&&Value> = v.iter().filter(|r| r.get("error").is_none()).collect();
+                    if ok.is_empty() {
+                        return ("failed".into(), None);
+                    }
+                    let rate = median(ok.iter().map(|r| f(r, "msgs_per_s")).collect());
+                    let p99 = median(ok.iter().map(|r| f(r, "ack_p99_us")).collect());
+                    (format!("{} (p99 {p99:.0})", thousands(rate)), Some(rate))
+                };
+                let (none, base) = cell("none");
+                if base.is_none() && none == "–" && !m.keys().any(|k| k.0 == *s) {
+                    continue;
+                }
+                let mut row = vec![none];
+                for sync in ["always", "batch"] {
+                    let (c, v) = cell(sync);
+                    row.push(match (v, base) {
+                        (Some(v), Some(b)) => format!("{c} (×{:.2})", v / b),
+                        _ => c,
+                    });
+                    if let Some(v) = v {
+                        agg.push(json!({"window": w, "payload": p, "label": s, "store_sync": sync, "msgs_per_s": v}));
+                    }
+                }
+                if let Some(b) = base {
+                    agg.push(json!({"window": w, "payload": p, "label": s, "store_sync": "none", "msgs_per_s": b}));
+                }
+                let _ = writeln!(t, "| {w} | {} | {s} | {} |", size(*p), row.join(" | "));
+            }
+        }
+        t.push('\n');
+    }
+    json!({"runs": runs, "store_cost": agg})
 }
 
 /// The systems that have rows here, in the order of `all`.
