@@ -385,7 +385,7 @@ reqrep() {
 
 # ---- mailbox faults ------------------------------------------------------------------------
 # Mailbox ids 1-1000 with room for every message of a run (so a reconnect never meets a gap).
-MAILBOX_FLAGS=(--mailbox 1-1000 --mailbox-messages 50000 --max-connections 20000 --log-level warn)
+MAILBOX_FLAGS=(--mailbox 1-1000 --mailbox-messages 50000 --log-level warn)
 
 # fault SYSTEM NAME STORE_SYNC(none|always|batch) [bench args...]: one fault-mode run; the bench
 # starts (and kills, and restarts) the broker itself, with a fresh store directory.

@@ -446,9 +446,9 @@ async fn sender_task(a: Arc<Fault>, sh: Arc<Shared>, p: SenderPlan) -> Result<Se
                 }
                 s => {
                     return Err(format!(
-                        "{what}: POST /{id} answered {s} {:?} (the fault scenario expects 202/204, or 503/507 to retry)",
-                        r.text()
-                    ))
+                    "{what}: POST /{id} answered {s} {:?} (the fault scenario expects 202/204, or 503/507 to retry)",
+                    r.text()
+                ))
                 }
             }
         }
@@ -677,7 +677,10 @@ async fn listener_task(
 fn check(what: &str, p: &[u8], len: usize, owner: u32) -> Result<u64, String> {
     let d = payload::decode(p, len).map_err(|e| format!("{what}: {e}"))?;
     if d.sender != owner {
-        return Err(format!("{what}: a message from sender {}, which does not send to it", d.sender));
+        return Err(format!(
+            "{what}: a message from sender {}, which does not send to it",
+            d.sender
+        ));
     }
     Ok(d.seq)
 }
@@ -686,7 +689,7 @@ fn check(what: &str, p: &[u8], len: usize, owner: u32) -> Result<u64, String> {
 
 /// Kills and restarts the broker: at `kills` evenly spaced points of the acknowledged count, and
 /// every `restart_every`, until the senders are done. Returns the broker and each restart's
-/// time from SIGKILL to the new `listening on` line.
+/// time from its exec to its `listening on` line (the store's recovery is in it).
 async fn killer(
     a: Arc<Fault>,
     sh: Arc<Shared>,
@@ -709,10 +712,13 @@ async fn killer(
             if by_count {
                 marks.pop_front();
             }
-            let t0 = Instant::now();
             broker.kill9()?;
             tokio::time::sleep(a.down).await;
-            broker.spawn().await.map_err(|e| format!("restart after SIGKILL: {e}"))?;
+            let t0 = Instant::now();
+            broker
+                .spawn()
+                .await
+                .map_err(|e| format!("restart after SIGKILL: {e}"))?;
             times.push(t0.elapsed().as_secs_f64() * 1000.0);
             sh.churn.fetch_add(1, Ordering::Relaxed);
             next_timed = a.restart_every.map(|d| Instant::now() + d);
@@ -802,7 +808,10 @@ pub async fn fault(a: Fault) -> Result<(Value, Option<String>), String> {
             },
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-        if let Some(k) = killer_task.as_mut().filter(|k| k.is_finished() && drain_start.is_none()) {
+        if let Some(k) = killer_task
+            .as_mut()
+            .filter(|k| k.is_finished() && drain_start.is_none())
+        {
             // It only finishes early on an error.
             match k.await {
                 Ok(Err(e)) => return Err(e),
@@ -810,9 +819,8 @@ pub async fn fault(a: Fault) -> Result<(Value, Option<String>), String> {
                 Ok(Ok(_)) => return Err("the kill task ended before the senders".into()),
             }
         }
-        let moved = sh.acked.load(Ordering::Relaxed)
-            + sh.delivered.load(Ordering::Relaxed)
-            + sh.churn.load(Ordering::Relaxed);
+        let moved =
+            sh.acked.load(Ordering::Relaxed) + sh.delivered.load(Ordering::Relaxed) + sh.churn.load(Ordering::Relaxed);
         if moved != seen.0 {
             seen = (moved, Instant::now());
         } else if seen.1.elapsed() > a.stall && drain_start.is_some() {
@@ -904,7 +912,8 @@ fn verify(
         conn_failures += o.conn_failures;
         last_ack = last_ack.max(o.last_ack);
     }
-    let (mut acked, mut delivered, mut ok, mut lost, mut wrong, mut reused, mut unacked) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut acked, mut delivered, mut ok, mut lost, mut wrong, mut reused, mut unacked) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut first_bad: Option<String> = None;
     for (j, (mut ack, l)) in acks.into_iter().zip(&louts).enumerate() {
         let id = a.first_id + j as u32;
@@ -913,7 +922,12 @@ fn verify(
         delivered += l.got.len() as u64;
         for w in ack.windows(2).filter(|w| w[0].0 == w[1].0) {
             reused += 1;
-            first_bad.get_or_insert_with(|| format!("id {id}: seq {} acknowledged twice (tags {} and {})", w[0].0, w[0].1, w[1].1));
+            first_bad.get_or_insert_with(|| {
+                format!(
+                    "id {id}: seq {} acknowledged twice (tags {} and {})",
+                    w[0].0, w[0].1, w[1].1
+                )
+            });
         }
         for &(seq, tag) in &ack {
             match l.got.binary_search_by_key(&seq, |g| g.0) {
@@ -921,12 +935,17 @@ fn verify(
                 Ok(k) => {
                     wrong += 1;
                     first_bad.get_or_insert_with(|| {
-                        format!("id {id}: seq {seq} acknowledged for message {tag}, delivered with message {}", l.got[k].1)
+                        format!(
+                            "id {id}: seq {seq} acknowledged for message {tag}, delivered with message {}",
+                            l.got[k].1
+                        )
                     });
                 }
                 Err(_) => {
                     lost += 1;
-                    first_bad.get_or_insert_with(|| format!("id {id}: acknowledged seq {seq} (message {tag}) never delivered"));
+                    first_bad.get_or_insert_with(|| {
+                        format!("id {id}: acknowledged seq {seq} (message {tag}) never delivered")
+                    });
                 }
             }
         }
@@ -950,7 +969,7 @@ fn verify(
     let secs = |t: Option<Instant>| t.map_or(0.0, |t| (t - start).as_secs_f64()).max(1e-9);
     let ack_rate = acked as f64 / secs(last_ack);
     let delivery_rate = delivered as f64 / secs(last_delivery);
-    let envelope_listeners = if a.envelope_every == 0 { 0 } else { a.ids / a.envelope_every };
+    let envelope_listeners = a.ids.checked_div(a.envelope_every).unwrap_or(0);
     let mut rs = restart_ms.clone();
     rs.sort_by(f64::total_cmp);
     let restarts = rs.len();
@@ -960,7 +979,7 @@ fn verify(
         out_of_order + wrong,
         drops + lost_conns,
         if restarts > 0 {
-            format!(", back listening in {:.0}–{:.0} ms", rs[0], rs[restarts - 1])
+            format!(", each listening again {:.0}–{:.0} ms after its exec", rs[0], rs[restarts - 1])
         } else {
             String::new()
         },
@@ -1014,10 +1033,15 @@ fn verify(
         why.push(format!("{reused} seqs acknowledged twice"));
     }
     if gaps > 0 {
-        why.push(format!("{gaps} gaps ({gap_seqs} seqs) reported: raise --mailbox-messages"));
+        why.push(format!(
+            "{gaps} gaps ({gap_seqs} seqs) reported: raise --mailbox-messages"
+        ));
     }
     if !drained {
-        why.push(format!("listeners not caught up {:?} after the senders finished", a.drain_timeout));
+        why.push(format!(
+            "listeners not caught up {:?} after the senders finished",
+            a.drain_timeout
+        ));
     }
     if why.is_empty() {
         return Ok((v, None));
@@ -1029,4 +1053,108 @@ fn verify(
     );
     v["error"] = json!(e);
     Ok((v, Some(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ids: u32, senders: u32) -> Fault {
+        Fault {
+            broker: BrokerSpec::Running(([127, 0, 0, 1], 1).into()),
+            ids,
+            first_id: 1,
+            senders,
+            payload: 64,
+            messages: 10,
+            window: 1,
+            envelope_every: 2,
+            drop_prob: 0.0,
+            offline: Duration::ZERO,
+            kills: 0,
+            restart_every: None,
+            down: Duration::ZERO,
+            seed: 1,
+            drain_timeout: Duration::ZERO,
+            reconnect_timeout: Duration::ZERO,
+            stall: Duration::ZERO,
+            label: "test".into(),
+        }
+    }
+
+    fn sender(acks: Vec<Vec<(u64, u64)>>) -> SenderOut {
+        SenderOut {
+            acks,
+            ..SenderOut::default()
+        }
+    }
+
+    fn listener(got: Vec<(u64, u64)>) -> ListenerOut {
+        ListenerOut {
+            got,
+            ..ListenerOut::default()
+        }
+    }
+
+    fn run(a: &Fault, owned: &[Vec<u32>], s: Vec<SenderOut>, l: Vec<ListenerOut>) -> (Value, Option<String>) {
+        verify(a, owned, s, l, Instant::now(), true, Vec::new(), 0.0, String::new()).unwrap()
+    }
+
+    #[test]
+    fn every_acked_message_once_passes_and_unacked_ones_are_allowed() {
+        let a = settings(2, 1);
+        // One sender owning ids 1 and 2; id 2's listener also got seq 3, never acknowledged.
+        let s = sender(vec![vec![(1, 0), (2, 2)], vec![(1, 1), (2, 3)]]);
+        let l = vec![listener(vec![(1, 0), (2, 2)]), listener(vec![(1, 1), (2, 3), (3, 4)])];
+        let (v, fail) = run(&a, &[vec![0, 1]], vec![s], l);
+        assert_eq!(fail, None);
+        assert_eq!((v["acked"].as_u64(), v["delivered"].as_u64()), (Some(4), Some(5)));
+        assert_eq!(v["delivered_unacked"], 1);
+        assert_eq!(v["lost"], 0);
+    }
+
+    #[test]
+    fn lost_duplicated_and_misnumbered_messages_fail() {
+        let a = settings(1, 1);
+        let s = sender(vec![vec![(1, 0), (2, 1), (3, 2), (4, 3)]]);
+        // Seq 2 never arrived; seq 4 arrived with another message; one seq came twice.
+        let mut l = listener(vec![(1, 0), (3, 2), (4, 7)]);
+        l.duplicates = 1;
+        let (v, fail) = run(&a, &[vec![0]], vec![s], vec![l]);
+        let fail = fail.expect("a failure");
+        assert_eq!((v["lost"].as_u64(), v["misnumbered"].as_u64()), (Some(1), Some(1)));
+        assert!(fail.contains("1 acknowledged messages lost"), "{fail}");
+        assert!(fail.contains("1 duplicates"), "{fail}");
+        assert!(fail.contains("at the wrong seq"), "{fail}");
+        assert_eq!(v["error"].as_str(), Some(fail.as_str()));
+    }
+
+    #[test]
+    fn a_seq_acknowledged_twice_or_a_reset_mailbox_fails() {
+        let a = settings(1, 1);
+        let s = sender(vec![vec![(1, 0), (1, 5)]]);
+        let mut l = listener(vec![(1, 5)]);
+        l.reset = Some("409".into());
+        let (v, fail) = run(&a, &[vec![0]], vec![s], vec![l]);
+        let fail = fail.expect("a failure");
+        assert_eq!(
+            (v["seq_reused"].as_u64(), v["mailboxes_reset"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert!(
+            fail.contains("acknowledged twice") && fail.contains("went back"),
+            "{fail}"
+        );
+    }
+
+    #[test]
+    fn rng_is_seeded_and_chance_follows_p() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert!((0..100).all(|_| a.next() == b.next()));
+        let mut r = Rng::new(1);
+        let hits = (0..100_000).filter(|_| r.chance(0.1)).count();
+        assert!((9_000..11_000).contains(&hits), "{hits}");
+        assert!(!(0..1000).any(|_| r.chance(0.0)));
+        assert!((0..1000).all(|_| r.below(5) < 5));
+    }
 }

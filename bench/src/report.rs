@@ -477,7 +477,7 @@ fn fault_tables(t: &mut String, all: &[String], rows: &[Value]) -> Value {
         );
         let _ = writeln!(
             t,
-            "| system | store | acked | delivered | lost | duplicates | out of order | delivered unacked | reconnects | restarts (ms to listening) | msgs/s acked | result |"
+            "| system | store | acked | delivered | lost | duplicates | out of order | delivered unacked | reconnects | restarts (ms from exec to listening) | msgs/s acked | result |"
         );
         let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
         for s in &systems {
@@ -510,14 +510,20 @@ fn fault_tables(t: &mut String, all: &[String], rows: &[Value]) -> Value {
                     u(r, "delivered_unacked"),
                     u(r, "reconnects"),
                     u(r, "restarts"),
-                    if ms.is_empty() { String::new() } else { format!(" ({})", ms.join(", ")) },
+                    if ms.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", ms.join(", "))
+                    },
                     thousands(f(r, "msgs_per_s")),
                 );
             }
         }
         t.push('\n');
     }
-    let mut cost: BTreeMap<(u64, u64), BTreeMap<(String, &str), Vec<&Value>>> = BTreeMap::new();
+    // (window, payload) → (system, store sync) → runs.
+    type Runs<'a> = BTreeMap<(String, &'static str), Vec<&'a Value>>;
+    let mut cost: BTreeMap<(u64, u64), Runs> = BTreeMap::new();
     for r in fault.iter().filter(|r| !with_faults(r) && r.get("skipped").is_none()) {
         cost.entry((u(r, "window"), u(r, "payload")))
             .or_default()
@@ -531,7 +537,10 @@ fn fault_tables(t: &mut String, all: &[String], rows: &[Value]) -> Value {
             t,
             "### Mailbox store cost — msgs/s acknowledged (202/204) without faults, median; ack p99 in µs; (×N) = ratio to no store\n"
         );
-        let _ = writeln!(t, "| window | payload | system | no store | --store-sync always | --store-sync batch |");
+        let _ = writeln!(
+            t,
+            "| window | payload | system | no store | --store-sync always | --store-sync batch |"
+        );
         let _ = writeln!(t, "|---:|---|---|---:|---:|---:|");
         for ((w, p), m) in &cost {
             for s in &systems {
