@@ -150,19 +150,9 @@ impl HttpSender {
                 } else if h.name.eq_ignore_ascii_case("retry-after") {
                     retry_after = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
                 } else if h.name.eq_ignore_ascii_case("fedbroker-recipients") {
-                    recipients = Some(
-                        std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .ok_or("bad Fedbroker-Recipients in response")?,
-                    );
+                    recipients = Some(header_num(h.value).ok_or("bad Fedbroker-Recipients in response")?);
                 } else if h.name.eq_ignore_ascii_case("fedbroker-seq") {
-                    seq = Some(
-                        std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .ok_or("bad Fedbroker-Seq in response")?,
-                    );
+                    seq = Some(header_num(h.value).ok_or("bad Fedbroker-Seq in response")?);
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                     return Err("response with Transfer-Encoding: the bench reads Content-Length bodies only".into());
                 }
@@ -182,6 +172,11 @@ impl HttpSender {
             });
         }
     }
+}
+
+/// A header value as a number.
+fn header_num<T: std::str::FromStr>(v: &[u8]) -> Option<T> {
+    std::str::from_utf8(v).ok().and_then(|v| v.trim().parse().ok())
 }
 
 /// A request without a body on a fresh connection (`Connection: close`): status and body.
