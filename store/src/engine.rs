@@ -38,7 +38,12 @@ impl Engine {
         })?;
         let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
         let trims = db.keyspace("trims", KeyspaceCreateOptions::default)?;
-        let mut engine = Engine { db, records, trims, trimmed: HashMap::new() };
+        let mut engine = Engine {
+            db,
+            records,
+            trims,
+            trimmed: HashMap::new(),
+        };
         let loaded = engine.load()?;
         Ok((engine, loaded))
     }
@@ -51,7 +56,14 @@ impl Engine {
             let id = u32::from_be_bytes(k[..].try_into().map_err(|_| bad("a trim mark's key is not 4 bytes"))?);
             let through = u64::from_be_bytes(v[..].try_into().map_err(|_| bad("a trim mark is not 8 bytes"))?);
             self.trimmed.insert(id, through);
-            by_id.insert(id, Loaded { id, trimmed_through: through, records: Vec::new() });
+            by_id.insert(
+                id,
+                Loaded {
+                    id,
+                    trimmed_through: through,
+                    records: Vec::new(),
+                },
+            );
         }
         for g in self.records.iter() {
             let (k, v) = g.into_inner()?;
@@ -61,14 +73,26 @@ impl Engine {
                 reason: "a record's key is not 12 bytes",
             })?;
             let record = decode_value(id, seq, &v)?;
-            by_id.entry(id).or_insert_with(|| Loaded { id, trimmed_through: 0, records: Vec::new() }).records.push(record);
+            by_id
+                .entry(id)
+                .or_insert_with(|| Loaded {
+                    id,
+                    trimmed_through: 0,
+                    records: Vec::new(),
+                })
+                .records
+                .push(record);
         }
         Ok(by_id.into_values().collect())
     }
 
     /// Applies `ops` in order in one atomic batch and commits it: with `PersistMode::SyncAll`
     /// it is on disk when this returns, with `Buffer` it is in the OS (it survives the process).
-    pub(crate) fn commit<'a>(&mut self, ops: impl Iterator<Item = &'a Op>, mode: PersistMode) -> Result<(), StoreError> {
+    pub(crate) fn commit<'a>(
+        &mut self,
+        ops: impl Iterator<Item = &'a Op>,
+        mode: PersistMode,
+    ) -> Result<(), StoreError> {
         // Appends of this group not yet written (a later trim in the group may drop them), and
         // the trim marks the group moves.
         let mut appends: BTreeMap<[u8; KEY_LEN], Vec<u8>> = BTreeMap::new();
@@ -77,8 +101,8 @@ impl Engine {
         for op in ops {
             match op {
                 Op::Append(r) => {
-                    // A record at or below its id's trim mark was trimmed before it got here
-                    // (trims are coalesced ahead of appends; see `Queue::push_trim`).
+                    // A record at or below its id's trim mark would be trimmed at once: loading
+                    // relies on every record being above its id's mark.
                     if r.seq > self.mark(r.id, &marks) {
                         appends.insert(record_key(r.id, r.seq), encode_value(r));
                     }
@@ -139,7 +163,12 @@ fn prepare_folder(path: &Path) -> Result<(), StoreError> {
                     return Err(not_a_store(format!("{shown} is a folder with other contents")));
                 }
             }
-            Err(e) => return Err(StoreError::Io(format!("cannot read {}: {e}", path.join(MARKER).display()))),
+            Err(e) => {
+                return Err(StoreError::Io(format!(
+                    "cannot read {}: {e}",
+                    path.join(MARKER).display()
+                )))
+            }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(path)?,
         Err(e) => return Err(StoreError::Io(format!("cannot open {shown}: {e}"))),

@@ -48,9 +48,11 @@
 //! Ops are applied in submission order. [`Op::Trim`] deletes an id's records with
 //! `seq <= through` and records `through` as the id's mark, which [`Store::open`] returns even when
 //! no record is left, so a seq is never handed out twice across restarts. Trims are never
-//! refused: a trim of an id whose earlier trim is still queued is merged into it (the higher
-//! `through` wins, and an append queued in between with a seq at or below the mark is not
-//! written). This relies on the core trimming only seqs it has already submitted.
+//! refused and need no bound of their own: a trim of an id whose earlier trim is still queued
+//! replaces it (at the later position, through the higher `through`), so the queue holds at
+//! most one trim per id. An append whose seq is at or below its id's mark when the writer
+//! reaches it is not written (the core does not do that; the store keeps `records` above
+//! `trimmed_through` even if it did). A crash leaves a prefix of the submitted ops on disk.
 //!
 //! ```no_run
 //! use fedbroker_store::{Kind, Limits, Op, Record, Store, SyncPolicy};

@@ -99,14 +99,24 @@ pub fn decode_value(id: u32, seq: u64, bytes: &[u8]) -> Result<Record, StoreErro
     if version != VALUE_VERSION {
         return Err(corrupt("the value's format version is unknown"));
     }
-    let (at, rest) = rest.split_first_chunk::<8>().ok_or(corrupt("the value is shorter than its header"))?;
-    let (&kind, payload) = rest.split_first().ok_or(corrupt("the value is shorter than its header"))?;
+    let (at, rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or(corrupt("the value is shorter than its header"))?;
+    let (&kind, payload) = rest
+        .split_first()
+        .ok_or(corrupt("the value is shorter than its header"))?;
     let kind = match kind {
         0 => Kind::Message,
         1 => Kind::Skip,
         _ => return Err(corrupt("the record kind is unknown")),
     };
-    Ok(Record { id, seq, at_ms: u64::from_be_bytes(*at), kind, payload: Bytes::copy_from_slice(payload) })
+    Ok(Record {
+        id,
+        seq,
+        at_ms: u64::from_be_bytes(*at),
+        kind,
+        payload: Bytes::copy_from_slice(payload),
+    })
 }
 
 /// The key of record `(id, seq)`: both big-endian, so that key order is (id, seq) order.
@@ -130,7 +140,12 @@ mod tests {
 
     #[test]
     fn keys_sort_by_id_then_seq() {
-        let mut keys = vec![record_key(2, 1), record_key(1, 256), record_key(1, 2), record_key(256, 0)];
+        let mut keys = vec![
+            record_key(2, 1),
+            record_key(1, 256),
+            record_key(1, 2),
+            record_key(256, 0),
+        ];
         keys.sort();
         let parsed: Vec<_> = keys.iter().map(|k| parse_record_key(k).unwrap()).collect();
         assert_eq!(parsed, vec![(1, 2), (1, 256), (2, 1), (256, 0)]);
@@ -140,15 +155,30 @@ mod tests {
 
     #[test]
     fn value_layout_is_as_documented() {
-        let r = Record { id: 7, seq: 9, at_ms: 0x0102, kind: Kind::Skip, payload: Bytes::from_static(b"x") };
+        let r = Record {
+            id: 7,
+            seq: 9,
+            at_ms: 0x0102,
+            kind: Kind::Skip,
+            payload: Bytes::from_static(b"x"),
+        };
         assert_eq!(encode_value(&r), [1, 0, 0, 0, 0, 0, 0, 1, 2, 1, b'x']);
         assert_eq!(decode_value(7, 9, &encode_value(&r)), Ok(r));
     }
 
     #[test]
     fn short_or_unknown_values_are_corrupt() {
-        for bad in [&[][..], &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[1, 0, 0], &[1, 0, 0, 0, 0, 0, 0, 0, 0], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 2]] {
-            assert!(matches!(decode_value(1, 1, bad), Err(StoreError::Corrupt { id: 1, seq: 1, .. })), "{bad:?}");
+        for bad in [
+            &[][..],
+            &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[1, 0, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        ] {
+            assert!(
+                matches!(decode_value(1, 1, bad), Err(StoreError::Corrupt { id: 1, seq: 1, .. })),
+                "{bad:?}"
+            );
         }
     }
 }

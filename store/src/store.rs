@@ -68,7 +68,10 @@ impl Default for Limits {
     /// 8192 appends or 32 MiB: about a second of appends at the rates measured in
     /// docs/store.md, so that `Busy` means the disk cannot keep up, not a burst.
     fn default() -> Self {
-        Limits { queue_ops: 8192, queue_bytes: 32 << 20 }
+        Limits {
+            queue_ops: 8192,
+            queue_bytes: 32 << 20,
+        }
     }
 }
 
@@ -92,11 +95,33 @@ struct Shared {
 }
 
 enum Entry {
-    Op { op: Op, done: Option<Done> },
-    /// The callback of a trim coalesced into an earlier one (which is committed first).
-    Done(Done),
+    /// An op, its callback, and the callbacks of the earlier trims of its id merged into it.
+    Op {
+        op: Op,
+        done: Option<Done>,
+        merged: Vec<Done>,
+    },
+    /// A trim merged into a later trim of its id: nothing left to do here.
+    Merged,
     /// A `flush` waiting for everything before it to be durable.
     Flush(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+impl Entry {
+    /// Tells the entry's waiters the outcome of its group.
+    fn finish(self, result: &Result<(), StoreError>) {
+        match self {
+            Entry::Op { done, merged, .. } => {
+                for done in merged.into_iter().chain(done) {
+                    done(result.clone());
+                }
+            }
+            Entry::Merged => {}
+            Entry::Flush(tx) => {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -107,12 +132,30 @@ struct Queue {
     /// Appends in `entries`, and their bytes.
     ops: usize,
     bytes: usize,
-    /// For each id with a trim still in `entries`: that entry's absolute position.
-    trims: HashMap<u32, u64>,
+    /// For each id with a trim still in `entries`: where its last one is, and when the oldest
+    /// trim merged into that one was submitted.
+    trims: HashMap<u32, PendingTrim>,
+    /// Entries ever pushed: the submission clock of `PendingTrim::since`.
+    pushed: u64,
+    /// `Entry::Merged` in `entries`.
+    merged: usize,
     /// Set once for good: every later call answers it.
     failed: Option<StoreError>,
     closing: bool,
 }
+
+#[derive(Clone, Copy)]
+struct PendingTrim {
+    /// Absolute position in the queue.
+    pos: u64,
+    /// `Queue::pushed` when the oldest trim merged into it was submitted.
+    since: u64,
+}
+
+/// A trim merges with the id's queued one only while that one carries trims submitted less
+/// than this many entries ago: a merge puts a trim off, and a steady stream of trims must not
+/// put it off for ever.
+const TRIM_MERGE_WINDOW: u64 = GROUP_MAX_OPS as u64;
 
 /// What an append costs in the byte bound besides its payload.
 const APPEND_OVERHEAD: usize = VALUE_HEADER_LEN + 12 + 64;
@@ -131,7 +174,10 @@ impl Store {
     /// record cannot be read.
     pub fn open(path: &Path, sync: SyncPolicy, limits: Limits) -> Result<(Store, Vec<Loaded>), StoreError> {
         let (engine, loaded) = Engine::open(path)?;
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -139,7 +185,14 @@ impl Store {
                 .spawn(move || writer_thread(&shared, engine, sync))
                 .map_err(|e| StoreError::Io(format!("cannot start the store's writer thread: {e}")))?
         };
-        Ok((Store { shared, writer: Some(writer), limits }, loaded))
+        Ok((
+            Store {
+                shared,
+                writer: Some(writer),
+                limits,
+            },
+            loaded,
+        ))
     }
 
     /// Hands `op` to the writer thread; never waits for I/O. `done`, when given, is called once
@@ -148,9 +201,10 @@ impl Store {
     /// is full (appends only: trims are never refused), or the store's sticky error once it has
     /// failed.
     ///
-    /// A trim of an id whose previous trim is still queued is merged into that one (with the
-    /// higher `through`); appends of seqs at or below an id's trim mark are then not written.
-    /// So the core must only trim seqs it has already submitted, which it does.
+    /// A trim of an id whose previous trim is still queued replaces it, trimming through the
+    /// higher `through` at the later position; the earlier trim's `done` then runs with the
+    /// later one's (the one exception to submission order). Pass `None` for trims unless their
+    /// durability matters.
     pub fn submit(&self, op: Op, done: Option<Done>) {
         let mut q = self.queue();
         if let Some(e) = q.failed.clone() {
@@ -173,7 +227,11 @@ impl Store {
                 }
                 q.ops += 1;
                 q.bytes += cost;
-                q.entries.push_back(Entry::Op { op, done });
+                q.push(Entry::Op {
+                    op,
+                    done,
+                    merged: Vec::new(),
+                });
             }
         }
         drop(q);
@@ -189,7 +247,7 @@ impl Store {
             if let Some(e) = q.failed.clone() {
                 return Err(e);
             }
-            q.entries.push_back(Entry::Flush(tx));
+            q.push(Entry::Flush(tx));
         }
         self.shared.wake.notify_one();
         rx.recv().unwrap_or(Err(StoreError::Closed))
@@ -218,25 +276,72 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Queue> {
 }
 
 impl Queue {
-    fn push_trim(&mut self, id: u32, through: u64, done: Option<Done>) {
-        if let Some(&pos) = self.trims.get(&id) {
-            if let Some(index) = pos.checked_sub(self.taken) {
-                if let Some(Entry::Op { op: Op::Trim { through: queued, .. }, .. }) =
-                    self.entries.get_mut(index as usize)
+    fn push(&mut self, entry: Entry) {
+        self.entries.push_back(entry);
+        self.pushed += 1;
+    }
+
+    /// Queues a trim. A trim of an id whose previous trim is still queued replaces it: the
+    /// earlier entry becomes `Merged` and its callbacks move to the new one, which trims through
+    /// the higher of the two. Applied at the later position, the merged trim deletes everything
+    /// either would have, and a crash still leaves a prefix of the submitted ops on disk. A
+    /// queued trim takes merges only for `TRIM_MERGE_WINDOW` trims, then stays where it is.
+    fn push_trim(&mut self, id: u32, mut through: u64, done: Option<Done>) {
+        let now = self.pushed;
+        let mut merged = Vec::new();
+        let mut since = now;
+        if let Some(pending) = self
+            .trims
+            .get(&id)
+            .copied()
+            .filter(|p| now - p.since < TRIM_MERGE_WINDOW)
+        {
+            let index = usize::try_from(pending.pos - self.taken).expect("a queued trim is in the queue");
+            let earlier = std::mem::replace(&mut self.entries[index], Entry::Merged);
+            let Entry::Op {
+                op: Op::Trim { through: t, .. },
+                done: d,
+                merged: m,
+            } = earlier
+            else {
+                unreachable!("the trims map points at trims")
+            };
+            through = through.max(t);
+            merged = m;
+            merged.extend(d);
+            since = pending.since;
+            self.merged += 1;
+        }
+        self.trims.insert(
+            id,
+            PendingTrim {
+                pos: self.taken + self.entries.len() as u64,
+                since,
+            },
+        );
+        self.push(Entry::Op {
+            op: Op::Trim { id, through },
+            done,
+            merged,
+        });
+        // Merged entries are dropped once they are half the queue, so that a stream of trims
+        // while the writer is held up takes memory in proportion to the ids, not to the trims.
+        if self.merged > 64 && self.merged * 2 > self.entries.len() {
+            self.entries.retain(|e| !matches!(e, Entry::Merged));
+            self.merged = 0;
+            for (index, e) in self.entries.iter().enumerate() {
+                if let Entry::Op {
+                    op: Op::Trim { id, .. },
+                    ..
+                } = e
                 {
-                    // Applying the higher mark earlier ends the same as applying it here: an
-                    // append queued between the two with a seq up to `through` would be deleted
-                    // by this trim, and the writer skips it instead.
-                    *queued = (*queued).max(through);
-                    if let Some(done) = done {
-                        self.entries.push_back(Entry::Done(done));
+                    // Front to back: the id's last trim, the one the map names, comes last.
+                    if let Some(p) = self.trims.get_mut(id) {
+                        p.pos = self.taken + index as u64;
                     }
-                    return;
                 }
             }
         }
-        self.trims.insert(id, self.taken + self.entries.len() as u64);
-        self.entries.push_back(Entry::Op { op: Op::Trim { id, through }, done });
     }
 
     /// Takes the next group: entries up to `GROUP_MAX_OPS` ops.
@@ -246,6 +351,10 @@ impl Queue {
             let Some(entry) = self.entries.pop_front() else { break };
             let pos = self.taken;
             self.taken += 1;
+            if matches!(entry, Entry::Merged) {
+                self.merged -= 1;
+                continue;
+            }
             if let Entry::Op { op, .. } = &entry {
                 ops += 1;
                 match op {
@@ -254,7 +363,7 @@ impl Queue {
                         self.bytes -= append_cost(op);
                     }
                     Op::Trim { id, .. } => {
-                        if self.trims.get(id) == Some(&pos) {
+                        if self.trims.get(id).is_some_and(|p| p.pos == pos) {
                             self.trims.remove(id);
                         }
                     }
@@ -268,7 +377,15 @@ impl Queue {
 /// The writer thread's life: group commits until the store is dropped or fails. A panic in a
 /// `done` callback stops it; the store then answers `Closed`.
 fn writer_thread(shared: &Shared, engine: Engine, sync: SyncPolicy) {
-    let run = std::panic::AssertUnwindSafe(|| Writer { shared, engine, sync, unsynced_since: None }.run());
+    let run = std::panic::AssertUnwindSafe(|| {
+        Writer {
+            shared,
+            engine,
+            sync,
+            unsynced_since: None,
+        }
+        .run()
+    });
     if std::panic::catch_unwind(run).is_err() {
         fail(shared, StoreError::Closed, Vec::new());
     }
@@ -296,7 +413,12 @@ impl Writer<'_> {
                             if left.is_zero() {
                                 break;
                             }
-                            q = self.shared.wake.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
+                            q = self
+                                .shared
+                                .wake
+                                .wait_timeout(q, left)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
                         }
                     }
                 }
@@ -308,13 +430,7 @@ impl Writer<'_> {
                 return;
             }
             for entry in group.drain(..) {
-                match entry {
-                    Entry::Op { done: Some(done), .. } | Entry::Done(done) => done(Ok(())),
-                    Entry::Op { done: None, .. } => {}
-                    Entry::Flush(tx) => {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
+                entry.finish(&Ok(()));
             }
             if closing {
                 return;
@@ -360,15 +476,11 @@ fn fail(shared: &Shared, error: StoreError, group: Vec<Entry>) {
         q.ops = 0;
         q.bytes = 0;
         q.trims.clear();
+        q.merged = 0;
         q.entries.drain(..).collect()
     };
+    let result = Err(error);
     for entry in group.into_iter().chain(queued) {
-        match entry {
-            Entry::Op { done: Some(done), .. } | Entry::Done(done) => done(Err(error.clone())),
-            Entry::Op { done: None, .. } => {}
-            Entry::Flush(tx) => {
-                let _ = tx.send(Err(error.clone()));
-            }
-        }
+        entry.finish(&result);
     }
 }

@@ -1,0 +1,115 @@
+//! The queue's bounds: a full queue answers Busy at once, trims are never refused.
+
+mod common;
+
+use std::sync::mpsc;
+
+use common::{done_channel, message, summary};
+use fedbroker_store::{Limits, Op, Store, StoreError, SyncPolicy};
+
+/// Submits an append whose callback holds the writer thread until the returned sender is used
+/// (or dropped), and waits until it does: from then on the queue does not drain.
+fn hold_writer(store: &Store) -> mpsc::Sender<()> {
+    let (running_tx, running_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    store.submit(
+        Op::Append(message(1, 1)),
+        Some(Box::new(move |r| {
+            r.unwrap();
+            running_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        })),
+    );
+    running_rx.recv().unwrap();
+    release_tx
+}
+
+#[test]
+fn a_full_queue_answers_busy_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        queue_ops: 4,
+        queue_bytes: 1 << 20,
+    };
+    let (store, _) = Store::open(dir.path(), SyncPolicy::Always, limits).unwrap();
+    let release = hold_writer(&store);
+    let mut waiting = Vec::new();
+    for seq in 2..=5 {
+        let (done, rx) = done_channel();
+        store.submit(Op::Append(message(1, seq)), Some(done));
+        waiting.push(rx);
+    }
+    // The fifth append does not fit: refused on this thread, before submit returns.
+    let (done, rx) = done_channel();
+    store.submit(Op::Append(message(1, 6)), Some(done));
+    assert_eq!(rx.try_recv(), Ok(Err(StoreError::Busy)));
+    // Trims are still taken.
+    let (done, trim_rx) = done_channel();
+    store.submit(Op::Trim { id: 2, through: 9 }, Some(done));
+    assert!(trim_rx.try_recv().is_err());
+
+    drop(release);
+    for rx in waiting {
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+    }
+    assert_eq!(trim_rx.recv().unwrap(), Ok(()));
+    // Room again.
+    let (done, rx) = done_channel();
+    store.submit(Op::Append(message(1, 6)), Some(done));
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    drop(store);
+    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Always, limits).unwrap();
+    assert_eq!(summary(&loaded), vec![(1, 0, (1..=6).collect()), (2, 9, vec![])]);
+}
+
+#[test]
+fn the_byte_bound_refuses_but_an_empty_queue_takes_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        queue_ops: 1000,
+        queue_bytes: 1000,
+    };
+    let (store, _) = Store::open(dir.path(), SyncPolicy::Batch, limits).unwrap();
+    let release = hold_writer(&store);
+    let big = |seq| {
+        let mut r = message(5, seq);
+        r.payload = vec![7u8; 4000].into();
+        Op::Append(r)
+    };
+    let (done, first) = done_channel();
+    store.submit(big(1), Some(done));
+    let (done, second) = done_channel();
+    store.submit(big(2), Some(done));
+    assert_eq!(second.try_recv(), Ok(Err(StoreError::Busy)));
+    drop(release);
+    assert_eq!(first.recv().unwrap(), Ok(()));
+}
+
+#[test]
+fn trims_of_one_id_coalesce_while_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(
+        dir.path(),
+        SyncPolicy::Always,
+        Limits {
+            queue_ops: 10,
+            queue_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let release = hold_writer(&store);
+    // Far more trims than the queue bound: taken, merged, and each one's callback still runs.
+    let mut waiting = Vec::new();
+    for through in 1..=10_000u64 {
+        let (done, rx) = done_channel();
+        store.submit(Op::Trim { id: 8, through }, Some(done));
+        waiting.push(rx);
+    }
+    drop(release);
+    for rx in waiting {
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+    }
+    drop(store);
+    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
+    assert_eq!(summary(&loaded), vec![(1, 0, vec![1]), (8, 10_000, vec![])]);
+}
