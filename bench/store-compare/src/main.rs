@@ -5,8 +5,9 @@
 //! oldest records; a reopen and full load. See docs/store.md for the figures and the choice.
 //!
 //!   cargo run --release -- [SECONDS_PER_APPEND_RUN] [ENGINE...]
+//!   cargo run --release -- crash      # what a SIGKILL loses, per engine and mode
 //!
-//! Prints one markdown row per run.
+//! Prints markdown tables.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +44,23 @@ enum Kind {
 }
 
 impl Kind {
+    fn parse(a: &str) -> Kind {
+        match a {
+            "redb" => Kind::Redb,
+            "fjall" => Kind::Fjall,
+            "sqlite" => Kind::Sqlite,
+            _ => panic!("engines: redb fjall sqlite"),
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Kind::Redb => "redb",
+            Kind::Fjall => "fjall",
+            Kind::Sqlite => "sqlite",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Redb => "redb 5.0.0",
@@ -112,7 +130,10 @@ impl Engine for RedbEngine {
     fn load_all(&mut self) -> usize {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().unwrap();
-        let t = tx.open_table(TABLE).unwrap();
+        let t = match tx.open_table(TABLE) {
+            Err(redb::TableError::TableDoesNotExist(_)) => return 0, // nothing was ever committed
+            t => t.unwrap(),
+        };
         let mut n = 0;
         for r in t.iter().unwrap() {
             let (k, v) = r.unwrap();
@@ -353,17 +374,70 @@ fn dir_size(p: &Path) -> u64 {
     n
 }
 
+/// `store-compare crash`: for each engine and mode, a child process (this binary, `child`)
+/// commits one record at a time (id 1, seq 1, 2, …) and prints each seq once its commit
+/// returned; the parent SIGKILLs it after `CRASH_AFTER_ACKS` and reopens the database.
+const CRASH_AFTER_ACKS: u64 = 300;
+
+fn crash_child(kind: Kind, durable: bool, dir: &Path) {
+    use std::io::Write;
+    let mut e = open(kind, dir, durable);
+    let mut out = std::io::stdout().lock();
+    for seq in 1.. {
+        e.commit(&[(1, seq, vec![7; 64])], &[]);
+        out.write_all(format!("acked {seq}\n").as_bytes()).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+fn crash_check(kind: Kind, durable: bool) -> (u64, usize) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child", kind.arg(), if durable { "durable" } else { "nosync" }])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut line, mut acked) = (String::new(), 0);
+    while out.read_line(&mut line).unwrap() > 0 {
+        let Some(seq) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("acked ")) else {
+            break;
+        };
+        acked = seq.parse().unwrap();
+        if acked == CRASH_AFTER_ACKS {
+            child.kill().unwrap();
+        }
+        line.clear();
+    }
+    child.wait().unwrap();
+    let found = open(kind, dir.path(), durable).load_all();
+    (acked, found)
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("child") {
+        return crash_child(Kind::parse(&args[1]), args[2] == "durable", Path::new(&args[3]));
+    }
+    if args.first().map(String::as_str) == Some("crash") {
+        println!("## SIGKILL after {CRASH_AFTER_ACKS} acknowledged commits (one record each)\n");
+        println!("| engine | fsync per commit | acknowledged | found after reopen | acknowledged but lost |");
+        println!("|---|---|---|---|---|");
+        for kind in [Kind::Redb, Kind::Fjall, Kind::Sqlite] {
+            for durable in [true, false] {
+                let (acked, found) = crash_check(kind, durable);
+                let lost = acked.saturating_sub(found as u64);
+                let yes = if durable { "yes" } else { "no" };
+                println!("| {} | {yes} | {acked} | {found} | {lost} |", kind.name());
+            }
+        }
+        return;
+    }
+    let mut args = args.into_iter();
     let secs: f64 = args.next().map(|s| s.parse().unwrap()).unwrap_or(3.0);
-    let mut kinds: Vec<Kind> = args
-        .map(|a| match a.as_str() {
-            "redb" => Kind::Redb,
-            "fjall" => Kind::Fjall,
-            "sqlite" => Kind::Sqlite,
-            _ => panic!("engines: redb fjall sqlite"),
-        })
-        .collect();
+    let mut kinds: Vec<Kind> = args.map(|a| Kind::parse(&a)).collect();
     if kinds.is_empty() {
         kinds = vec![Kind::Redb, Kind::Fjall, Kind::Sqlite];
     }
