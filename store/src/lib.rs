@@ -69,6 +69,8 @@
 //! # Ok::<(), fedbroker_store::StoreError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod engine;
 mod error;
 mod record;

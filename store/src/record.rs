@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn keys_sort_by_id_then_seq() {
-        let mut keys = vec![
+        let mut keys = [
             record_key(2, 1),
             record_key(1, 256),
             record_key(1, 2),

@@ -285,7 +285,7 @@ impl Queue {
     /// earlier entry becomes `Merged` and its callbacks move to the new one, which trims through
     /// the higher of the two. Applied at the later position, the merged trim deletes everything
     /// either would have, and a crash still leaves a prefix of the submitted ops on disk. A
-    /// queued trim takes merges only for `TRIM_MERGE_WINDOW` trims, then stays where it is.
+    /// queued trim takes merges only for `TRIM_MERGE_WINDOW` submissions, then stays where it is.
     fn push_trim(&mut self, id: u32, mut through: u64, done: Option<Done>) {
         let now = self.pushed;
         let mut merged = Vec::new();
