@@ -135,31 +135,40 @@ fn done_callbacks_run_in_submission_order() {
     }
 }
 
+/// Opening `path` fails: with what.
+fn open_error(path: &std::path::Path) -> StoreError {
+    Store::open(path, SyncPolicy::Always, Limits::default())
+        .err()
+        .expect("open must fail")
+}
+
 #[test]
 fn open_refuses_what_is_not_a_store() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"hello").unwrap();
-    let err = Store::open(&file, SyncPolicy::Always, Limits::default()).err().unwrap();
+    let err = open_error(&file);
     assert!(matches!(err, StoreError::NotAStore(_)), "{err}");
 
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"mine").unwrap();
-    let err = Store::open(&other, SyncPolicy::Always, Limits::default())
-        .err()
-        .unwrap();
+    let err = open_error(&other);
     assert!(matches!(err, StoreError::NotAStore(_)), "{err}");
     assert!(err.to_string().contains("other contents"), "{err}");
+
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    std::fs::write(newer.join("FEDBROKER-STORE"), b"fedbroker-store 2 something-else\n").unwrap();
+    let err = open_error(&newer);
+    assert!(err.to_string().contains("another format"), "{err}");
 }
 
 #[test]
 fn a_store_open_elsewhere_is_locked() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, _) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
-    let err = Store::open(dir.path(), SyncPolicy::Always, Limits::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
 }
