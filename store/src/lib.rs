@@ -10,7 +10,8 @@
 //! - [`Store::submit`] hands an [`Op`] (append a [`Record`], or trim an id's oldest records) to
 //!   that thread and returns at once. The writer takes everything pending (up to
 //!   [`GROUP_MAX_OPS`]) into one batch, commits it once, then calls each op's [`Done`] callback
-//!   in submission order; the callback wakes whatever waits (a future, a channel, a condvar).
+//!   in submission order (a replaced trim's with the trim that replaced it, see below); the
+//!   callback wakes whatever waits (a future, a channel, a condvar).
 //!   The queue is bounded ([`Limits`]): an append that does not fit gets
 //!   `Err(StoreError::Busy)` at once, and the broker answers `503`.
 //! - [`Store::flush`] blocks until everything submitted is on disk; dropping the `Store`
@@ -49,10 +50,12 @@
 //! `seq <= through` and records `through` as the id's mark, which [`Store::open`] returns even when
 //! no record is left, so a seq is never handed out twice across restarts. Trims are never
 //! refused and need no bound of their own: a trim of an id whose earlier trim is still queued
-//! replaces it (at the later position, through the higher `through`), so the queue holds at
-//! most one trim per id. An append whose seq is at or below its id's mark when the writer
-//! reaches it is not written (the core does not do that; the store keeps `records` above
-//! `trimmed_through` even if it did). A crash leaves a prefix of the submitted ops on disk.
+//! replaces it (at the later position, through the higher `through`), so the queue holds about
+//! one trim per id. A queued trim takes such merges only for [`GROUP_MAX_OPS`] submissions, so
+//! a steady stream of trims cannot put an id's trim off indefinitely. An append whose seq is at
+//! or below its id's mark when the writer reaches it is not written (a core that trims only
+//! seqs it has submitted never sends one; the store keeps every loaded record above
+//! `trimmed_through` regardless). A crash leaves a prefix of the submitted ops on disk.
 //!
 //! ```no_run
 //! use fedbroker_store::{Kind, Limits, Op, Record, Store, SyncPolicy};

@@ -113,3 +113,43 @@ fn trims_of_one_id_coalesce_while_queued() {
     let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
     assert_eq!(summary(&loaded), vec![(1, 0, vec![1]), (8, 10_000, vec![])]);
 }
+
+#[test]
+fn a_steady_stream_of_trims_does_not_put_one_off_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
+    let release = hold_writer(&store);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = |name: String| {
+        let order = order.clone();
+        Some(Box::new(move |r: Result<(), StoreError>| order.lock().unwrap().push((name, r))) as fedbroker_store::Done)
+    };
+    // A trim of id 2 with a callback, then appends to id 3, each followed by another trim of id 2.
+    store.submit(Op::Trim { id: 2, through: 1 }, record("first trim".into()));
+    for seq in 1..=3000 {
+        store.submit(Op::Append(message(3, seq)), record(format!("append {seq}")));
+        store.submit(
+            Op::Trim {
+                id: 2,
+                through: 1 + seq,
+            },
+            None,
+        );
+    }
+    drop(release);
+    store.flush().unwrap();
+    let order = order.lock().unwrap();
+    assert_eq!(order.len(), 3001);
+    assert!(order.iter().all(|(_, r)| r.is_ok()));
+    // Merged into the trims after it for one window of submissions (two per append here), then
+    // committed where the last of those stood: not at the end of the stream.
+    let first = order.iter().position(|(name, _)| name == "first trim").unwrap();
+    let window = fedbroker_store::GROUP_MAX_OPS;
+    assert!(
+        (window / 2 - 2..=window / 2 + 2).contains(&first),
+        "the first trim's callback ran at {first}"
+    );
+    drop(store);
+    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
+    assert_eq!(summary(&loaded)[1], (2, 3001, vec![]));
+}
