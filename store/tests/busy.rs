@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::mpsc;
 
-use common::{done_channel, message, summary};
+use common::{done_channel, message, new_store, reopen, summary};
 use fedbroker_store::{Limits, Op, Store, StoreError, SyncPolicy};
 
 /// Submits an append whose callback holds the writer thread until the returned sender is used
@@ -26,12 +26,11 @@ fn hold_writer(store: &Store) -> mpsc::Sender<()> {
 
 #[test]
 fn a_full_queue_answers_busy_at_once() {
-    let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         queue_ops: 4,
         queue_bytes: 1 << 20,
     };
-    let (store, _) = Store::open(dir.path(), SyncPolicy::Always, limits).unwrap();
+    let (dir, store) = new_store(SyncPolicy::Always, limits);
     let release = hold_writer(&store);
     let mut waiting = Vec::new();
     for seq in 2..=5 {
@@ -57,19 +56,17 @@ fn a_full_queue_answers_busy_at_once() {
     let (done, rx) = done_channel();
     store.submit(Op::Append(message(1, 6)), Some(done));
     assert_eq!(rx.recv().unwrap(), Ok(()));
-    drop(store);
-    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Always, limits).unwrap();
+    let (_store, loaded) = reopen(store, dir.path(), SyncPolicy::Always);
     assert_eq!(summary(&loaded), vec![(1, 0, (1..=6).collect()), (2, 9, vec![])]);
 }
 
 #[test]
 fn the_byte_bound_refuses_but_an_empty_queue_takes_anything() {
-    let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         queue_ops: 1000,
         queue_bytes: 1000,
     };
-    let (store, _) = Store::open(dir.path(), SyncPolicy::Batch, limits).unwrap();
+    let (_dir, store) = new_store(SyncPolicy::Batch, limits);
     let release = hold_writer(&store);
     let big = |seq| {
         let mut r = message(5, seq);
@@ -87,16 +84,13 @@ fn the_byte_bound_refuses_but_an_empty_queue_takes_anything() {
 
 #[test]
 fn trims_of_one_id_coalesce_while_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(
-        dir.path(),
+    let (dir, store) = new_store(
         SyncPolicy::Always,
         Limits {
             queue_ops: 10,
             queue_bytes: 1 << 20,
         },
-    )
-    .unwrap();
+    );
     let release = hold_writer(&store);
     // Far more trims than the queue bound: taken, merged, and each one's callback still runs.
     let mut waiting = Vec::new();
@@ -109,15 +103,13 @@ fn trims_of_one_id_coalesce_while_queued() {
     for rx in waiting {
         assert_eq!(rx.recv().unwrap(), Ok(()));
     }
-    drop(store);
-    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
+    let (_store, loaded) = reopen(store, dir.path(), SyncPolicy::Always);
     assert_eq!(summary(&loaded), vec![(1, 0, vec![1]), (8, 10_000, vec![])]);
 }
 
 #[test]
 fn a_steady_stream_of_trims_does_not_put_one_off_for_ever() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
+    let (dir, store) = new_store(SyncPolicy::Batch, Limits::default());
     let release = hold_writer(&store);
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = |name: String| {
@@ -149,7 +141,6 @@ fn a_steady_stream_of_trims_does_not_put_one_off_for_ever() {
         (window / 2 - 2..=window / 2 + 2).contains(&first),
         "the first trim's callback ran at {first}"
     );
-    drop(store);
-    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
+    let (_store, loaded) = reopen(store, dir.path(), SyncPolicy::Batch);
     assert_eq!(summary(&loaded)[1], (2, 3001, vec![]));
 }

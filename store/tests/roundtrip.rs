@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{message, submit_wait, summary};
+use common::{message, new_store, reopen, submit_wait, summary};
 use fedbroker_store::{Kind, Limits, Op, Record, Store, StoreError, SyncPolicy};
 
 #[test]
@@ -25,8 +25,7 @@ fn a_new_store_is_empty_and_reopens_empty() {
 #[test]
 fn appends_and_trims_survive_a_reopen_in_seq_order() {
     for sync in [SyncPolicy::Always, SyncPolicy::Batch] {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), sync, Limits::default()).unwrap();
+        let (dir, store) = new_store(sync, Limits::default());
         // Submitted out of seq order and interleaved across ids: loaded in (id, seq) order.
         for seq in [3, 1, 2, 10, 300, 256] {
             for id in [7, 1, 65536] {
@@ -40,9 +39,7 @@ fn appends_and_trims_survive_a_reopen_in_seq_order() {
         };
         submit_wait(&store, Op::Append(skip.clone())).unwrap();
         submit_wait(&store, Op::Trim { id: 7, through: 3 }).unwrap();
-        drop(store);
-
-        let (store, loaded) = Store::open(dir.path(), sync, Limits::default()).unwrap();
+        let (store, loaded) = reopen(store, dir.path(), sync);
         assert_eq!(
             summary(&loaded),
             vec![
@@ -58,16 +55,14 @@ fn appends_and_trims_survive_a_reopen_in_seq_order() {
         // A later, higher trim moves the mark; a lower one changes nothing.
         submit_wait(&store, Op::Trim { id: 7, through: 256 }).unwrap();
         submit_wait(&store, Op::Trim { id: 7, through: 5 }).unwrap();
-        drop(store);
-        let (_store, loaded) = Store::open(dir.path(), sync, Limits::default()).unwrap();
+        let (_store, loaded) = reopen(store, dir.path(), sync);
         assert_eq!(summary(&loaded)[1], (7, 256, vec![300]));
     }
 }
 
 #[test]
 fn trim_marks_persist_for_ids_with_no_records_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
+    let (dir, store) = new_store(SyncPolicy::Always, Limits::default());
     for seq in 1..=5 {
         store.submit(Op::Append(message(9, seq)), None);
     }
@@ -75,21 +70,18 @@ fn trim_marks_persist_for_ids_with_no_records_left() {
     store.submit(Op::Trim { id: 9, through: 5 }, None);
     store.submit(Op::Trim { id: 12, through: 40 }, None);
     store.flush().unwrap();
-    drop(store);
-    let (store, loaded) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
+    let (store, loaded) = reopen(store, dir.path(), SyncPolicy::Always);
     assert_eq!(summary(&loaded), vec![(9, 5, vec![]), (12, 40, vec![])]);
     // Appends continue after the mark.
     submit_wait(&store, Op::Append(message(9, 6))).unwrap();
-    drop(store);
-    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Always, Limits::default()).unwrap();
+    let (_store, loaded) = reopen(store, dir.path(), SyncPolicy::Always);
     assert_eq!(summary(&loaded), vec![(9, 5, vec![6]), (12, 40, vec![])]);
 }
 
 #[test]
 fn a_trim_applies_to_appends_submitted_before_it_in_the_same_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
-    // Many trims of one id while its appends are queued: they coalesce into the first, and
+    let (dir, store) = new_store(SyncPolicy::Batch, Limits::default());
+    // Many trims of one id while its appends are queued: each may replace the one before, and
     // the result is as if each had been applied where it was submitted.
     for seq in 1..=2000u64 {
         store.submit(Op::Append(message(3, seq)), None);
@@ -104,15 +96,13 @@ fn a_trim_applies_to_appends_submitted_before_it_in_the_same_group() {
         }
     }
     store.flush().unwrap();
-    drop(store);
-    let (_store, loaded) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
+    let (_store, loaded) = reopen(store, dir.path(), SyncPolicy::Batch);
     assert_eq!(summary(&loaded), vec![(3, 1995, (1996..=2000).collect())]);
 }
 
 #[test]
 fn done_callbacks_run_in_submission_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), SyncPolicy::Batch, Limits::default()).unwrap();
+    let (_dir, store) = new_store(SyncPolicy::Batch, Limits::default());
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     for i in 0..3000u64 {
         let order = order.clone();

@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 
 use bytes::Bytes;
-use fedbroker_store::{Done, Kind, Op, Record, Store, StoreError};
+use fedbroker_store::{Done, Kind, Limits, Loaded, Op, Record, Store, StoreError, SyncPolicy};
 
 /// A message record whose payload names it.
 pub fn message(id: u32, seq: u64) -> Record {
@@ -30,8 +30,22 @@ pub fn submit_wait(store: &Store, op: Op) -> Result<(), StoreError> {
     rx.recv().expect("done is always called")
 }
 
+/// A new, empty store in a temporary folder (removed when the `TempDir` is dropped).
+pub fn new_store(sync: SyncPolicy, limits: Limits) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, loaded) = Store::open(dir.path(), sync, limits).unwrap();
+    assert!(loaded.is_empty());
+    (dir, store)
+}
+
+/// Closes `store` (which flushes it) and opens the store at `path` again.
+pub fn reopen(store: Store, path: &std::path::Path, sync: SyncPolicy) -> (Store, Vec<Loaded>) {
+    drop(store);
+    Store::open(path, sync, Limits::default()).unwrap()
+}
+
 /// The seqs of each loaded id, as (id, trimmed_through, seqs).
-pub fn summary(loaded: &[fedbroker_store::Loaded]) -> Vec<(u32, u64, Vec<u64>)> {
+pub fn summary(loaded: &[Loaded]) -> Vec<(u32, u64, Vec<u64>)> {
     loaded
         .iter()
         .map(|l| (l.id, l.trimmed_through, l.records.iter().map(|r| r.seq).collect()))
