@@ -64,7 +64,7 @@
 //! for id in &loaded {
 //!     println!("id {} keeps {} records after seq {}", id.id, id.records.len(), id.trimmed_through);
 //! }
-//! let record = Record { id: 42, seq: 1, at_ms: 1_764_950_400_000, kind: Kind::Message, payload: "hi".into() };
+//! let record = Record { id: 42, seq: 1, at_ms: 1_764_950_400_000, kind: Kind::Message, from: None, payload: "hi".into() };
 //! let (tx, rx) = std::sync::mpsc::channel();
 //! store.submit(Op::Append(record), Some(Box::new(move |result| drop(tx.send(result)))));
 //! rx.recv().unwrap()?; // now on disk: answer 204

@@ -11,8 +11,9 @@
 //! +---------+----------------+------+-----------------+
 //! ```
 //!
-//! `version` is 1; `kind` is 0 (message) or 1 (skip). The encoding is canonical: every value
-//! that decodes encodes back to the same bytes.
+//! `version` is 1; `kind` is 0 (message), 1 (skip) or 2 (a message sent by an envelope
+//! listener: the payload is then preceded by that listener's id, `from`, u32 BE). The encoding is
+//! canonical: every value that decodes encodes back to the same bytes.
 
 use bytes::Bytes;
 
@@ -48,6 +49,9 @@ pub struct Record {
     pub at_ms: u64,
     /// A message, or a seq kept only so that it is not reused.
     pub kind: Kind,
+    /// The id listened on by the envelope listener that sent the message, if one did (messages
+    /// only; ignored for `Kind::Skip`).
+    pub from: Option<u32>,
     /// The message's bytes (usually empty for `Kind::Skip`).
     pub payload: Bytes,
 }
@@ -80,13 +84,17 @@ pub struct Loaded {
 
 /// Encodes a record's value (everything but its id and seq, which are its key).
 pub fn encode_value(r: &Record) -> Vec<u8> {
-    let mut v = Vec::with_capacity(VALUE_HEADER_LEN + r.payload.len());
+    let mut v = Vec::with_capacity(VALUE_HEADER_LEN + 4 + r.payload.len());
     v.push(VALUE_VERSION);
     v.extend_from_slice(&r.at_ms.to_be_bytes());
-    v.push(match r.kind {
-        Kind::Message => 0,
-        Kind::Skip => 1,
-    });
+    match (r.kind, r.from) {
+        (Kind::Message, None) => v.push(0),
+        (Kind::Skip, _) => v.push(1),
+        (Kind::Message, Some(from)) => {
+            v.push(2);
+            v.extend_from_slice(&from.to_be_bytes());
+        }
+    }
     v.extend_from_slice(&r.payload);
     v
 }
@@ -105,9 +113,15 @@ pub fn decode_value(id: u32, seq: u64, bytes: &[u8]) -> Result<Record, StoreErro
     let (&kind, payload) = rest
         .split_first()
         .ok_or(corrupt("the value is shorter than its header"))?;
-    let kind = match kind {
-        0 => Kind::Message,
-        1 => Kind::Skip,
+    let (kind, from, payload) = match kind {
+        0 => (Kind::Message, None, payload),
+        1 => (Kind::Skip, None, payload),
+        2 => {
+            let (from, payload) = payload
+                .split_first_chunk::<4>()
+                .ok_or(corrupt("the value is shorter than its sender"))?;
+            (Kind::Message, Some(u32::from_be_bytes(*from)), payload)
+        }
         _ => return Err(corrupt("the record kind is unknown")),
     };
     Ok(Record {
@@ -115,6 +129,7 @@ pub fn decode_value(id: u32, seq: u64, bytes: &[u8]) -> Result<Record, StoreErro
         seq,
         at_ms: u64::from_be_bytes(*at),
         kind,
+        from,
         payload: Bytes::copy_from_slice(payload),
     })
 }
@@ -160,10 +175,21 @@ mod tests {
             seq: 9,
             at_ms: 0x0102,
             kind: Kind::Skip,
+            from: None,
             payload: Bytes::from_static(b"x"),
         };
         assert_eq!(encode_value(&r), [1, 0, 0, 0, 0, 0, 0, 1, 2, 1, b'x']);
         assert_eq!(decode_value(7, 9, &encode_value(&r)), Ok(r));
+        let sent = Record {
+            kind: Kind::Message,
+            from: Some(0x0A0B),
+            ..decode_value(7, 9, &[1, 0, 0, 0, 0, 0, 0, 1, 2, 0, b'x']).unwrap()
+        };
+        assert_eq!(
+            encode_value(&sent),
+            [1, 0, 0, 0, 0, 0, 0, 1, 2, 2, 0, 0, 0x0A, 0x0B, b'x']
+        );
+        assert_eq!(decode_value(7, 9, &encode_value(&sent)), Ok(sent));
     }
 
     #[test]
@@ -173,7 +199,8 @@ mod tests {
             &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[1, 0, 0],
             &[1, 0, 0, 0, 0, 0, 0, 0, 0],
-            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 7],
         ] {
             assert!(
                 matches!(decode_value(1, 1, bad), Err(StoreError::Corrupt { id: 1, seq: 1, .. })),

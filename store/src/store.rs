@@ -206,24 +206,25 @@ impl Store {
     /// later one's (the one exception to submission order). Pass `None` for trims unless their
     /// durability matters.
     pub fn submit(&self, op: Op, done: Option<Done>) {
+        if let Err((e, Some(done))) = self.try_submit(op, done) {
+            done(Err(e));
+        }
+    }
+
+    /// As [`Store::submit`], but a refusal (`Busy`, or the store's sticky error) is returned
+    /// with `done` unrun instead of calling it on this thread: for callers that hold a lock
+    /// `done` would take.
+    pub fn try_submit(&self, op: Op, done: Option<Done>) -> Result<(), (StoreError, Option<Done>)> {
         let mut q = self.queue();
         if let Some(e) = q.failed.clone() {
-            drop(q);
-            if let Some(done) = done {
-                done(Err(e));
-            }
-            return;
+            return Err((e, done));
         }
         match op {
             Op::Trim { id, through } => q.push_trim(id, through, done),
             op => {
                 let cost = append_cost(&op);
                 if q.ops > 0 && (q.ops >= self.limits.queue_ops || q.bytes + cost > self.limits.queue_bytes) {
-                    drop(q);
-                    if let Some(done) = done {
-                        done(Err(StoreError::Busy));
-                    }
-                    return;
+                    return Err((StoreError::Busy, done));
                 }
                 q.ops += 1;
                 q.bytes += cost;
@@ -236,6 +237,7 @@ impl Store {
         }
         drop(q);
         self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Blocks until everything submitted before it is durable (fsynced, under both policies).

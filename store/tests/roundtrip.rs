@@ -34,6 +34,7 @@ fn appends_and_trims_survive_a_reopen_in_seq_order() {
         }
         let skip = Record {
             kind: Kind::Skip,
+            from: None,
             payload: bytes::Bytes::new(),
             ..message(1, 11)
         };

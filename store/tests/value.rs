@@ -11,13 +11,16 @@ fn record() -> impl Strategy<Value = Record> {
         any::<u64>(),
         any::<u64>(),
         any::<bool>(),
+        any::<Option<u32>>(),
         proptest::collection::vec(any::<u8>(), 0..2048),
     )
-        .prop_map(|(id, seq, at_ms, skip, payload)| Record {
+        .prop_map(|(id, seq, at_ms, skip, from, payload)| Record {
             id,
             seq,
             at_ms,
             kind: if skip { Kind::Skip } else { Kind::Message },
+            // A skip has no sender.
+            from: if skip { None } else { from },
             payload: Bytes::from(payload),
         })
 }
@@ -26,7 +29,7 @@ proptest! {
     #[test]
     fn decode_of_encode_is_identity(r in record()) {
         let bytes = encode_value(&r);
-        prop_assert_eq!(bytes.len(), VALUE_HEADER_LEN + r.payload.len());
+        prop_assert_eq!(bytes.len(), VALUE_HEADER_LEN + r.payload.len() + if r.from.is_some() { 4 } else { 0 });
         prop_assert_eq!(decode_value(r.id, r.seq, &bytes), Ok(r));
     }
 

@@ -13,6 +13,7 @@ pub fn message(id: u32, seq: u64) -> Record {
         seq,
         at_ms: 1_700_000_000_000 + seq,
         kind: Kind::Message,
+        from: None,
         payload: Bytes::from(format!("{id}/{seq}")),
     }
 }
