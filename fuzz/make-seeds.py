@@ -231,3 +231,11 @@ write("envelope", "negotiate", b"\x01" + b"mqtt, fedbroker.v2\n\t fedbroker.v1 ,
 write("targets", "list", b"\x00" + b"1,2,3,2147483647,42")
 write("targets", "duplicate", b"\x00" + b"9,7,8,7,9")
 write("targets", "built", b"\x01" + struct.pack("<H", 1025) + b"\x00\x00\x03\x49\x4a\xe3,9,")
+
+
+# store_record: [u32 BE id, u64 BE seq] (zero-padded when short) + a stored value
+# (version 1, u64 BE at_ms, kind 0 message / 1 skip, payload).
+KEY42 = struct.pack(">IQ", 42, 7)
+write("store_record", "message", KEY42 + b"\x01" + struct.pack(">Q", 1764950400000) + b"\x00" + b"hello")
+write("store_record", "skip", KEY42 + b"\x01" + struct.pack(">Q", 0) + b"\x01")
+write("store_record", "unknown-version", KEY42 + b"\x02" + struct.pack(">Q", 1) + b"\x00x")

@@ -20,6 +20,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 mod security;
+mod store;
 mod transport;
 
 pub use fedbroker_core::ws::Role;
@@ -767,6 +768,22 @@ pub fn main_with(
             return ExitCode::from(1);
         }
     };
+    // The store is opened (and loaded) before the listeners are bound: `listening on` means
+    // ready, and a store in use by another broker stops this one before it prints anything.
+    let (persist, loaded, store) = match &settings.store {
+        None => (None, Vec::new(), None),
+        Some(s) => match store::Durable::open(&s.path, s.sync_always) {
+            Ok((durable, loaded)) => {
+                let handle = durable.handle();
+                let persist: Arc<dyn fedbroker_core::Persist> = Arc::new(durable);
+                (Some(persist), loaded, Some(handle))
+            }
+            Err(e) => {
+                eprintln!("{binary}: --store {}: {e}", s.path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let listeners = match bind_all(&settings.listen, settings.tls.is_some()) {
         Ok(l) => l,
         Err(e) => {
@@ -779,15 +796,34 @@ pub fn main_with(
     core.websocket_role = role;
     let now = std::time::Instant::now();
     let since_epoch = wall_clock();
-    let broker = Broker::with_authorizer(core, runtime, settings.authorizer, now, since_epoch);
-    match serve(
+    let broker = Broker::with_store(
+        core,
+        runtime,
+        settings.authorizer,
+        fedbroker_core::LocalRouter::new,
+        persist,
+        now,
+        since_epoch,
+    );
+    if store.is_some() {
+        store::restore(broker.registry(), loaded, broker.wall_ms(now));
+    }
+    let served = serve(
         broker,
         Server {
             listeners,
             tls: settings.tls,
             signal,
         },
-    ) {
+    );
+    if let Some(store) = store {
+        // Everything answered is durable already under `always`; under `batch`, this is the
+        // fsync that a clean shutdown owes.
+        if let Err(e) = store.flush() {
+            tracing::error!("the mailbox store could not be flushed at shutdown: {e}");
+        }
+    }
+    match served {
         Ok(()) => {
             tracing::info!("broker stopped");
             ExitCode::SUCCESS

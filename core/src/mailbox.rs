@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::auth::IdSet;
+use crate::reply::ReplySender;
 use crate::Id;
 
 /// Bytes charged per kept message on top of its payload, so that empty messages are bounded too.
@@ -118,13 +119,16 @@ enum State {
     Failed,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Kept {
     at_ms: u64,
     from: Option<Id>,
     /// `None`: a seq used by something not kept (a request awaiting a reply).
     payload: Option<Bytes>,
     state: State,
+    /// A request for the listener connected when it was sent, until that listener reads it (or
+    /// leaves): its body, where the answer goes, and how long the sender waits (ms).
+    request: Option<Box<(Bytes, ReplySender, u64)>>,
 }
 
 impl Kept {
@@ -155,7 +159,7 @@ pub struct Appended {
 }
 
 /// What a cursor finds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Read {
     /// Messages `from..=to` were dropped before this cursor read them; it now points past them.
     Gap {
@@ -163,6 +167,17 @@ pub enum Read {
         from: u64,
         /// Last seq lost.
         to: u64,
+    },
+    /// A request awaiting a reply, at the cursor: it is handed over once.
+    Request {
+        /// Its seq (the reply's `reply_to`).
+        seq: u64,
+        /// The body.
+        payload: Bytes,
+        /// Where the answer goes.
+        reply: ReplySender,
+        /// How long the sender waits, in milliseconds.
+        timeout_ms: u64,
     },
     /// The message at the cursor; the cursor moved past it.
     Message {
@@ -177,6 +192,43 @@ pub enum Read {
     Empty,
 }
 
+/// Equal when of the same kind with the same fields (a request's reply sender aside).
+impl PartialEq for Read {
+    fn eq(&self, other: &Read) -> bool {
+        match (self, other) {
+            (Read::Gap { from: a, to: b }, Read::Gap { from: c, to: d }) => (a, b) == (c, d),
+            (
+                Read::Request {
+                    seq: a,
+                    payload: p,
+                    timeout_ms: t,
+                    ..
+                },
+                Read::Request {
+                    seq: b,
+                    payload: q,
+                    timeout_ms: u,
+                    ..
+                },
+            ) => (a, p, t) == (b, q, u),
+            (
+                Read::Message {
+                    seq: a,
+                    from: f,
+                    payload: p,
+                },
+                Read::Message {
+                    seq: b,
+                    from: g,
+                    payload: q,
+                },
+            ) => (a, f, p) == (b, g, q),
+            (Read::Empty, Read::Empty) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why a listener cannot start at the `since` it gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartError {
@@ -188,7 +240,7 @@ pub enum StartError {
 }
 
 /// The mailbox of one id.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct History {
     /// Seq of `entries[0]` (the next seq when empty).
     first_seq: u64,
@@ -332,12 +384,10 @@ impl History {
                 self.drop_front(budget, &mut out);
             }
         }
-        // Leading seqs of requests carry nothing worth a slot.
-        while self
-            .entries
-            .front()
-            .is_some_and(|k| k.payload.is_none() && k.state != State::Pending)
-        {
+        // Leading seqs of requests carry nothing worth a slot once nobody waits for them.
+        while self.entries.front().is_some_and(|k| {
+            k.payload.is_none() && k.state != State::Pending && k.request.as_ref().is_none_or(|r| !r.1.is_waiting())
+        }) {
             self.drop_front(budget, &mut out);
         }
         self.last_seq += 1;
@@ -353,9 +403,36 @@ impl History {
             from,
             payload,
             state: if pending { State::Pending } else { State::Ready },
+            request: None,
         });
         out.seq = self.last_seq;
         Ok(out)
+    }
+
+    /// Takes a seq for a request to the connected listener (not kept: replay passes over it),
+    /// queued in seq order with the messages around it.
+    pub fn append_request(
+        &mut self,
+        cfg: &MailboxConfig,
+        budget: &Budget,
+        now_ms: u64,
+        payload: Bytes,
+        reply: ReplySender,
+        timeout_ms: u64,
+    ) -> Result<Appended, Refused> {
+        let a = self.append(cfg, budget, now_ms, None, None, false)?;
+        if let Some(k) = self.entries.back_mut() {
+            k.request = Some(Box::new((payload, reply, timeout_ms)));
+        }
+        Ok(a)
+    }
+
+    /// Forgets the requests not read yet (their listener left or was replaced): their senders
+    /// learn that it went away.
+    pub fn drop_requests(&mut self) {
+        for k in &mut self.entries {
+            k.request = None;
+        }
     }
 
     /// The store's answer for `seq`: durable (`ok`), or failed (then never read, and no longer
@@ -415,9 +492,18 @@ impl History {
         while *cursor <= visible {
             let seq = *cursor;
             *cursor += 1;
-            let Some(k) = self.entries.get((seq - self.first_seq) as usize) else {
+            let Some(k) = self.entries.get_mut((seq - self.first_seq) as usize) else {
                 break;
             };
+            if let Some(r) = k.request.take() {
+                let (payload, reply, timeout_ms) = *r;
+                return Read::Request {
+                    seq,
+                    payload,
+                    reply,
+                    timeout_ms,
+                };
+            }
             if let (Some(payload), State::Ready) = (&k.payload, k.state) {
                 self.delivered_through = self.delivered_through.max(seq);
                 return Read::Message {
@@ -462,6 +548,7 @@ impl History {
                         from: None,
                         payload: None,
                         state: State::Failed,
+                        request: None,
                     });
                 }
             }

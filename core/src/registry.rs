@@ -371,6 +371,10 @@ impl Registry {
             self.inner.topic_listeners.fetch_add(1, Ordering::Relaxed);
         } else if let Slot::Single(old) = std::mem::replace(&mut entry.slot, Slot::Single(mailbox.clone())) {
             wakers.add(old.close());
+            // Requests were for the listener replaced: their senders learn it went away.
+            if let Some(h) = &mut entry.history {
+                h.drop_requests();
+            }
         }
         if !was_online {
             self.inner.listeners.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +461,8 @@ impl Registry {
         let entry = shard.entry(id).or_default();
         let h = entry.history.get_or_insert_with(|| m.new_history());
         if let Some((reply, timeout_ms)) = reply {
-            // A request is not kept; it takes a seq (so `reply_to` is unique) that replay skips.
+            // A request is not kept; it takes a seq (so `reply_to` is unique, and it reaches the
+            // listener in order with the messages around it) that replay passes over.
             let listener = match &entry.slot {
                 Slot::Single(mb) if mb.envelope => mb.clone(),
                 Slot::Single(_) => return route.answer(Err(DeliveryError::CannotReply.to_http(id))),
@@ -468,30 +473,16 @@ impl Registry {
                     return route.answer(Err(DeliveryError::NoListener.to_http(id)));
                 }
             };
-            let Ok(a) = h.append(&m.config, &m.budget, now_ms, None, None, false) else {
+            let Ok(a) = h.append_request(&m.config, &m.budget, now_ms, payload, reply, timeout_ms) else {
+                m.refused.fetch_add(1, Ordering::Relaxed);
                 return route.answer(Err(DeliveryError::MailboxFull.to_http(id)));
             };
-            let seq = a.seq;
-            let item = Item::Request {
-                seq,
-                id,
-                timeout_ms,
-                payload,
-                reply,
-            };
-            let result = match listener.push(item, false) {
-                Push::Queued(w) => {
-                    wakers.add(w);
-                    Ok(Delivered::AwaitingReply)
-                }
-                Push::Full(_) => Err(DeliveryError::QueueFull.to_http(id)),
-                Push::Closed => Err(DeliveryError::NoListener.to_http(id)),
-            };
+            wakers.add(listener.signal());
             self.after_drop(id, a.dropped, a.trim_through);
             if let Some(p) = &m.persist {
                 let op = StoreOp::Append {
                     id,
-                    seq,
+                    seq: a.seq,
                     at_ms: now_ms,
                     from: None,
                     payload: None,
@@ -499,7 +490,7 @@ impl Registry {
                 let _ = p.submit(op, None);
             }
             drop(shard);
-            return route.answer(result);
+            return route.answer(Ok(Delivered::AwaitingReply));
         }
         let pending = m.persist.is_some();
         let a = match h.append(&m.config, &m.budget, now_ms, from, Some(payload.clone()), pending) {
@@ -746,6 +737,9 @@ impl Registry {
         };
         entry.slot = Slot::Empty;
         entry.seq = 0;
+        if let Some(h) = &mut entry.history {
+            h.drop_requests();
+        }
         self.inner.listeners.fetch_sub(1, Ordering::Relaxed);
         self.notify(entry, id, false, wakers);
         if entry.is_unused() {
@@ -963,6 +957,18 @@ impl ListenerHandle {
                 id: self.id,
                 from,
                 payload,
+            }),
+            Read::Request {
+                seq,
+                payload,
+                reply,
+                timeout_ms,
+            } => Pop::Item(Item::Request {
+                seq,
+                id: self.id,
+                timeout_ms,
+                payload,
+                reply,
             }),
             Read::Empty => Pop::Empty,
         }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use fedbroker_core::mailbox::{
     Budget, FullPolicy, History, MailboxConfig, Read, Refused, Restored, StartError, ENTRY_OVERHEAD,
 };
+use fedbroker_core::reply_channel;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ enum Op {
     Append { len: usize, pending: bool },
     /// A seq taken by a request (not kept).
     Skip,
+    /// A request for the connected reader: read once, in seq order, never replayed.
+    Request,
     /// The store answers its oldest pending write.
     Settle { ok: bool },
     /// The reader takes up to `n` reads.
@@ -31,6 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0usize..200, any::<bool>()).prop_map(|(len, pending)| Op::Append { len, pending }),
         1 => Just(Op::Skip),
+        1 => Just(Op::Request),
         2 => prop_oneof![3 => Just(true), 1 => Just(false)].prop_map(|ok| Op::Settle { ok }),
         3 => (1usize..6).prop_map(|n| Op::Read { n }),
         1 => proptest::option::of(0usize..64).prop_map(|pick| Op::Reconnect { pick }),
@@ -41,9 +45,17 @@ fn op() -> impl Strategy<Value = Op> {
 /// What the model knows of each seq.
 #[derive(Clone, Debug, PartialEq)]
 enum Fate {
-    Kept { at: u64, len: usize, pending: bool },
+    Kept {
+        at: u64,
+        len: usize,
+        pending: bool,
+    },
     Failed,
     Skip,
+    /// A request not read yet (dropped with the rest when older than the TTL).
+    Request {
+        at: u64,
+    },
     Dropped,
 }
 
@@ -70,10 +82,10 @@ impl Model {
     fn expire(&mut self, now: u64) {
         let ttl = self.cfg.ttl.as_millis() as u64;
         for f in self.fates.values_mut() {
-            if let Fate::Kept { at, .. } = f {
-                if *at + ttl <= now {
-                    *f = Fate::Dropped;
-                }
+            match f {
+                Fate::Kept { at, .. } if *at + ttl <= now => *f = Fate::Dropped,
+                Fate::Request { at } if *at + ttl <= now => *f = Fate::Skip,
+                _ => {}
             }
         }
     }
@@ -109,6 +121,8 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
     let mut since: u64 = 0;
     let mut got: Vec<u64> = Vec::new();
     let mut seen: Vec<u64> = Vec::new();
+    // The senders of requests, kept waiting.
+    let mut waiting = Vec::new();
 
     for op in ops {
         match op {
@@ -168,6 +182,16 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
                     m.fates.insert(a.seq, Fate::Skip);
                 }
             }
+            Op::Request => {
+                m.expire(now);
+                let (tx, rx) = reply_channel();
+                if let Ok(a) = h.append_request(&cfg, &budget, now, Bytes::from_static(b"q"), tx, 100) {
+                    m.last += 1;
+                    assert_eq!(a.seq, m.last);
+                    m.fates.insert(a.seq, Fate::Request { at: now });
+                    waiting.push(rx);
+                }
+            }
             Op::Settle { ok } => {
                 if let Some(seq) = pending.pop_front() {
                     let still = h.settle(&budget, seq, ok);
@@ -222,6 +246,23 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
                                 got.push(s);
                             }
                         }
+                        Read::Request { seq, .. } => {
+                            let next = got.last().map_or(since + 1, |s| s + 1);
+                            for s in next..seq {
+                                assert!(
+                                    matches!(m.fates.get(&s), Some(Fate::Skip | Fate::Failed) | None),
+                                    "seq {s} passed over silently: {:?}",
+                                    m.fates.get(&s)
+                                );
+                                got.push(s);
+                            }
+                            assert!(
+                                matches!(m.fates.get(&seq), Some(Fate::Request { .. })),
+                                "request {seq} read once"
+                            );
+                            m.fates.insert(seq, Fate::Skip);
+                            got.push(seq);
+                        }
                         Read::Message { seq, payload, .. } => {
                             let next = got.last().map_or(since + 1, |s| s + 1);
                             for s in next..seq {
@@ -248,6 +289,13 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
             }
             Op::Reconnect { pick } => {
                 let s = pick.and_then(|i| seen.get(i % seen.len().max(1)).copied());
+                // A new listener: requests for the old one are dropped.
+                h.drop_requests();
+                for f in m.fates.values_mut() {
+                    if matches!(f, Fate::Request { .. }) {
+                        *f = Fate::Skip;
+                    }
+                }
                 match h.start(s) {
                     Ok(c) => {
                         cursor = c;

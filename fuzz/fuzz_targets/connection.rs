@@ -6,7 +6,8 @@
 //! - byte 0: bits 0–2 the authorizer's first mode (see `AuthMode`); bit 3 the base path `/mq`;
 //!   bit 4 CORS allows `http://a.example`; bit 5 a statistics token `s3cr3t`; bit 6 the echo
 //!   WebSocket role instead of listeners; bit 7 TLS (`https` own origin);
-//! - byte 1 (the patterns of docs/patterns.md): bits 0–1 the topics (none, `40-49`, `1-3`, `*`);
+//! - byte 1 (the patterns of docs/patterns.md): bits 0–1 the topics (none, `40-49`, `1-3`, `*`;
+//!   with all but `*`, ids `50-59` keep a mailbox of 3 messages for 2 s, docs/mailbox.md);
 //!   bits 2–3 `max_pending_replies` (2, 1, 0, 10000); bits 4–5 `max_reply_timeout` (300 ms,
 //!   50 ms, 5 s, 30 s); bits 6–7 `max_watch` (4, 1, 0, 1024);
 //! - then operations, each a tag byte: slot `tag >> 4 & 3`, kind `tag & 15`:
@@ -53,8 +54,8 @@ use bytes::Buf;
 use fedbroker_core::auth::IdSet;
 use fedbroker_core::ws::Role;
 use fedbroker_core::{
-    Action, AuthReply, AuthRequest, AuthTime, Authorizer, Broker, Config, CorsPolicy, Decision, Session, HIGH_WATER,
-    READ_CHUNK,
+    Action, AuthReply, AuthRequest, AuthTime, Authorizer, Broker, Config, CorsPolicy, Decision, FullPolicy,
+    MailboxConfig, Session, HIGH_WATER, READ_CHUNK,
 };
 use fedbroker_fuzz::{epoch, live_bytes, tracing, CountingAlloc, Cursor};
 use libfuzzer_sys::fuzz_target;
@@ -290,11 +291,30 @@ fn check_envelope(message: &[u8], last: &mut Option<(u64, u64)>) {
             match *last {
                 Some((prev, prev_id)) => {
                     assert_eq!(id, prev_id, "one listener, two ids: {header}");
-                    assert_eq!(seq, prev + 1, "seq gap: {prev} then {header}");
+                    if (50..=59).contains(&id) {
+                        // A mailbox passes over seqs that were never messages for this listener
+                        // (requests that expired unread), but never goes back.
+                        assert!(seq > prev, "seq back or repeated: {prev} then {header}");
+                    } else {
+                        assert_eq!(seq, prev + 1, "seq gap: {prev} then {header}");
+                    }
                 }
                 None => assert!(seq >= 1, "seq from 1: {header}"),
             }
             *last = Some((seq, id));
+        }
+        "gap" => {
+            let (from, to) = (header["from"].as_u64(), header["to"].as_u64());
+            let (Some(from), Some(to)) = (from, to) else {
+                panic!("a gap without its range: {header}")
+            };
+            assert!(1 <= from && from <= to, "an empty gap: {header}");
+            let id = header["id"].as_u64().expect("an id");
+            assert!((50..=59).contains(&id), "a gap on an id without a mailbox: {header}");
+            if let Some((prev, _)) = *last {
+                assert!(from > prev, "a gap over what was received: {prev} then {header}");
+            }
+            *last = Some((to, id));
         }
         "ack" | "error" => {
             assert!(header.get("ref").is_some(), "an answer without ref: {header}");
@@ -438,6 +458,16 @@ fn config(flags: u8, patterns: u8) -> Config {
         2 => IdSet::parse_item("1-3").expect("a valid range"),
         _ => IdSet::all(),
     };
+    if patterns & 3 != 3 {
+        c.mailbox = Some(MailboxConfig {
+            ids: IdSet::parse_item("50-59").expect("a valid range"),
+            max_messages: 3,
+            max_bytes: 3 * 4096 + 256,
+            max_total_bytes: 8 * 4096,
+            ttl: Duration::from_secs(2),
+            full: if flags & 1 != 0 { FullPolicy::Refuse } else { FullPolicy::DropOldest },
+        });
+    }
     c.max_pending_replies = [2, 1, 0, 10_000][usize::from(patterns >> 2 & 3)];
     c.max_reply_timeout = Duration::from_millis([300, 50, 5000, 30_000][usize::from(patterns >> 4 & 3)]);
     c.max_watch = [4, 1, 0, 1024][usize::from(patterns >> 6)];
@@ -726,14 +756,17 @@ fn check(broker: &Broker, slots: &mut [Option<Slot>; SLOTS], touched: &[bool; SL
     );
     // A topic message counts as delivered once per listener that took it (at most one per
     // session); any other message at most once, and never both delivered and rejected.
-    let (fan_out, delivered) = if config.topics.is_empty() {
+    // A mailbox message is delivered again to each listener that replays it: no upper bound.
+    let (fan_out, delivered) = if config.mailbox.is_some() {
+        (u64::MAX / SLOTS as u64, 0)
+    } else if config.topics.is_empty() {
         (1, snap.messages_delivered)
     } else {
         (SLOTS as u64, 0)
     };
     assert!(
         delivered + snap.messages_rejected <= snap.messages_received
-            && snap.messages_delivered <= snap.messages_received * fan_out,
+            && snap.messages_delivered <= snap.messages_received.saturating_mul(fan_out),
         "delivered {} + rejected {} > received {}",
         snap.messages_delivered,
         snap.messages_rejected,

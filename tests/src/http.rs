@@ -345,6 +345,14 @@ impl Conn {
         self.request("POST", path, &[], body)
     }
 
+    /// `POST path` with `body`, returning what went wrong instead of panicking (a broker killed
+    /// mid-run): the write's error, or the read's.
+    pub fn try_post(&mut self, path: &str, body: &[u8]) -> Result<Response, String> {
+        let request = self.build("POST", path, &[], body);
+        self.try_send(&request).map_err(|e| e.to_string())?;
+        self.try_read_response(false).map_err(|e| format!("{e:?}"))
+    }
+
     /// `GET path` on the statistics route, checked (200, JSON) and parsed.
     #[track_caller]
     pub fn stats(&mut self, path: &str) -> serde_json::Value {

@@ -103,13 +103,16 @@ adapter_tests! {
         let mut broker = Broker::start(a, &[]);
         let mut listener = broker.listen(1);
         let mut in_flight = broker.connect();
-        in_flight.send(
-            format!(
-                "POST /1 HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\n01234",
-                broker.host()
-            )
-            .as_bytes(),
-        );
+        // `Expect: 100-continue`: the `100` shows the broker has the head before shutdown begins
+        // (otherwise a head still in the socket buffer would meet an idle connection's close).
+        in_flight.send(&in_flight.build(
+            "POST",
+            "/1",
+            &[("Expect", "100-continue"), ("Content-Length", "10")],
+            b"",
+        ));
+        in_flight.read_response().assert_status(100);
+        in_flight.send(b"01234");
         broker.signal(libc::SIGTERM);
         // The listener's 1001 shows that shutdown has begun; then the request completes.
         assert_eq!(listener.expect_close().0, 1001);
