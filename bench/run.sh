@@ -254,6 +254,9 @@ start_once() {
     shift
     case $sys in
     tokio | smol | std)
+        # Emptied here, not by the redirection below: that one runs in the background child, and
+        # the wait loop could read the previous instance's line first.
+        : >"$WORK/$sys.out"
         "${SRV[@]}" "$FED_BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
             >"$WORK/$sys.out" 2>>"$WORK/$sys.log" &
         p=$!
