@@ -1039,7 +1039,7 @@ fn verify(
     }
     if !drained {
         why.push(format!(
-            "listeners not caught up {:?} after the senders finished",
+            "listeners not caught up when the wait ended (--drain-timeout {:?}, or nothing moved for --stall-timeout)",
             a.drain_timeout
         ));
     }
