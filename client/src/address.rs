@@ -61,10 +61,7 @@ pub fn parse_id(s: &str) -> Option<u32> {
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
         return None;
     }
-    s.parse::<u64>()
-        .ok()
-        .filter(|&n| n <= MAX_ID as u64)
-        .map(|n| n as u32)
+    s.parse::<u64>().ok().filter(|&n| n <= MAX_ID as u64).map(|n| n as u32)
 }
 
 impl Address {
@@ -223,7 +220,9 @@ fn is_domain(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 

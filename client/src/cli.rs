@@ -59,7 +59,8 @@ pub struct Cli {
     command: Commands,
 }
 
-const ADDRESS_SECTION: &str = "ADDRESS\n    URL (http(s)://HOST[:PORT][/BASE]/ID) or ID@DOMAIN (DNS SRV _fedbroker._tcp.DOMAIN); \
+const ADDRESS_SECTION: &str =
+    "ADDRESS\n    URL (http(s)://HOST[:PORT][/BASE]/ID) or ID@DOMAIN (DNS SRV _fedbroker._tcp.DOMAIN); \
     see `fedbroker send --help`.";
 
 #[derive(Subcommand, Debug)]
@@ -336,7 +337,10 @@ fn prepare(common: Common) -> Result<(Connector, Address, Option<String>), Failu
     let token = env_default(common.token, "FEDBROKER_TOKEN");
     if let Some(t) = &token {
         if t.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(Failure::new(Kind::Usage, "--token: must not contain spaces or control characters"));
+            return Err(Failure::new(
+                Kind::Usage,
+                "--token: must not contain spaces or control characters",
+            ));
         }
     }
     let connector = Connector::new(common.ca, dns, Duration::from_secs(common.timeout), common.http);
@@ -348,7 +352,9 @@ fn run_send(args: SendArgs) -> Result<(), Failure> {
     let body = match args.file.as_deref() {
         None => read_stdin()?,
         Some(p) if p.as_os_str() == "-" => read_stdin()?,
-        Some(p) => std::fs::read(p).map_err(|e| Failure::new(Kind::Local, format!("cannot read {}: {e}", p.display())))?,
+        Some(p) => {
+            std::fs::read(p).map_err(|e| Failure::new(Kind::Local, format!("cannot read {}: {e}", p.display())))?
+        }
     };
     let opts = SendOptions {
         token,

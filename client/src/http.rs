@@ -128,7 +128,12 @@ pub fn read_response(stream: &mut impl Read) -> io::Result<Response> {
                 return Ok(response);
             }
             Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad HTTP response: {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad HTTP response: {e}"),
+                ))
+            }
         }
         if buf.len() > MAX_HEAD {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
@@ -163,7 +168,9 @@ fn read_body(stream: &mut impl Read, mut body: Vec<u8>, length: Option<&str>) ->
             body.truncate(len);
         }
         None => {
-            stream.take((MAX_BODY - body.len().min(MAX_BODY)) as u64).read_to_end(&mut body)?;
+            stream
+                .take((MAX_BODY - body.len().min(MAX_BODY)) as u64)
+                .read_to_end(&mut body)?;
         }
     }
     Ok(body)
@@ -183,7 +190,11 @@ mod tests {
         };
         let h = String::from_utf8(head(&req, 5)).unwrap();
         assert!(h.starts_with("POST /mq/42 HTTP/1.1\r\nHost: b.example:8443\r\n"), "{h}");
-        for line in ["Content-Length: 5\r\n", "Connection: close\r\n", "Authorization: Bearer t0k\r\n"] {
+        for line in [
+            "Content-Length: 5\r\n",
+            "Connection: close\r\n",
+            "Authorization: Bearer t0k\r\n",
+        ] {
             assert!(h.contains(line), "{line:?} in {h}");
         }
         assert!(h.ends_with("\r\n\r\n"));
@@ -224,10 +235,19 @@ mod tests {
     #[test]
     fn cut_short_and_garbage_are_errors() {
         let mut short = &b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nno"[..];
-        assert_eq!(read_response(&mut short).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            read_response(&mut short).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
         let mut garbage = &b"SSH-2.0-OpenSSH\r\n\r\n"[..];
-        assert_eq!(read_response(&mut garbage).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_response(&mut garbage).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
         let mut eof = &b"HTTP/1.1 204 No"[..];
-        assert_eq!(read_response(&mut eof).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            read_response(&mut eof).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 }

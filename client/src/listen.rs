@@ -65,17 +65,19 @@ pub fn listen(conn: &mut Connector, address: &Address, opts: &ListenOptions) -> 
             return Err(failure);
         }
         let delay = retry_delay(failures, None);
-        eprintln!(
-            "fedbroker: {failure}; reconnecting in {:.1} s",
-            delay.as_secs_f64()
-        );
+        eprintln!("fedbroker: {failure}; reconnecting in {:.1} s", delay.as_secs_f64());
         sleep(delay);
         failures += 1;
     }
 }
 
 /// One connection: upgrade, then messages until it ends. The flag says whether it was upgraded.
-fn session(conn: &mut Connector, address: &Address, opts: &ListenOptions, sink: &mut Sink) -> (bool, Result<(), Failure>) {
+fn session(
+    conn: &mut Connector,
+    address: &Address,
+    opts: &ListenOptions,
+    sink: &mut Sink,
+) -> (bool, Result<(), Failure>) {
     let mut ws = match upgrade(conn, address, opts) {
         Ok(ws) => ws,
         Err(f) => return (false, Err(f)),
@@ -130,7 +132,10 @@ fn session(conn: &mut Connector, address: &Address, opts: &ListenOptions, sink: 
             Err(e) => {
                 return (
                     true,
-                    Err(Failure::new(Kind::Unreachable, format!("{address}: connection lost: {e}"))),
+                    Err(Failure::new(
+                        Kind::Unreachable,
+                        format!("{address}: connection lost: {e}"),
+                    )),
                 )
             }
         }
@@ -150,18 +155,18 @@ fn closed(address: &Address, code: u16, reason: &str) -> Failure {
     Failure::new(kind, what)
 }
 
-fn upgrade(conn: &mut Connector, address: &Address, opts: &ListenOptions) -> Result<tungstenite::WebSocket<Stream>, Failure> {
+fn upgrade(
+    conn: &mut Connector,
+    address: &Address,
+    opts: &ListenOptions,
+) -> Result<tungstenite::WebSocket<Stream>, Failure> {
     let (tls, endpoints) = conn.endpoints(address)?;
     let (stream, endpoint) = conn.connect(tls, &endpoints)?;
     let target = match address {
         Address::Url(u) => u.target(),
         Address::Srv { id, .. } => format!("/{id}"),
     };
-    let url = format!(
-        "{}://{}{target}",
-        if tls { "wss" } else { "ws" },
-        endpoint.authority()
-    );
+    let url = format!("{}://{}{target}", if tls { "wss" } else { "ws" }, endpoint.authority());
     let mut request = url
         .as_str()
         .into_client_request()

@@ -242,7 +242,11 @@ impl Connector {
         Ok(config)
     }
 
-    fn handshake(&mut self, socket: TcpStream, host: &str) -> Result<StreamOwned<ClientConnection, TcpStream>, Failure> {
+    fn handshake(
+        &mut self,
+        socket: TcpStream,
+        host: &str,
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>, Failure> {
         let config = self.tls_config()?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| Failure::new(Kind::Tls, format!("{host:?} cannot be a TLS server name: {e}")))?;

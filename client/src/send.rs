@@ -30,9 +30,7 @@ pub struct SendOptions {
 /// How long to wait before retry number `retry` (0 for the first): `0.5 s × 2^retry`, at most
 /// 30 s, or the server's `Retry-After` (at most 60 s) when that is longer.
 pub fn retry_delay(retry: u32, retry_after: Option<Duration>) -> Duration {
-    let backoff = BACKOFF_BASE
-        .saturating_mul(1u32 << retry.min(16))
-        .min(BACKOFF_MAX);
+    let backoff = BACKOFF_BASE.saturating_mul(1u32 << retry.min(16)).min(BACKOFF_MAX);
     match retry_after {
         Some(after) => backoff.max(after.min(RETRY_AFTER_MAX)),
         None => backoff,

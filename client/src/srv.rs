@@ -133,7 +133,9 @@ impl Dns {
             None => TokioResolver::builder_tokio().map_err(|e| {
                 Failure::new(
                     Kind::Resolve,
-                    format!("cannot read the system's DNS configuration (/etc/resolv.conf): {e}; name a server with --dns"),
+                    format!(
+                        "cannot read the system's DNS configuration (/etc/resolv.conf): {e}; name a server with --dns"
+                    ),
                 )
             })?,
         };
@@ -172,15 +174,17 @@ impl Dns {
             .block_on(self.resolver.srv_lookup(name.as_str()))
             .map_err(|e| {
                 let why = if e.is_no_records_found() || e.is_nx_domain() {
-                    "no such record".to_owned()
+                    format!(
+                        "no such record (publish one such as `{name} 3600 IN SRV 10 5 8443 broker1.{domain}.`, \
+                         or address the broker by URL)"
+                    )
                 } else {
-                    e.to_string()
+                    format!("{e} (is the DNS server answering? see --dns)")
                 };
                 Failure::new(
                     Kind::Resolve,
                     format!(
-                        "cannot find the broker of {domain}: SRV lookup of {name} at {}: {why} \
-                         (publish e.g. `{name} 3600 IN SRV 10 5 8443 broker1.{domain}.`, or address the broker by URL)",
+                        "cannot find the broker of {domain}: SRV lookup of {name} at {}: {why}",
                         self.which()
                     ),
                 )
@@ -223,12 +227,7 @@ impl Dns {
         let lookup = self
             .runtime
             .block_on(self.resolver.lookup_ip(fqdn.as_str()))
-            .map_err(|e| {
-                Failure::new(
-                    Kind::Resolve,
-                    format!("cannot resolve {host} at {}: {e}", self.which()),
-                )
-            })?;
+            .map_err(|e| Failure::new(Kind::Resolve, format!("cannot resolve {host} at {}: {e}", self.which())))?;
         Ok(lookup.iter().collect())
     }
 }
@@ -277,7 +276,10 @@ mod tests {
     fn zero_weight_first_in_the_sum_so_picked_only_on_zero() {
         let records = vec![rec(10, 5, "heavy"), rec(10, 0, "zero")];
         // Running sums: zero=0, heavy=5. A 0 picks the weight-0 record; anything else the other.
-        assert_eq!(targets(&order(records.clone(), &mut Scripted(vec![0, 0]))), ["zero", "heavy"]);
+        assert_eq!(
+            targets(&order(records.clone(), &mut Scripted(vec![0, 0]))),
+            ["zero", "heavy"]
+        );
         assert_eq!(targets(&order(records, &mut Scripted(vec![3, 0]))), ["heavy", "zero"]);
     }
 
