@@ -75,11 +75,7 @@ impl Address {
                 "address {s:?}: expected a URL such as https://broker.example.org/42 or ID@DOMAIN such as 42@example.org"
             ));
         };
-        let id = parse_id(id).ok_or_else(|| {
-            AddressError(format!(
-                "address {s:?}: {id:?} is not an id (a number from 1 to {MAX_ID}, no sign or leading zero)"
-            ))
-        })?;
+        let id = id_in(s, id, "the part before @")?;
         if domain.contains(':') {
             return fail(format!(
                 "address {s:?}: ID@DOMAIN takes no port (the SRV record gives it); to name a broker's host and port, use a URL such as https://{domain}/{id}"
@@ -136,6 +132,15 @@ pub fn authority(host: &str, port: u16) -> String {
     }
 }
 
+/// `text`, the id of `address`, or an error saying that `what` must be one.
+fn id_in(address: &str, text: &str, what: &str) -> Result<u32, AddressError> {
+    parse_id(text).ok_or_else(|| {
+        AddressError(format!(
+            "address {address:?}: {what} must be an id (a number from 1 to {MAX_ID}, no sign or leading zero), not {text:?}"
+        ))
+    })
+}
+
 fn parse_url(scheme: &str, rest: &str, whole: &str) -> Result<UrlAddress, AddressError> {
     let tls = match scheme.to_ascii_lowercase().as_str() {
         "http" | "ws" => false,
@@ -167,11 +172,7 @@ fn parse_url(scheme: &str, rest: &str, whole: &str) -> Result<UrlAddress, Addres
             "address {whole:?}: the URL's path must end in the id, as in {scheme}://{authority}/42"
         ));
     };
-    let id = parse_id(last).ok_or_else(|| {
-        AddressError(format!(
-            "address {whole:?}: the path must end in an id (a number from 1 to {MAX_ID}, no sign or leading zero), not {last:?}"
-        ))
-    })?;
+    let id = id_in(whole, last, "the path's last segment")?;
     if base_path.contains("//") || base_path.ends_with('/') {
         return fail(format!("address {whole:?}: empty segment in the path"));
     }
@@ -276,7 +277,7 @@ mod tests {
         for (s, needle) in [
             ("ftp://h/1", "scheme"),
             ("http://h", "end in the id"),
-            ("http://h/", "not \"\""),
+            ("http://h/", "must be an id"),
             ("http://h/042", "leading zero"),
             ("http://h/2147483648", "2147483648"),
             ("http://h:0/1", "HOST:PORT"),
@@ -304,9 +305,9 @@ mod tests {
         );
         assert_eq!(Address::parse("7@example.test").unwrap().to_string(), "7@example.test");
         for (s, needle) in [
-            ("042@example.org", "not an id"),
-            ("0@example.org", "not an id"),
-            ("x@example.org", "not an id"),
+            ("042@example.org", "before @ must be an id"),
+            ("0@example.org", "before @ must be an id"),
+            ("x@example.org", "before @ must be an id"),
             ("42@example.org:8443", "takes no port"),
             ("42@", "not a domain"),
             ("42@exa mple.org", "not a domain"),

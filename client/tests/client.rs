@@ -54,9 +54,7 @@ fn listen_to_stdout_and_to_a_directory() {
     printer.wait_for_line("listening on");
     broker.post(5, b"one").assert_status(204);
     broker.post(5, b"two").assert_status(204);
-    let out = printer.finish();
-    assert_code(&out, 0);
-    assert_eq!(out.stdout, b"one\ntwo\n");
+    printer.expect_stdout(b"one\ntwo\n");
 
     let dir = TempDir::new();
     let spool = dir.path().join("spool");
@@ -140,9 +138,7 @@ fn tls_with_ca() {
     let mut listener = spawn(&["listen", &target, "--ca", &ca, "--count", "1"], b"");
     listener.wait_for_line("listening on wss://");
     assert_code(&run(&["send", &target, "--ca", &ca], b"secret"), 0);
-    let out = listener.finish();
-    assert_code(&out, 0);
-    assert_eq!(out.stdout, b"secret");
+    listener.expect_stdout(b"secret");
 
     let out = run(&["send", &target], b"x");
     assert_code(&out, 7);
@@ -183,9 +179,7 @@ fn send_and_listen_through_srv() {
     let line = srv_listener.wait_for_line("listening on");
     assert!(line.contains(&format!("ws://broker1.example.test:{port}/43")), "{line}");
     broker.post(43, b"to the SRV listener").assert_status(204);
-    let out = srv_listener.finish();
-    assert_code(&out, 0);
-    assert_eq!(out.stdout, b"to the SRV listener");
+    srv_listener.expect_stdout(b"to the SRV listener");
 }
 
 /// The first SRV target (priority 10) refuses connections: the client goes on to the next one
@@ -263,9 +257,7 @@ fn srv_with_tls_checks_the_target_name() {
         ),
         0,
     );
-    let out = listener.finish();
-    assert_code(&out, 0);
-    assert_eq!(out.stdout, b"tls via srv");
+    listener.expect_stdout(b"tls via srv");
 
     let out = run(&["send", "3@wrongname.test", "--dns", &dns_addr, "--ca", &ca], b"x");
     assert_code(&out, 7);
@@ -322,9 +314,7 @@ fn listener_reconnects_after_a_broker_restart() {
     let second = Broker::start(tokio(), &["--listen", &addr]);
     listener.wait_for_line("listening on");
     second.post(13, b"after the restart").assert_status(204);
-    let out = listener.finish();
-    assert_code(&out, 0);
-    assert_eq!(out.stdout, b"after the restart");
+    listener.expect_stdout(b"after the restart");
 }
 
 /// With `--retries 1`, a listener whose broker is gone gives up: exit 5.

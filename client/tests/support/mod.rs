@@ -4,13 +4,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fedbroker_tests::TempDir;
+use fedbroker_tests::{wait_child, TempDir};
 
 /// Longest a client run may take in these tests (a 503 retry waits about a second).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,10 +101,18 @@ impl Running {
         }
     }
 
+    /// Waits for the process to exit 0 having printed exactly `stdout`.
+    #[track_caller]
+    pub fn expect_stdout(self, stdout: &[u8]) {
+        let out = self.finish();
+        assert_code(&out, 0);
+        assert_eq!(out.stdout, stdout, "stdout");
+    }
+
     /// Waits (bounded) for the process to exit and collects its output.
     #[track_caller]
     pub fn finish(mut self) -> Output {
-        let status = wait(&mut self.child, RUN_TIMEOUT);
+        let status = wait_child(&mut self.child, RUN_TIMEOUT);
         let Some(status) = status else {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -135,19 +143,6 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-fn wait(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
