@@ -50,9 +50,17 @@ pub fn send(conn: &mut Connector, address: &Address, body: &[u8], opts: &SendOpt
         Address::Url(u) => u.target(),
         Address::Srv { id, .. } => format!("/{id}"),
     };
+    // A `?reply=MS` request waits up to MS for the listener's answer: wait that much longer.
+    let reply_wait = match address {
+        Address::Url(u) => reply_wait(&u.query),
+        Address::Srv { .. } => None,
+    };
     let mut retry = 0;
     loop {
         let (mut stream, endpoint) = conn.connect(tls, &endpoints)?;
+        if let Some(wait) = reply_wait {
+            let _ = stream.socket().set_read_timeout(Some(conn.timeout() + wait));
+        }
         let host = endpoint.authority();
         let request = Request {
             host: &host,
@@ -90,9 +98,26 @@ pub fn send(conn: &mut Connector, address: &Address, body: &[u8], opts: &SendOpt
     }
 }
 
+/// The `reply=MS` of a query string, as a duration.
+fn reply_wait(query: &str) -> Option<Duration> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("reply="))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_requests_wait_longer() {
+        assert_eq!(reply_wait("reply=5000"), Some(Duration::from_secs(5)));
+        assert_eq!(reply_wait("token=x&reply=250"), Some(Duration::from_millis(250)));
+        assert_eq!(reply_wait("token=x"), None);
+        assert_eq!(reply_wait("reply=soon"), None);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
