@@ -156,7 +156,7 @@ struct Common {
     )]
     http: bool,
 
-    /// Seconds to wait for each step: connect, TLS handshake, each read and write [default: 10].
+    /// Seconds to wait for each step: connect, TLS handshake, each read and write.
     #[arg(
         long,
         value_name = "SECS",
@@ -171,7 +171,14 @@ struct Common {
     timeout: u64,
 
     /// Log each step (SRV order, connection attempts, statuses) to stderr.
-    #[arg(short, long)]
+    #[arg(
+        short,
+        long,
+        long_help = "Log each step to stderr: the SRV targets in the order they will be tried, \
+            each connection attempt, the status of each answer. Tokens are never logged.\n\
+            Default: off (stderr has only the `listening on` line, retries and the final error). \
+            Example: fedbroker send -v 42@example.org < msg"
+    )]
     verbose: bool,
 }
 
@@ -190,7 +197,7 @@ struct SendArgs {
     )]
     file: Option<PathBuf>,
 
-    /// Retries after a 503 (queue full, broker at its connection limit) [default: 5].
+    /// Retries after a 503 (queue full, broker at its connection limit).
     #[arg(
         long,
         value_name = "N",
@@ -205,7 +212,7 @@ struct SendArgs {
     )]
     retries: u32,
 
-    /// Content-Type header of the message [default: application/octet-stream].
+    /// Content-Type header of the message.
     #[arg(
         long,
         value_name = "TYPE",
@@ -289,7 +296,7 @@ struct ListenArgs {
     )]
     no_reconnect: bool,
 
-    /// Reconnect when nothing (not even a ping) arrived for SECS [default: 90].
+    /// Reconnect when nothing (not even a ping) arrived for SECS.
     #[arg(
         long,
         value_name = "SECS",
@@ -443,7 +450,7 @@ mod tests {
                     continue;
                 }
                 assert!(
-                    arg.get_long_help().is_some() || arg.get_id() == "verbose",
+                    arg.get_long_help().is_some(),
                     "{} {}: no long help",
                     sub.get_name(),
                     arg.get_id()
