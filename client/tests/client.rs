@@ -317,6 +317,18 @@ fn listener_reconnects_after_a_broker_restart() {
     listener.expect_stdout(b"after the restart");
 }
 
+/// The listener answers the broker's pings: with `--ping-interval 1`, after three intervals of
+/// silence it is still connected (it would be dropped after two without pongs) and receives.
+#[test]
+fn listener_answers_pings() {
+    let broker = Broker::start(tokio(), &["--ping-interval", "1"]);
+    let mut listener = spawn(&["listen", &url(&broker, 15), "--count", "1", "--no-reconnect"], b"");
+    listener.wait_for_line("listening on");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    broker.post(15, b"still here").assert_status(204);
+    listener.expect_stdout(b"still here");
+}
+
 /// With `--retries 1`, a listener whose broker is gone gives up: exit 5.
 #[test]
 fn listener_gives_up_after_its_retries() {
