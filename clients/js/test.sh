@@ -3,6 +3,7 @@
 #
 #   clients/js/test.sh                                   # builds and uses target/debug/fedbroker-tokio
 #   FEDBROKER_BIN=target/debug/fedbroker-std clients/js/test.sh
+#   FEDBROKER_JS_WS=/some/dir clients/js/test.sh   # a dir whose node_modules/ has the ws package: its tests run too
 #
 # Needs Node.js >= 20 and, unless FEDBROKER_BIN is given, cargo. The client has no npm
 # dependencies, so nothing is installed. Exits non-zero when a test fails.
