@@ -31,6 +31,12 @@ if [[ -z ${FEDBROKER_BIN:-} ]]; then
 fi
 export FEDBROKER_BIN
 
+# Under CI the `ws` tests must run, not be skipped.
+if [[ ${CI:-false} == true && ! -d ${FEDBROKER_JS_WS:-/nonexistent}/node_modules/ws ]]; then
+    echo "clients/js/test.sh: CI=true but FEDBROKER_JS_WS (${FEDBROKER_JS_WS:-unset}) has no node_modules/ws" >&2
+    exit 1
+fi
+
 # Node 20 has a WebSocket class only behind a flag (Node >= 22 has it by default).
 flags=()
 if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)'; then
