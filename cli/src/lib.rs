@@ -33,109 +33,359 @@ pub use transport::Transport;
 #[derive(Parser, Debug, Default)]
 #[command(
     version,
-    about = "fedbroker: a federated message broker (POST /{id} to send, WebSocket GET /{id} to listen)"
+    about = "fedbroker: a federated message broker (POST /{id} to send, WebSocket GET /{id} to listen)",
+    long_about = "fedbroker: a federated message broker.\n\n\
+        A sender POSTs any bytes to /{id} (1 to 2147483647) and gets 204 once they are queued for the \
+        live listener on that id; a listener holds a WebSocket on GET /{id} and receives each message \
+        as one binary message. GET / (JSON) and GET /metrics (Prometheus) are statistics, GET /healthz \
+        answers ok. One `listening on URL` line per address goes to stdout; logs go to stderr. \
+        SIGINT/SIGTERM shut down gracefully (listeners closed with 1001). Reference: docs/protocol.md.",
+    after_long_help = "EXIT CODES\n    \
+        0   shut down on SIGINT/SIGTERM; --help, --version\n    \
+        1   runtime error, such as an address already in use\n    \
+        2   bad flags or configuration (one line on stderr names the problem)\n\n\
+        EXAMPLES\n    \
+        fedbroker-tokio                                   # open mode on 127.0.0.1:8080\n    \
+        fedbroker-tokio --listen 0.0.0.0:8443 --tls-cert tls.crt --tls-key tls.key \\\n        \
+        --auth-tokens tokens.toml\n    \
+        fedbroker-tokio --config /etc/fedbroker/fedbroker.toml"
 )]
 pub struct Flags {
     /// Address to listen on (repeatable); IPv6 as [::1]:8080. Port 0 picks a free port. [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        long_help = "Address to listen on, IP:PORT; repeatable (one socket each). IPv6 as [::1]:8080, every \
+            address as 0.0.0.0:8080 or [::]:8080. Port 0 picks a free port; the `listening on URL` line on \
+            stdout tells which. Host names are not accepted. An address that is not loopback needs an \
+            authentication mode or --allow-anonymous.\n\
+            Default: 127.0.0.1:8080. Config key: listen (a string or an array).\n\
+            Example: --listen 127.0.0.1:8080 --listen [::1]:8080"
+    )]
     pub listen: Vec<String>,
     /// TOML file with the same settings (keys are the flag names with _ for -); flags win.
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        long_help = "Read the settings from this TOML file; keys are the flag names with _ for - \
+            (queue_limit = 4). A flag on the command line wins over the file; --listen and \
+            --cors-allow-origin replace the file's whole list. Unknown keys and wrong types stop the broker \
+            (exit 2). Paths are relative to the working directory.\n\
+            Default: none. Example: --config /etc/fedbroker/fedbroker.toml"
+    )]
     pub config: Option<PathBuf>,
     /// Path prefix of every route, e.g. /mq. [default: /]
-    #[arg(long, value_name = "P")]
+    #[arg(
+        long,
+        value_name = "P",
+        long_help = "Path prefix of every route, for a broker behind a reverse proxy that forwards a sub-path: \
+            with /mq, messages go to POST /mq/42, listeners to GET /mq/42, statistics to GET /mq/, \
+            /mq/metrics and /mq/healthz. Any other path answers 404. Must not contain ?, #, whitespace \
+            or control characters.\n\
+            Default: / (none). Config key: base_path. Example: --base-path /mq"
+    )]
     pub base_path: Option<String>,
     /// TLS certificate chain (PEM).
-    #[arg(long, value_name = "PEM")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        long_help = "Certificate chain in PEM (the server's certificate first), for TLS (rustls; TLS 1.2 and 1.3) \
+            on every listener: URLs become https:// and wss://. Give --tls-key with it. Read at start; a \
+            certificate that does not fit the key stops the broker (exit 2).\n\
+            Default: none (plain HTTP). Config key: tls_cert. Example: --tls-cert /etc/fedbroker/tls.crt"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, value_name = "PEM")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        long_help = "Private key in PEM (PKCS#8, PKCS#1 or SEC1) for --tls-cert.\n\
+            Default: none. Config key: tls_key. Example: --tls-key /etc/fedbroker/tls.key"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Allow the open mode (no authentication) on non-loopback addresses.
-    #[arg(long)]
+    #[arg(
+        long,
+        long_help = "Allow the open mode (no authentication: anyone who can connect may send, listen and read \
+            the statistics) on addresses that are not loopback. Without it, a non-loopback --listen \
+            (0.0.0.0 and [::] included) in open mode stops the broker at start (exit 2): secure by default. \
+            No effect with an authentication mode.\n\
+            Default: off. Config key: allow_anonymous = true. Example: --listen 0.0.0.0:8080 --allow-anonymous"
+    )]
     pub allow_anonymous: bool,
     /// Static tokens file (TOML).
-    #[arg(long, value_name = "FILE", group = "auth")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        group = "auth",
+        long_help = "Tokens-file mode: a TOML file of static tokens, each with the ids it may send to and listen \
+            on ([[token]] token = \"s3cr3t\" (or token_sha256 = \"<64 hex>\"), listen = [42], \
+            send = [\"1-1000\", 5000], presence = [...]; ids, FROM-TO ranges or \"*\"). Clients send \
+            Authorization: Bearer TOKEN, or ?token=TOKEN on a browser's WebSocket. One of the three \
+            authentication modes at most.\n\
+            Default: none (open mode). Config key: auth_tokens. Example: --auth-tokens /etc/fedbroker/tokens.toml\n\
+            Statuses: 401 (missing or unknown token, with WWW-Authenticate: Bearer), 403 (not for this id)."
+    )]
     pub auth_tokens: Option<PathBuf>,
     /// JWT HMAC secret file (HS256/384/512).
-    #[arg(long, value_name = "FILE", group = "auth")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        group = "auth",
+        long_help = "JWT mode with an HMAC secret (HS256, HS384, HS512): the file's bytes, at least 32 (one \
+            trailing newline dropped). Tokens carry the claims listen, send (and presence) in the form of \
+            the tokens file; exp and nbf are enforced exactly; alg none is refused. A listener whose token \
+            expires is closed with 4001.\n\
+            Default: none. Config key: auth_jwt_secret. Example: --auth-jwt-secret /etc/fedbroker/jwt.secret\n\
+            Statuses: 401 (missing, bad signature, expired, wrong aud/iss), 403 (claims do not cover the id)."
+    )]
     pub auth_jwt_secret: Option<PathBuf>,
     /// JWT public key file, SPKI PEM (RS256/ES256/EdDSA).
-    #[arg(long, value_name = "FILE", group = "auth")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        group = "auth",
+        long_help = "JWT mode with a public key in SPKI PEM: RS256, ES256 or EdDSA, the algorithm taken from the \
+            key (algorithm confusion refused). Claims as for --auth-jwt-secret.\n\
+            Default: none. Config key: auth_jwt_public_key. Example: --auth-jwt-public-key /etc/fedbroker/issuer.pem\n\
+            Statuses: 401, 403 as for --auth-jwt-secret."
+    )]
     pub auth_jwt_public_key: Option<PathBuf>,
     /// Required JWT audience.
-    #[arg(long, value_name = "A")]
+    #[arg(
+        long,
+        value_name = "A",
+        long_help = "JWTs must have aud equal to A (or a list containing it); JWT modes only.\n\
+            Default: aud not checked. Config key: auth_jwt_audience. Example: --auth-jwt-audience fedbroker\n\
+            Status: 401 when it does not match."
+    )]
     pub auth_jwt_audience: Option<String>,
     /// Required JWT issuer.
-    #[arg(long, value_name = "I")]
+    #[arg(
+        long,
+        value_name = "I",
+        long_help = "JWTs must have iss equal to I; JWT modes only.\n\
+            Default: iss not checked. Config key: auth_jwt_issuer. Example: --auth-jwt-issuer https://auth.example\n\
+            Status: 401 when it does not match."
+    )]
     pub auth_jwt_issuer: Option<String>,
     /// Leeway for JWT exp/nbf, in seconds. [default: 0]
-    #[arg(long, value_name = "SECS")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        long_help = "Seconds of tolerance on exp and nbf, for clocks that drift; JWT modes only.\n\
+            Default: 0 (exact). Config key: auth_jwt_leeway. Example: --auth-jwt-leeway 30"
+    )]
     pub auth_jwt_leeway: Option<u64>,
     /// Origin allowed to use the broker from a browser (repeatable, or *).
-    #[arg(long, value_name = "O")]
+    #[arg(
+        long,
+        value_name = "O",
+        long_help = "An origin allowed to use the broker from a browser page, scheme://host[:port], or * for \
+            every origin; repeatable. Requests whose Origin is neither listed nor the broker's own get 403 \
+            without CORS headers (the WebSocket upgrade included: no cross-site WebSocket hijacking); \
+            requests without Origin (non-browser clients) are unaffected. Behind a reverse proxy, list the \
+            public origin.\n\
+            Default: none (only the broker's own origin). Config key: cors_allow_origin. \
+            Example: --cors-allow-origin https://app.example\n\
+            Statuses: 204 for an allowed preflight OPTIONS, 403 for an origin not allowed."
+    )]
     pub cors_allow_origin: Vec<String>,
     /// Token required to read / and /metrics.
-    #[arg(long, value_name = "T")]
+    #[arg(
+        long,
+        value_name = "T",
+        long_help = "Token required (Authorization: Bearer T, or ?token=T) to read GET / and GET /metrics; \
+            /healthz stays open for load balancers. Must not be empty.\n\
+            Default: none (statistics open). Config key: stats_token. Example: --stats-token \"$(openssl rand -hex 32)\"\n\
+            Status: 401 without it."
+    )]
     pub stats_token: Option<String>,
     /// Largest message in bytes. [default: 1048576]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        long_help = "Largest POST body and largest WebSocket message from a client, in bytes; 0 to 1073741824. \
+            A message is held in memory whole, so memory per listener is about --queue-limit times this.\n\
+            Default: 1048576 (1 MiB). Config key: max_message_size. Example: --max-message-size 65536\n\
+            Statuses: 413 for a larger POST (answered without reading it), close 1009 for a larger message."
+    )]
     pub max_message_size: Option<u64>,
     /// Messages queued per listener before POST answers 503. [default: 1024]
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        long_help = "Messages queued per listener (a slow consumer) before a POST to it answers 503 with \
+            Retry-After: 1; at least 1. Topic listeners whose queue is full are closed with 1008 instead.\n\
+            Default: 1024. Config key: queue_limit. Example: --queue-limit 64\n\
+            Status: 503."
+    )]
     pub queue_limit: Option<u64>,
     /// Open connections (listeners included) before new ones get 503. [default: 10000]
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        long_help = "Open connections, WebSocket listeners included, before a new one is answered 503 \
+            (Retry-After: 1) and closed; at least 1. The open-files limit is raised to match where it can.\n\
+            Default: 10000. Config key: max_connections. Example: --max-connections 50000\n\
+            Status: 503."
+    )]
     pub max_connections: Option<u64>,
     /// Seconds between pings to listeners; two silent intervals drop one. [default: 30]
-    #[arg(long, value_name = "SECS")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        long_help = "Seconds between the broker's pings to each listener; a listener from which nothing (not \
+            even a pong) arrived for two intervals is closed with 1001 ping timeout. 1 to 86400. Keep it \
+            below the idle timeout of proxies in front (nginx proxy_read_timeout, 60 s by default).\n\
+            Default: 30. Config key: ping_interval. Example: --ping-interval 20"
+    )]
     pub ping_interval: Option<u64>,
     /// Seconds for a request to arrive (408), and for an idle keep-alive connection. [default: 10]
-    #[arg(long, value_name = "SECS")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        long_help = "Seconds for a request's head and body to arrive, and for an idle keep-alive connection to \
+            send its next request; 1 to 86400.\n\
+            Default: 10. Config key: request_timeout. Example: --request-timeout 30\n\
+            Status: 408 when a request is not received in time."
+    )]
     pub request_timeout: Option<u64>,
     /// Log level: error, warn, info, debug or trace. [default: info]
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        long_help = "How much to log to stderr: error, warn, info, debug (refused requests and WebSocket failures \
+            with their status) or trace. Tokens, request lines, headers and client addresses are never logged.\n\
+            Default: info. Config key: log_level. Example: --log-level debug"
+    )]
     pub log_level: Option<String>,
     /// Ids that are topics: any number of listeners, every message to all (repeatable; an id,
     /// a FROM-TO range or *).
-    #[arg(long, value_name = "RANGE")]
+    #[arg(
+        long,
+        value_name = "RANGE",
+        long_help = "Ids that are topics (an id, a FROM-TO range or *; repeatable): any number of listeners, no \
+            replacement, and each POST is queued to all of them (204 with Fedbroker-Recipients: N). See \
+            docs/patterns.md.\n\
+            Default: none. Config key: topics. Example: --topics 1000000-1999999\n\
+            Statuses: 404 when a topic has no listener; a listener whose queue is full is closed with 1008."
+    )]
     pub topics: Vec<String>,
     /// Requests (POST ...?reply=MS) that may wait for a reply at once; more get 503. [default: 10000]
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        long_help = "Requests (POST /ID?reply=MS) that may wait for an envelope listener's reply at once, \
+            broker-wide; at least 1.\n\
+            Default: 10000. Config key: max_pending_replies. Example: --max-pending-replies 1000\n\
+            Status: 503 with Retry-After: 1 beyond it."
+    )]
     pub max_pending_replies: Option<u64>,
     /// Longest wait of a request for its reply, in milliseconds; larger ?reply= values are capped. [default: 30000]
-    #[arg(long, value_name = "MS")]
+    #[arg(
+        long,
+        value_name = "MS",
+        long_help = "The longest a request waits for its reply, in milliseconds (1 to 3600000); larger ?reply= \
+            values are cut to it.\n\
+            Default: 30000. Config key: max_reply_timeout. Example: --max-reply-timeout 5000\n\
+            Status: 504 when no reply came in time."
+    )]
     pub max_reply_timeout: Option<u64>,
     /// Ids one envelope listener may watch the presence of. [default: 1024]
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        long_help = "Ids one envelope listener may watch the presence of (docs/patterns.md); at least 1.\n\
+            Default: 1024. Config key: max_watch. Example: --max-watch 100\n\
+            Beyond it the watch is answered with error 400."
+    )]
     pub max_watch: Option<u64>,
     /// Ids that keep a mailbox (repeatable; an id, a FROM-TO range or *): their messages are
-    /// numbered (seq), kept for replay with GET /{id}?since=SEQ, and a POST with nobody listening
+    /// numbered, kept for replay with GET /{id}?since=SEQ, and a POST with nobody listening
     /// answers 202 instead of 404.
-    #[arg(long, value_name = "RANGE")]
+    #[arg(
+        long,
+        value_name = "RANGE",
+        long_help = "Ids that keep a mailbox (docs/mailbox.md): an id, a FROM-TO range or *; repeatable. Their \
+            messages get a seq (1, 2, ... per id, never reused), are kept within the --mailbox-* bounds, \
+            and are replayed to a listener that asks with GET /ID?since=SEQ. A POST with nobody \
+            listening answers 202 (kept) instead of 404. May not overlap --topics.\n\
+            Default: none. Config key: mailbox. Example: --mailbox 1-100000\n\
+            Statuses: 202 kept, 507 mailbox full (--mailbox-full refuse), 410/409 for a since that \
+            cannot be served."
+    )]
     pub mailbox: Vec<String>,
     /// Messages kept per mailbox. [default: 1000]
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        long_help = "Messages kept per mailbox id; at least 1. A full mailbox acts as --mailbox-full says.\n\
+            Default: 1000. Config key: mailbox_messages. Example: --mailbox-messages 10000"
+    )]
     pub mailbox_messages: Option<u64>,
-    /// Bytes kept per mailbox (payloads plus 64 per message); at least --max-message-size + 64. [default: 16777216]
-    #[arg(long, value_name = "BYTES")]
+    /// Bytes kept per mailbox (payloads plus 64 per message). [default: 16777216]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        long_help = "Bytes kept per mailbox id, counting each payload plus 64 per message; at least \
+            --max-message-size + 64, so that every message fits.\n\
+            Default: 16777216 (16 MiB). Config key: mailbox_bytes. Example: --mailbox-bytes 1048576"
+    )]
     pub mailbox_bytes: Option<u64>,
     /// Bytes kept over all mailboxes of the broker; beyond, POST answers 507. [default: 268435456]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        long_help = "Bytes kept over all mailboxes of the broker (payloads plus 64 per message): the bound \
+            on their memory; at least --mailbox-bytes.\n\
+            Default: 268435456 (256 MiB). Config key: mailbox_total_bytes. Example: \
+            --mailbox-total-bytes 1073741824\n\
+            Status: 507 with Retry-After: 1 for a message that does not fit."
+    )]
     pub mailbox_total_bytes: Option<u64>,
     /// How long a message is kept: a number with s, m, h or d (90s, 15m, 12h, 7d). [default: 1d]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        long_help = "How long a mailbox message is kept: a whole number with s, m, h or d, or plain seconds; \
+            1 s to 3650 d. Older messages are dropped, and a replay from before them is told of the gap.\n\
+            Default: 1d. Config key: mailbox_ttl. Example: --mailbox-ttl 12h"
+    )]
     pub mailbox_ttl: Option<String>,
-    /// A full mailbox drops its oldest message (drop-oldest, counted, a gap for listeners behind)
-    /// or refuses the new one with 507 unless the oldest was delivered already (refuse). [default: drop-oldest]
-    #[arg(long, value_name = "POLICY")]
+    /// A full mailbox drops its oldest message (drop-oldest) or refuses the new one (refuse). [default: drop-oldest]
+    #[arg(
+        long,
+        value_name = "POLICY",
+        long_help = "What a full mailbox does with a new message. drop-oldest: drop the oldest kept message \
+            (counted in mailbox_dropped; a listener that had not read it is told of the gap). refuse: \
+            drop only messages a listener already received, and otherwise refuse the new one.\n\
+            Default: drop-oldest. Config key: mailbox_full. Example: --mailbox-full refuse\n\
+            Status: 507 with Retry-After: 1 when refused."
+    )]
     pub mailbox_full: Option<String>,
     /// Directory of the durable mailbox store: kept messages survive a restart or a crash.
-    #[arg(long, value_name = "PATH")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        long_help = "Keep mailboxes durable in this directory (created if missing; one broker per directory): \
+            messages survive a restart or a crash, and seqs go on after it. Needs --mailbox. See \
+            docs/mailbox.md and docs/store.md.\n\
+            Default: none (mailboxes in memory only). Config key: store. Example: --store \
+            /var/lib/fedbroker\n\
+            Status: 503 with Retry-After: 1 while the store cannot take a message."
+    )]
     pub store: Option<PathBuf>,
-    /// When a 204/202 is answered for a stored message: after an fsync (always, group commit) or
-    /// after the write, with an fsync in the background every 100 ms (batch). [default: always]
-    #[arg(long, value_name = "POLICY")]
+    /// When 204/202 is answered for a stored message: after an fsync (always) or after the write (batch). [default: always]
+    #[arg(
+        long,
+        value_name = "POLICY",
+        long_help = "When a 204/202 is answered for a message to a stored mailbox. always: after it is written \
+            and fsynced (messages arriving together share one fsync); survives a crash and a power loss. \
+            batch: after it is written, with an fsync within about 100 ms; survives a crash of the \
+            broker, may lose the last ~100 ms on a power loss.\n\
+            Default: always. Config key: store_sync. Example: --store-sync batch"
+    )]
     pub store_sync: Option<String>,
 }
 

@@ -1,5 +1,5 @@
 // Types of @fedbroker/client (fedbroker.js). The patterns (multi-target send, topics, the fedbroker.v1
-// envelope, request-reply, presence) are specified in docs/patterns.md.
+// envelope, request-reply, presence) are specified in docs/patterns.md; mailboxes and replay in docs/mailbox.md.
 
 /** What `send` accepts as a message body. `null`/`undefined` send an empty message; a string is sent as UTF-8. */
 export type MessageData = string | ArrayBuffer | ArrayBufferView | Blob | null | undefined;
@@ -23,8 +23,14 @@ export interface RequestOptions extends SendOptions {
 
 /** What `send` resolves with. */
 export interface SendResult {
-  /** `204`: every target accepted the message. `207` (several ids only): some did not, see `results`. */
-  status: 204 | 207;
+  /**
+   * `204`: every target accepted the message for a live listener. `202` (one mailbox id): nobody listens;
+   * the message is kept for a later listener. `207` (several ids only): some did not take it, or only kept
+   * it (`202`), see `results`.
+   */
+  status: 202 | 204 | 207;
+  /** One mailbox id: `Fedbroker-Seq`, the message's number on that id (browsers can read it: the broker exposes it). */
+  seq?: number;
   /**
    * One topic id: `Fedbroker-Recipients`, how many listeners got the message. In a browser only when the
    * broker exposes that header to the page (`Access-Control-Expose-Headers`).
@@ -36,9 +42,11 @@ export interface SendResult {
 
 export interface TargetResult {
   id: number;
-  /** What a `POST` to that id alone would have answered: `204`, `404`, `503`. */
+  /** What a `POST` to that id alone would have answered: `204`, `202` (kept), `404`, `503`, `507`. */
   status: number;
-  /** That answer's sentence, when it is not `204`. */
+  /** A mailbox id: the message's seq on it (`{"id":5,"status":202,"seq":1}`); absent in a `204` for several ids. */
+  seq?: number;
+  /** That answer's sentence, when it is not `204` or `202`. */
   error?: string;
   /** A topic id: how many listeners got the message (when the broker said). */
   recipients?: number;
@@ -58,9 +66,15 @@ export interface RequestResult {
   retryAfter: number | undefined;
 }
 
-/** The header of an envelope message. */
+/**
+ * The header of an envelope message; for a plain listener on a mailbox id with a WebSocket class that shows
+ * the `101` (`ws`), `{seq, id, header: {type: 'message', seq, id}}` counted from the `101`'s `Fedbroker-Seq`.
+ */
 export interface MessageMeta {
-  /** Counts the messages and requests of the listened id, from 1, without gaps on one connection. */
+  /**
+   * Counts the messages and requests of the listened id, from 1, without gaps on one connection. On a mailbox
+   * id it is the message's number, the same across reconnects and listeners; missing ones go to `onGap`.
+   */
   seq: number;
   /** The id the message was sent to (the listened id; useful on topics). */
   id: number;
@@ -103,6 +117,31 @@ export interface Ack {
   recipients?: number;
 }
 
+/** Passed to `onGap`: messages `from` ..= `to` of `id` were dropped (or expired) before this listener read them. */
+export interface GapInfo {
+  id: number;
+  from: number;
+  to: number;
+}
+
+/**
+ * Passed to `onReset`: the broker refused `since` as ahead of its last seq (`409`): the mailbox was reset (a
+ * broker without `--store` restarted). The listener goes on from `since=0`: seqs start again, and messages
+ * numbered up to `since` are new ones.
+ */
+export interface ResetInfo {
+  /** The `since` that was refused. */
+  since: number;
+  /** The broker's last seq on the id (the `409`'s `Fedbroker-Seq`), when the WebSocket shows it (`ws`); else undefined. */
+  last: number | undefined;
+  /**
+   * `true`: the client saw the `409` (`ws`). `false`: inferred, because the WebSocket shows no HTTP status
+   * (browsers, Node's built-in one): `since=N` was refused `maxRefusals` times in a row while the broker was
+   * up, then `since=0` was accepted. Credentials refused as many times and then accepted would look the same.
+   */
+  certain: boolean;
+}
+
 /** Passed to `onClose` each time a connection, or an attempt to connect, ends. */
 export interface CloseInfo {
   /** WebSocket close code (1006: the connection failed or was lost without a Close frame). */
@@ -122,6 +161,11 @@ export interface CloseInfo {
   willReconnect: boolean;
   /** Milliseconds until that next attempt, when `willReconnect`. */
   delay?: number;
+  /**
+   * The HTTP status of a refused upgrade, when the WebSocket class exposes it (the `ws` package; never in
+   * browsers or with Node's built-in WebSocket). `reason` is then the broker's sentence.
+   */
+  status?: number;
 }
 
 /** The part of a WebSocket class that `listen` uses (the browser's, Node's, or the `ws` package's). */
@@ -136,6 +180,11 @@ export interface WebSocketLike {
   /** Used with `envelope: true`. */
   send(data: Uint8Array): void;
   readonly protocol?: string;
+  /**
+   * The `ws` package's EventEmitter method. When the class has it, `listen` reads the `101`'s headers
+   * (`'upgrade'`: `Fedbroker-Seq`) and a refused upgrade's status, headers and body (`'unexpected-response'`).
+   */
+  on?(event: string, listener: (...args: any[]) => void): any;
 }
 
 export interface ListenOptions {
@@ -149,8 +198,28 @@ export interface ListenOptions {
    * reach `onRequest`, and the handle can `send`, `reply`, `watch` and `unwatch` over the connection.
    */
   envelope?: boolean;
-  /** Called with each message's bytes (and, with `envelope`, its header). */
+  /**
+   * Called with each message's bytes and, with `envelope` (or a plain listener on a mailbox id through `ws`),
+   * its header: `meta.seq` is what to persist and pass as `since` later.
+   */
   onMessage?: (data: ArrayBuffer, meta?: MessageMeta) => void;
+  /**
+   * Mailbox ids: start after this seq (`0`: everything kept): `GET /{id}?since=`. Without `resume`, it is used
+   * until a connection opens; reconnections then listen from "now". A whole number from 0, else a RangeError.
+   */
+  since?: number;
+  /**
+   * Mailbox ids (default false): every reconnection asks for `since=` the last seq delivered to `onMessage`
+   * (`handle.lastSeq`), so no message is lost or repeated across reconnects. Until a seq is known (nothing
+   * came yet, and the `101` could not be read), a reconnection asks for everything kept (`since=0`).
+   * `since` and `resume` choose the envelope unless `envelope: false` is given; that needs a WebSocket class
+   * that exposes the upgrade response (the `ws` package): else a TypeError.
+   */
+  resume?: boolean;
+  /** Messages were dropped before this listener read them (an envelope `gap` event, or a plain listener's `410`); it goes on. */
+  onGap?: (gap: GapInfo) => void;
+  /** The mailbox was reset (`409`, or inferred in browsers); the listener goes on from `since=0`. */
+  onReset?: (info: ResetInfo) => void;
   /**
    * Envelope only: called with each request. Return a reply (or a promise of one) to have it sent; return
    * `undefined` to answer later with `req.reply(…)` or `handle.reply(seq, …)`. A handler that throws or
@@ -197,8 +266,13 @@ export interface ListenHandle {
   readonly closed: Promise<CloseInfo>;
   /** Whether a connection is open now. */
   readonly connected: boolean;
-  /** The WebSocket URL, without the token. */
+  /** The WebSocket URL, without the token (and without `since`). */
   readonly url: string;
+  /**
+   * The last seq delivered to `onMessage` (or passed over by a gap; `0` after a reset): what a `resume`
+   * reconnection asks `since=` for, and what to persist to resume in a later session. `undefined` while unknown.
+   */
+  readonly lastSeq: number | undefined;
   /**
    * Envelope only: sends `data` to `to` over this connection (the receiver sees `from`: this listener's id).
    * Resolves on the broker's `ack` (`{status: 204}`, `recipients` for a topic); rejects with a
@@ -247,16 +321,17 @@ export const NO_RECONNECT_CODES: readonly number[];
 export class FedbrokerError extends Error {
   constructor(message: string, status: number, retryAfter: number | undefined);
   readonly name: 'FedbrokerError';
-  /** HTTP status (400, 401, 403, 404, 413, 503, …). */
+  /** HTTP status (400, 401, 403, 404, 413, 503, 507, …). */
   status: number;
-  /** Seconds from `Retry-After` (sent with 503), if any. */
+  /** Seconds from `Retry-After` (sent with 503 and 507), if any. */
   retryAfter: number | undefined;
 }
 
 /**
  * Sends `data` to the node listening on `id` at `brokerUrl` (`POST /{id}`), or to several ids (an array:
- * `POST /7,8,9`). Resolves on `204`, and for several ids on `207`; rejects with a `FedbrokerError` on any
- * other answer, and with `fetch`'s own error when no answer could be read.
+ * `POST /7,8,9`). Resolves on `204`, on `202` (a mailbox id nobody listens on: kept), and for several ids on
+ * `207`; rejects with a `FedbrokerError` on any other answer (`507` a full mailbox, with `retryAfter`), and
+ * with `fetch`'s own error when no answer could be read.
  */
 export function send(
   brokerUrl: string | URL,
@@ -275,6 +350,7 @@ export function request(brokerUrl: string | URL, id: string | number, data: Mess
 /**
  * Listens on `id` at `brokerUrl` (a WebSocket on `GET /{id}`), reconnecting with capped exponential
  * back-off and full jitter after network loss; not after 1003, 1008, 4000, 4001, `close()`, or once the
- * broker has refused the upgrade `maxRefusals` times in a row.
+ * broker has refused the upgrade `maxRefusals` times in a row. With `resume` (mailbox ids) reconnections
+ * ask for `since=` the last seq delivered.
  */
 export function listen(brokerUrl: string | URL, id: string | number, options?: ListenOptions): ListenHandle;

@@ -1,7 +1,7 @@
 // @fedbroker/client: send to and listen on a fedbroker broker, from a browser or Node.js >= 20.
 // Uses only `fetch` and `WebSocket`; no dependencies. Types: fedbroker.d.ts. Usage: README.md.
 // The patterns (multi-target send, topics, the fedbroker.v1 envelope, request-reply, presence) are
-// specified in docs/patterns.md.
+// specified in docs/patterns.md; mailboxes and replay (202, seq, since, gaps) in docs/mailbox.md.
 
 /**
  * What `send` accepts as a message body. `null`/`undefined` send an empty message.
@@ -12,7 +12,9 @@
 /**
  * What `send` resolves with. `results` has one entry per target id, in request order.
  * @typedef {object} SendResult
- * @property {204 | 207} status `204`: every target accepted the message; `207`: see `results`.
+ * @property {202 | 204 | 207} status `204`: every target accepted the message for a live listener; `202` (one
+ *   mailbox id): nobody listens, the message is kept for a later listener; `207`: see `results`.
+ * @property {number} [seq] One mailbox id: `Fedbroker-Seq`, the message's number on that id.
  * @property {number} [recipients] One topic id: `Fedbroker-Recipients`, the number of its listeners that got it.
  * @property {TargetResult[]} results
  */
@@ -20,8 +22,9 @@
 /**
  * @typedef {object} TargetResult
  * @property {number} id
- * @property {number} status What a `POST` to that id alone would have answered (`204`, `404`, `503`).
- * @property {string} [error] That answer's sentence, when it is not `204`.
+ * @property {number} status What a `POST` to that id alone would have answered (`204`, `202`, `404`, `503`, `507`).
+ * @property {number} [seq] A mailbox id: the message's seq on it (when the broker said).
+ * @property {string} [error] That answer's sentence, when it is not `204` or `202`.
  * @property {number} [recipients] For a topic id: how many listeners got the message (when the broker said).
  */
 
@@ -55,7 +58,9 @@
  * @property {boolean} wasClean Whether the close handshake completed.
  * @property {boolean} opened Whether this connection had opened (`false`: the attempt failed before the upgrade).
  * @property {boolean} refused The attempt failed before opening although the broker answers HTTP
- *   (`GET /healthz` is 200): the broker refused the upgrade (401, 403, 400 invalid id, …).
+ *   (`GET /healthz` is 200): the broker refused the upgrade (401, 403, 400 invalid id, 409, 410, …).
+ * @property {number} [status] The HTTP status of a refused upgrade, when the WebSocket class exposes it (the
+ *   `ws` package does; browsers and Node's built-in WebSocket do not). `reason` is then the broker's sentence.
  * @property {boolean} willReconnect Whether the client will connect again.
  * @property {number} [delay] Milliseconds until that next attempt, when `willReconnect`.
  */
@@ -67,7 +72,17 @@
  * @property {boolean} [envelope=false] Negotiate the `fedbroker.v1` subprotocol: messages carry a header
  *   (`MessageMeta`), and the handle can `send`, `reply`, `watch` and `unwatch`.
  * @property {(data: ArrayBuffer, meta?: MessageMeta) => void} [onMessage] Called with each message's bytes
- *   (with `meta` when `envelope`).
+ *   (with `meta` when `envelope`, or on a mailbox id with a WebSocket class that exposes the `101`, like `ws`).
+ * @property {number} [since] Mailbox ids: start after this seq (`0`: everything kept), `GET /{id}?since=`.
+ *   Without `resume` it applies until a connection opens; reconnections then listen from "now".
+ * @property {boolean} [resume=false] Mailbox ids: every reconnection asks for `since=` the last seq delivered
+ *   to `onMessage`, so nothing is lost or repeated across reconnects. `since` or `resume` choose the envelope
+ *   unless `envelope: false` is given, which needs a WebSocket class that exposes the upgrade's response
+ *   headers (the `ws` package): a plain listener learns its seqs only from the `101`'s `Fedbroker-Seq`.
+ * @property {(gap: GapInfo) => void} [onGap] Messages that should have come were dropped before they were read
+ *   (the envelope's `gap` event, or a plain listener's `410`). The listener goes on after them.
+ * @property {(info: ResetInfo) => void} [onReset] The mailbox was reset (a `since` above its last seq: `409`; a
+ *   broker without `--store` restarted): the listener starts again from `since=0`, so seqs restart.
  * @property {(req: IncomingRequest) => any} [onRequest] Envelope only: called with each request (`POST
  *   /{id}?reply=MS`). Return a reply (`{status, body, contentType}`, or a body alone for `200`), or a promise
  *   of one, to have it sent; return `undefined` and call `req.reply(…)` yourself. A handler that throws
@@ -91,8 +106,28 @@
  */
 
 /**
+ * Passed to `onGap`: messages `from` ..= `to` of `id` are gone (dropped or expired before they were read).
+ * @typedef {object} GapInfo
+ * @property {number} id
+ * @property {number} from
+ * @property {number} to
+ */
+
+/**
+ * Passed to `onReset`: the broker refused `since` as ahead of its last seq (`409`): the mailbox was reset.
+ * @typedef {object} ResetInfo
+ * @property {number} since The `since` that was refused.
+ * @property {number | undefined} last The broker's last seq on the id (`Fedbroker-Seq` of the `409`), when the
+ *   WebSocket class exposes it (`ws`); `undefined` in browsers.
+ * @property {boolean} certain `true` when the client saw the `409`; `false` when it inferred it (browsers):
+ *   `since` was refused `maxRefusals` times in a row but `since=0` was not (see the README).
+ */
+
+/**
  * @typedef {object} ListenHandle
  * @property {() => void} close Closes the connection (code 1000) and stops reconnecting. Idempotent.
+ * @property {number | undefined} lastSeq The last seq delivered to `onMessage` (or passed by a gap, or `0` after a
+ *   reset); what the next connection of a `resume` listener asks `since=` for. `undefined` while unknown.
  * @property {Promise<CloseInfo>} closed Resolves with the last `CloseInfo` once the listener has stopped for good.
  * @property {boolean} connected Whether a connection is open now.
  * @property {string} url The WebSocket URL, without the token.
@@ -110,7 +145,8 @@
 /**
  * The header of an envelope message (`seq`, `id`, `from` when an envelope listener sent it).
  * @typedef {object} MessageMeta
- * @property {number} seq Counts the messages and requests of the listened id, from 1, without gaps.
+ * @property {number} seq Counts the messages and requests of the listened id, from 1, without gaps (on a mailbox
+ *   id: the message's number, kept across reconnects; a gap is reported to `onGap`).
  * @property {number} id The id it was sent to (the listened id; useful on topics).
  * @property {number} [from] The sender's listened id, when it was sent by an envelope listener.
  * @property {Record<string, any>} header The whole header.
@@ -147,7 +183,7 @@ export class FedbrokerError extends Error {
   /**
    * @param {string} message The broker's one-sentence error text (or the status line when it sent none).
    * @param {number} status HTTP status.
-   * @param {number | undefined} retryAfter Seconds from `Retry-After` (sent with 503), if any.
+   * @param {number | undefined} retryAfter Seconds from `Retry-After` (sent with 503 and 507), if any.
    */
   constructor(message, status, retryAfter) {
     super(message);
@@ -225,10 +261,12 @@ function parseRetryAfter(value) {
  * Sends `data` to the node listening on `id` at `brokerUrl` (`POST /{id}`), or to several ids at once
  * (an array: `POST /7,8,9`, the multi-target send of docs/patterns.md §1).
  *
- * Resolves when the broker answers `204` (the message is in the queue of every target's listener) or,
- * for several ids, `207` (some targets did not take it: `results` says which and why). `recipients` is
- * the `Fedbroker-Recipients` of a topic id. Rejects with a `FedbrokerError` (`message` = the broker's
- * error text, `status`, `retryAfter` on 503) on any other answer, and with `fetch`'s own error when no
+ * Resolves when the broker answers `204` (the message is in the queue of every target's listener), `202`
+ * (a mailbox id nobody listens on: the message is kept for a later listener, docs/mailbox.md) or, for
+ * several ids, `207` (some targets did not take it, or only kept it: `results` says which and why).
+ * `seq` is the `Fedbroker-Seq` of a mailbox id (the message's number), `recipients` the
+ * `Fedbroker-Recipients` of a topic id. Rejects with a `FedbrokerError` (`message` = the broker's
+ * error text, `status`, `retryAfter` on 503 and 507) on any other answer, and with `fetch`'s own error when no
  * answer could be read (network failure, abort, or in a browser a response without CORS headers: the
  * page's origin is not allowed).
  * @param {string | URL} brokerUrl e.g. `http://127.0.0.1:8080` or `https://broker.example/mq`
@@ -240,15 +278,25 @@ function parseRetryAfter(value) {
 export async function send(brokerUrl, id, data, options = {}) {
   const res = await post(idUrl(brokerUrl, id, 'http'), data, options);
   const multi = Array.isArray(id);
-  if (res.status === 204) {
+  if (res.status === 204 || (res.status === 202 && !multi)) {
+    const status = res.status;
     const recipients = multi ? undefined : parseCount(res.headers.get('fedbroker-recipients'));
+    const seq = multi ? undefined : parseCount(res.headers.get('fedbroker-seq'));
     const ids = multi ? id : [id];
     /** @type {SendResult} */
     const result = {
-      status: 204,
-      results: ids.map((i) => (recipients === undefined ? { id: Number(i), status: 204 } : { id: Number(i), status: 204, recipients })),
+      status,
+      results: ids.map((i) => {
+        /** @type {TargetResult} */
+        const r = { id: Number(i), status };
+        if (seq !== undefined) r.seq = seq;
+        if (recipients !== undefined) r.recipients = recipients;
+        return r;
+      }),
     };
+    if (seq !== undefined) result.seq = seq;
     if (recipients !== undefined) result.recipients = recipients;
+    await res.arrayBuffer().catch(() => {}); // a 202 has an empty body: read it to free the connection
     return result;
   }
   if (res.status === 207 && multi) {
@@ -327,6 +375,12 @@ async function errorOf(res) {
     res.status,
     parseRetryAfter(res.headers.get('retry-after')),
   );
+}
+
+/** A response header of Node's `http.IncomingMessage` (as `ws` shows it). @param {any} res @param {string} name */
+function headerOf(res, name) {
+  const v = res?.headers?.[name];
+  return Array.isArray(v) ? v[0] : typeof v === 'string' ? v : null;
 }
 
 /** @param {string | null} value @returns {number | undefined} */
@@ -478,6 +532,13 @@ function reportLater(e) {
  * (`send`, `reply`, `watch`, `unwatch`), each message answered by the broker's `ack` or `error`, matched
  * by `ref`. Watched ids are watched again after every reconnect.
  *
+ * Mailboxes (docs/mailbox.md): `since` asks for the kept messages after that seq; `resume: true` makes
+ * every reconnection ask for `since=` the last seq delivered to `onMessage` (`handle.lastSeq`), so that
+ * nothing is lost or repeated. Gaps (messages dropped before they were read) go to `onGap`, and a reset
+ * mailbox (`409`: the `since` is ahead of the broker) restarts from `since=0` and goes to `onReset`.
+ * Browsers cannot read the `101`'s headers nor a refused upgrade's status: there the seqs come from the
+ * envelope (chosen by `since`/`resume` unless `envelope: false`), and a reset is inferred (README).
+ *
  * @param {string | URL} brokerUrl e.g. `http://127.0.0.1:8080` (or `ws://…`)
  * @param {string | number} id 1 ..= 2147483647
  * @param {ListenOptions} [options]
@@ -492,7 +553,10 @@ export function listen(brokerUrl, id, options = {}) {
     onRequest,
     onPresence,
     onError,
-    envelope = false,
+    onGap,
+    onReset,
+    since,
+    resume = false,
     signal,
     minDelay = 500,
     maxDelay = 30000,
@@ -507,6 +571,21 @@ export function listen(brokerUrl, id, options = {}) {
       'no WebSocket class: on Node.js 20 run with --experimental-websocket, or pass {WebSocket} from the "ws" package',
     );
   }
+  if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
+    throw new RangeError(`since must be a whole number from 0 (a seq), not ${since}`);
+  }
+  // The `ws` package (an EventEmitter) shows the 101's headers ('upgrade') and a refused upgrade's status
+  // ('unexpected-response'); browsers' and Node's built-in WebSocket show neither.
+  const seesHttp = typeof WS.prototype?.on === 'function';
+  const envelope = options.envelope ?? (resume || since !== undefined);
+  if (!envelope && (resume || since !== undefined) && !seesHttp) {
+    throw new TypeError(
+      'since/resume on a plain listener need a WebSocket class that exposes the upgrade response (the "ws" ' +
+        'package): a plain listener learns its seqs from the 101\'s Fedbroker-Seq header. Use the envelope (leave ' +
+        '`envelope` unset) in browsers.',
+    );
+  }
+  const idNumber = Number(id);
   const wsUrl = idUrl(brokerUrl, id, 'ws');
   const healthz = idUrl(brokerUrl, 'healthz', 'http');
   healthz.search = '';
@@ -521,6 +600,15 @@ export function listen(brokerUrl, id, options = {}) {
   let refusals = 0;
   let openedAt = 0;
   let currentOpened = false; // whether the current socket opened
+  let everOpened = false;
+  /** The last seq delivered to the app (or passed over by a gap, 0 after a reset); `since` of a resume. */
+  let lastSeq = since;
+  /**
+   * Set when an envelope attempt with `since` = this value was refused and the client could not see why
+   * (no HTTP status): the next attempt tries `since=0`. If that opens, the mailbox was reset (409).
+   * @type {number | undefined}
+   */
+  let resetCheck;
   /** An error that belongs to no promise: to `onError`, else reported like an error in an event handler. */
   const fail = (/** @type {unknown} */ e) => (onError ? callback(onError, e) : reportLater(e));
   /**
@@ -589,6 +677,14 @@ export function listen(brokerUrl, id, options = {}) {
       return;
     }
     if (stopped) return;
+    /**
+     * The `since` of this attempt: a resume asks for what follows the last seq delivered; when none is
+     * known yet (no message came, and the 101's Fedbroker-Seq could not be read), for everything kept.
+     */
+    const usedSince =
+      resetCheck !== undefined ? 0 : resume ? (lastSeq ?? (everOpened ? 0 : undefined)) : everOpened ? undefined : lastSeq;
+    const checking = resetCheck;
+    if (usedSince !== undefined) url.searchParams.set('since', String(usedSince));
     let sock;
     try {
       sock = envelope ? new WS(url.href, SUBPROTOCOL) : new WS(url.href);
@@ -601,15 +697,59 @@ export function listen(brokerUrl, id, options = {}) {
     sock.binaryType = 'arraybuffer';
     let opened = false;
     currentOpened = false;
+    /** What the WebSocket class showed of the HTTP answer (`ws` only). */
+    /** @type {{status?: number, seq?: number, body?: string}} */
+    const http = {};
+    /** A plain listener's count of the seqs it received (from the 101's Fedbroker-Seq, or `since`). */
+    /** @type {number | undefined} */
+    let cursor;
+    if (seesHttp) {
+      sock.on('upgrade', (/** @type {any} */ res) => {
+        http.seq = parseCount(headerOf(res, 'fedbroker-seq'));
+      });
+      sock.on('unexpected-response', (/** @type {any} */ req, /** @type {any} */ res) => {
+        http.status = res.statusCode;
+        http.seq = parseCount(headerOf(res, 'fedbroker-seq'));
+        let body = '';
+        let done = false;
+        const abort = () => {
+          if (done) return;
+          done = true;
+          http.body = body.trim();
+          try {
+            sock.close(); // still connecting: ws aborts the handshake (error, then close 1006)
+          } catch {
+            req.destroy?.();
+          }
+        };
+        res.setEncoding?.('utf8');
+        res.on('data', (/** @type {string} */ d) => {
+          if (body.length < 1024) body += d;
+        });
+        res.on('end', abort);
+        res.on('error', abort);
+        res.on('close', abort);
+        /** @type {any} */ (setTimeout(abort, 1000)).unref?.();
+      });
+    }
     sock.onopen = () => {
       opened = true;
       currentOpened = true;
+      everOpened = true;
       openedAt = Date.now();
       refusals = 0;
       if (stopped) {
         sock.close(1000);
         return;
       }
+      if (checking !== undefined) {
+        // `since=${checking}` was refused and `since=0` is not: the since was ahead, the mailbox was reset.
+        resetCheck = undefined;
+        lastSeq = 0;
+        callback(onReset, { since: checking, last: undefined, certain: false });
+      }
+      if (usedSince === undefined && lastSeq === undefined && http.seq !== undefined) lastSeq = http.seq; // from "now"
+      if (!envelope && http.seq !== undefined) cursor = usedSince ?? http.seq;
       if (envelope) {
         const c = (conn = { sock, pending: new Map(), chain: Promise.resolve(), ended: false });
         rewatch(c);
@@ -619,7 +759,14 @@ export function listen(brokerUrl, id, options = {}) {
     sock.onmessage = (/** @type {{data: unknown}} */ ev) => {
       if (stopped) return; // close() was called: deliver nothing more
       if (!envelope) {
-        callback(onMessage, toArrayBuffer(ev.data));
+        if (cursor === undefined) {
+          callback(onMessage, toArrayBuffer(ev.data));
+          return;
+        }
+        // A plain listener on a mailbox id: the messages after the 101's seq (or `since`) come one by one.
+        const seq = ++cursor;
+        lastSeq = seq;
+        callback(onMessage, toArrayBuffer(ev.data), { seq, id: idNumber, header: { type: 'message', seq, id: idNumber } });
         return;
       }
       if (!conn || conn.sock !== sock) return;
@@ -639,7 +786,7 @@ export function listen(brokerUrl, id, options = {}) {
       ended = true;
       if (ws === sock) ws = null;
       if (conn && conn.sock === sock) dropConn(code, reason);
-      closedSocket(opened, code, reason, wasClean);
+      closedSocket(opened, code, reason, wasClean, usedSince, checking, http);
     };
     sock.onclose = (/** @type {{code: number, reason?: string, wasClean?: boolean}} */ ev) =>
       end(ev.code, ev.reason ?? '', !!ev.wasClean);
@@ -657,28 +804,67 @@ export function listen(brokerUrl, id, options = {}) {
    * @param {number} code
    * @param {string} reason
    * @param {boolean} wasClean
+   * @param {number | undefined} usedSince The `since` of this attempt.
+   * @param {number | undefined} checking Whether it was a reset check (`since=0` after `since=checking` was refused).
+   * @param {{status?: number, seq?: number, body?: string}} http What the WebSocket showed of the HTTP answer.
    */
-  async function closedSocket(opened, code, reason, wasClean) {
+  async function closedSocket(opened, code, reason, wasClean, usedSince, checking, http) {
     /** @type {CloseInfo} */
     const info = { code, reason, wasClean, opened, refused: false, willReconnect: false };
     if (stopped) return report(info);
     if (opened) {
       if (NO_RECONNECT_CODES.includes(code)) return report(info);
       if (Date.now() - openedAt >= stableAfter) attempt = 0;
+    } else if (http.status !== undefined) {
+      // The WebSocket class showed the refusal (`ws`): act on the status.
+      const status = http.status;
+      info.status = status;
+      if (http.body) info.reason = http.body;
+      if (status >= 500) {
+        info.refused = false; // 503: the broker is at --max-connections (or a proxy's 502): retried
+        refusals = 0;
+      } else {
+        info.refused = true;
+        if (status === 409 && usedSince !== undefined) {
+          // since is ahead of the broker's last seq: the mailbox was reset; start again from 0.
+          lastSeq = 0;
+          resetCheck = undefined;
+          callback(onReset, { since: usedSince, last: http.seq, certain: true });
+          info.willReconnect = true;
+          return schedule(info, 0);
+        }
+        if (status === 410 && usedSince !== undefined && http.seq !== undefined && http.seq > usedSince) {
+          // A plain listener asked for dropped messages: say so, take the rest.
+          lastSeq = http.seq;
+          callback(onGap, { id: idNumber, from: usedSince + 1, to: http.seq });
+          info.willReconnect = true;
+          return schedule(info, 0);
+        }
+        refusals++;
+        if (refusals >= maxRefusals) return report(info);
+      }
     } else {
       info.refused = await reachable();
       if (stopped) return report(info);
       refusals = info.refused ? refusals + 1 : 0;
-      if (refusals >= maxRefusals) return report(info);
+      if (!info.refused) resetCheck = undefined; // the evidence is gone: ask for the same since again
+      if (refusals >= maxRefusals) {
+        // Without a status, a refused `since` (409: the mailbox was reset) looks like refused credentials
+        // (401/403). Before giving up, one attempt with `since=0`: if it opens, it was the since (a reset);
+        // if not, the credentials. (Only after `maxRefusals` refusals in a row: one failed attempt whose
+        // probe then succeeds is also what a broker coming back up looks like.)
+        if (envelope && checking === undefined && usedSince !== undefined && usedSince > 0) resetCheck = usedSince;
+        else return report(info);
+      }
     }
     info.willReconnect = true;
     schedule(info);
   }
 
-  /** @param {CloseInfo} info */
-  function schedule(info) {
-    const delay = Math.round(Math.random() * Math.min(maxDelay, minDelay * 2 ** attempt));
-    attempt = Math.min(attempt + 1, 64);
+  /** @param {CloseInfo} info @param {number} [fixedDelay] */
+  function schedule(info, fixedDelay) {
+    const delay = fixedDelay ?? Math.round(Math.random() * Math.min(maxDelay, minDelay * 2 ** attempt));
+    if (fixedDelay === undefined) attempt = Math.min(attempt + 1, 64);
     info.delay = delay;
     report(info);
     if (!stopped) timer = setTimeout(connect, delay);
@@ -705,10 +891,17 @@ export function listen(brokerUrl, id, options = {}) {
   function received(c, h, payload) {
     switch (h.type) {
       case 'message':
+        advance(h.seq);
         callback(onMessage, payload, { seq: h.seq, id: h.id, from: h.from, header: h });
         return;
       case 'request':
+        advance(h.seq); // a request takes a seq too; a replay passes over it without a gap
         incoming(c, h, payload);
+        return;
+      case 'gap':
+        // Messages from..=to were dropped before this listener read them (docs/mailbox.md §4).
+        advance(h.to);
+        callback(onGap, { id: h.id, from: h.from, to: h.to });
         return;
       case 'ack':
       case 'error': {
@@ -734,6 +927,11 @@ export function listen(brokerUrl, id, options = {}) {
       default:
       // an unknown type: ignored (forward compatibility)
     }
+  }
+
+  /** The app has been given (or told it missed) everything up to `seq`. @param {unknown} seq */
+  function advance(seq) {
+    if (Number.isSafeInteger(seq)) lastSeq = /** @type {number} */ (seq);
   }
 
   /**
@@ -928,6 +1126,9 @@ export function listen(brokerUrl, id, options = {}) {
     closed,
     get connected() {
       return ws != null && ws.readyState === 1;
+    },
+    get lastSeq() {
+      return lastSeq;
     },
     url: wsUrl.href,
     /** @param {string | number} to @param {MessageData} data */

@@ -3,6 +3,7 @@
 #
 #   clients/js/test.sh                                   # builds and uses target/debug/fedbroker-tokio
 #   FEDBROKER_BIN=target/debug/fedbroker-std clients/js/test.sh
+#   FEDBROKER_JS_WS=/some/dir clients/js/test.sh   # a dir whose node_modules/ has the ws package: its tests run too
 #
 # Needs Node.js >= 20 and, unless FEDBROKER_BIN is given, cargo. The client has no npm
 # dependencies, so nothing is installed. Exits non-zero when a test fails.
@@ -29,6 +30,12 @@ if [[ -z ${FEDBROKER_BIN:-} ]]; then
     FEDBROKER_BIN=$ROOT/target/debug/fedbroker-tokio
 fi
 export FEDBROKER_BIN
+
+# Under CI the `ws` tests must run, not be skipped.
+if [[ ${CI:-false} == true && ! -d ${FEDBROKER_JS_WS:-/nonexistent}/node_modules/ws ]]; then
+    echo "clients/js/test.sh: CI=true but FEDBROKER_JS_WS (${FEDBROKER_JS_WS:-unset}) has no node_modules/ws" >&2
+    exit 1
+fi
 
 # Node 20 has a WebSocket class only behind a flag (Node >= 22 has it by default).
 flags=()

@@ -181,6 +181,20 @@ struct Inner {
     queue_limit: usize,
     topics: IdSet,
     mailboxes: Option<Mailboxes>,
+    observer: ObserverCell,
+}
+
+#[derive(Default)]
+struct ObserverCell(std::sync::OnceLock<Observer>);
+
+impl std::fmt::Debug for ObserverCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Some(observer)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// The mailbox side of a registry.
@@ -211,9 +225,12 @@ impl Mailboxes {
     }
 }
 
-/// Wake-ups collected while locks are held, made once they are released.
+/// Told the id whose listened state may have changed (see [`Registry::on_listened_change`]).
+type Observer = Arc<dyn Fn(Id) + Send + Sync>;
+
+/// Wake-ups and observer calls collected while locks are held, made once they are released.
 #[derive(Default)]
-struct Wakers(Vec<Waker>);
+struct Wakers(Vec<Waker>, Vec<(Observer, Id)>);
 
 impl Wakers {
     fn add(&mut self, w: Option<Waker>) {
@@ -227,6 +244,9 @@ impl Drop for Wakers {
     fn drop(&mut self) {
         for w in self.0.drain(..) {
             w.wake();
+        }
+        for (observer, id) in self.1.drain(..) {
+            observer(id);
         }
     }
 }
@@ -266,6 +286,7 @@ impl Registry {
                 queue_limit: queue_limit.max(1),
                 topics,
                 mailboxes,
+                observer: ObserverCell::default(),
             }),
         }
     }
@@ -379,6 +400,7 @@ impl Registry {
         if !was_online {
             self.inner.listeners.fetch_add(1, Ordering::Relaxed);
             self.notify(entry, id, true, wakers);
+            self.changed(id, wakers);
         }
         ListenerHandle {
             registry: self.clone(),
@@ -387,6 +409,37 @@ impl Registry {
             watching: Vec::new(),
             cursor: cursor.map(AtomicU64::new),
         }
+    }
+
+    /// Calls `observer` with an id each time it may have gone from no listener to some on this
+    /// broker, or back (after the registry's locks are released, so the observer may call the
+    /// registry; calls for one id may come in either order from different threads: read
+    /// [`Registry::is_listened`] for the state now). For a cluster, which subscribes to an engine
+    /// for the ids listened on here. Set once; `false` if one was set already.
+    pub fn on_listened_change(&self, observer: impl Fn(Id) + Send + Sync + 'static) -> bool {
+        self.inner.observer.0.set(Arc::new(observer)).is_ok()
+    }
+
+    fn changed(&self, id: Id, wakers: &mut Wakers) {
+        if let Some(o) = self.inner.observer.0.get() {
+            wakers.1.push((o.clone(), id));
+        }
+    }
+
+    /// Closes this broker's listener of plain id `id` as replaced (`4000`), because another
+    /// broker sharing the id space took the id. Returns whether there was one.
+    pub fn evict(&self, id: Id) -> bool {
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        let Some(entry) = shard.get_mut(&id) else {
+            return false;
+        };
+        let Slot::Single(old) = std::mem::take(&mut entry.slot) else {
+            return false;
+        };
+        wakers.add(old.close());
+        self.went_offline(&mut shard, id, &mut wakers);
+        true
     }
 
     /// Whether `id` keeps a mailbox.
@@ -742,6 +795,7 @@ impl Registry {
         }
         self.inner.listeners.fetch_sub(1, Ordering::Relaxed);
         self.notify(entry, id, false, wakers);
+        self.changed(id, wakers);
         if entry.is_unused() {
             self.forget(shard, id);
         }

@@ -97,6 +97,19 @@ impl Model {
     }
 }
 
+/// Seqs `from..to` that a read passed over without a word: they must never have been messages
+/// (only requests' seqs, failed writes, or nothing the model knows).
+fn pass_over(m: &Model, got: &mut Vec<u64>, from: u64, to: u64) {
+    for s in from..to {
+        assert!(
+            matches!(m.fates.get(&s), Some(Fate::Skip | Fate::Failed) | None),
+            "seq {s} passed over silently: {:?}",
+            m.fates.get(&s)
+        );
+        got.push(s);
+    }
+}
+
 fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
     let cfg = MailboxConfig {
         max_messages,
@@ -225,15 +238,7 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
                         Read::Gap { from, to } => {
                             let next = got.last().map_or(since + 1, |s| s + 1);
                             assert!(from >= next, "a gap starts where the reader is");
-                            for s in next..from {
-                                // Passed over silently by an earlier read: never a message.
-                                assert!(
-                                    matches!(m.fates.get(&s), Some(Fate::Skip | Fate::Failed) | None),
-                                    "seq {s} passed over silently: {:?}",
-                                    m.fates.get(&s)
-                                );
-                                got.push(s);
-                            }
+                            pass_over(&m, &mut got, next, from);
                             assert!(
                                 (from..=to).any(|s| m.fates.get(&s) == Some(&Fate::Dropped)),
                                 "a gap covers a dropped message"
@@ -248,14 +253,7 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
                         }
                         Read::Request { seq, .. } => {
                             let next = got.last().map_or(since + 1, |s| s + 1);
-                            for s in next..seq {
-                                assert!(
-                                    matches!(m.fates.get(&s), Some(Fate::Skip | Fate::Failed) | None),
-                                    "seq {s} passed over silently: {:?}",
-                                    m.fates.get(&s)
-                                );
-                                got.push(s);
-                            }
+                            pass_over(&m, &mut got, next, seq);
                             assert!(
                                 matches!(m.fates.get(&seq), Some(Fate::Request { .. })),
                                 "request {seq} read once"
@@ -265,15 +263,7 @@ fn run(ops: Vec<Op>, max_messages: usize, max_bytes: usize, full: FullPolicy) {
                         }
                         Read::Message { seq, payload, .. } => {
                             let next = got.last().map_or(since + 1, |s| s + 1);
-                            for s in next..seq {
-                                // Passed over silently: only what was never a readable message.
-                                assert!(
-                                    matches!(m.fates.get(&s), Some(Fate::Skip | Fate::Failed) | None),
-                                    "seq {s} passed over silently: {:?}",
-                                    m.fates.get(&s)
-                                );
-                                got.push(s);
-                            }
+                            pass_over(&m, &mut got, next, seq);
                             match m.fates.get(&seq) {
                                 Some(Fate::Kept {
                                     len, pending: false, ..

@@ -453,3 +453,121 @@ fn deferred_broker(clock: &Clock) -> (Arc<Broker>, Deferred, fedbroker_core::Loc
     );
     (b, deferred, local.expect("the router builder ran"))
 }
+
+/// A stand-in for a cluster engine (SPEC §10): which broker subscribed to which id, and each
+/// broker's local router to hand a message to, as a NATS request would reach the node holding
+/// the listener and carry its answer back.
+#[derive(Default)]
+struct Engine {
+    subscribed: std::sync::Mutex<std::collections::BTreeMap<u32, usize>>,
+    nodes: std::sync::Mutex<Vec<(fedbroker_core::Registry, fedbroker_core::LocalRouter)>>,
+}
+
+/// A broker's router in the cluster: ids listened on here are routed here; others go through
+/// the engine to the broker that subscribed to them, whose answer (204, 503, …) comes back.
+struct ClusterRouter {
+    node: usize,
+    engine: Arc<Engine>,
+    local: fedbroker_core::LocalRouter,
+    registry: fedbroker_core::Registry,
+}
+
+impl fedbroker_core::Router for ClusterRouter {
+    fn route(&self, request: fedbroker_core::RouteRequest, reply: fedbroker_core::RouteReply) {
+        if self.registry.is_listened(request.id) {
+            return self.local.route(request, reply);
+        }
+        let owner = self.engine.subscribed.lock().unwrap().get(&request.id.get()).copied();
+        match owner.filter(|n| *n != self.node) {
+            Some(n) => {
+                let remote = self.engine.nodes.lock().unwrap()[n].1.clone();
+                remote.route(request, reply)
+            }
+            None => reply.answer(Err(fedbroker_core::HttpError::NoListener(request.id))),
+        }
+    }
+}
+
+/// One broker of the simulated cluster: it subscribes to the ids listened on here and, when it
+/// takes an id another broker held, evicts that broker's listener (a replacement across nodes).
+fn cluster_node(clock: &Clock, engine: &Arc<Engine>, node: usize) -> Arc<Broker> {
+    Broker::with_router(
+        config(),
+        "sim",
+        fedbroker_core::AllowAll,
+        |registry| {
+            let local = fedbroker_core::LocalRouter::new(registry.clone());
+            engine.nodes.lock().unwrap().push((registry.clone(), local.clone()));
+            let (e, r) = (engine.clone(), registry.clone());
+            registry.on_listened_change(move |id| {
+                let mut subs = e.subscribed.lock().unwrap();
+                if r.is_listened(id) {
+                    if let Some(previous) = subs.insert(id.get(), node).filter(|p| *p != node) {
+                        let other = e.nodes.lock().unwrap()[previous].0.clone();
+                        drop(subs);
+                        other.evict(id);
+                    }
+                } else if subs.get(&id.get()) == Some(&node) {
+                    subs.remove(&id.get());
+                }
+            });
+            ClusterRouter {
+                node,
+                engine: engine.clone(),
+                local,
+                registry,
+            }
+        },
+        clock.0,
+        Duration::from_secs(1_800_000_000),
+    )
+}
+
+/// Two brokers share one id space through the registry's seams alone: a POST to either reaches
+/// the listener on the other, its `503` crosses back, a listener taking the id on the other
+/// broker replaces the first there (`4000`), and an id nobody listens on is `404` on both.
+#[test]
+fn two_brokers_share_an_id_space_through_the_router_seam() {
+    let clock = Clock::new();
+    let engine = Arc::new(Engine::default());
+    let a = cluster_node(&clock, &engine, 0);
+    let b = cluster_node(&clock, &engine, 1);
+
+    let mut on_a = Peer::open(&a, &clock, 5, false);
+    let mut p = post_to(&b, &clock, "/5", b"via b");
+    assert_eq!(response(&mut p, &clock).unwrap().0, 204);
+    assert_eq!(on_a.frames(&clock), vec![(OpCode::Binary, b"via b".to_vec())]);
+
+    // Backpressure crosses: the listener on a does not read, its queue (4) fills, b answers 503.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let mut p = post_to(&b, &clock, "/5", &[0; 70_000]);
+        statuses.push(response(&mut p, &clock).unwrap().0);
+    }
+    assert!(statuses.ends_with(&[503]), "{statuses:?}");
+
+    // A listener on b takes id 5 from a: a's listener is closed with 4000, and a routes to b.
+    let mut on_b = Peer::open(&b, &clock, 5, false);
+    let closing: Vec<_> = on_a
+        .frames(&clock)
+        .into_iter()
+        .filter(|(op, _)| *op == OpCode::Close)
+        .collect();
+    assert_eq!(closing.len(), 1, "a's listener told it was replaced");
+    assert_eq!(close_code(&closing[0].1), 4000);
+    let mut p = post_to(&a, &clock, "/5", b"via a");
+    assert_eq!(response(&mut p, &clock).unwrap().0, 204);
+    assert_eq!(on_b.frames(&clock), vec![(OpCode::Binary, b"via a".to_vec())]);
+
+    // Nobody anywhere: 404 from both.
+    drop(on_a);
+    drop(on_b);
+    for broker in [&a, &b] {
+        let mut p = post_to(broker, &clock, "/5", b"x");
+        assert_eq!(response(&mut p, &clock).unwrap().0, 404);
+    }
+    assert!(
+        engine.subscribed.lock().unwrap().is_empty(),
+        "unsubscribed when the last listener left"
+    );
+}

@@ -465,7 +465,11 @@ fn config(flags: u8, patterns: u8) -> Config {
             max_bytes: 3 * 4096 + 256,
             max_total_bytes: 8 * 4096,
             ttl: Duration::from_secs(2),
-            full: if flags & 1 != 0 { FullPolicy::Refuse } else { FullPolicy::DropOldest },
+            full: if flags & 1 != 0 {
+                FullPolicy::Refuse
+            } else {
+                FullPolicy::DropOldest
+            },
         });
     }
     c.max_pending_replies = [2, 1, 0, 10_000][usize::from(patterns >> 2 & 3)];

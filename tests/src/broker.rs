@@ -464,8 +464,8 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
-/// Polls `child` until it exits or `timeout` passes.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Polls `child` until it exits or `timeout` passes (`None` then; the child is left running).
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {

@@ -31,7 +31,7 @@ mod tls;
 mod ws;
 
 pub use adapter::Adapter;
-pub use broker::{run_cli, Broker, BrokerBuilder, CliOutput, TempDir};
+pub use broker::{run_cli, wait_child, Broker, BrokerBuilder, CliOutput, TempDir};
 pub use data::random_bytes;
 pub use envelope::{Envelope, EnvelopeListener, MAX_HEADER, SUBPROTOCOL};
 pub use http::{Conn, ReadError, Response, Stream, IO_TIMEOUT};

@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The broker binary: $FEDBROKER_BIN, else the workspace's debug build of fedbroker-tokio. */
@@ -168,3 +168,81 @@ export const bytes = (buf) => {
   if (!(buf instanceof ArrayBuffer)) throw new Error(`expected an ArrayBuffer, got ${Object.prototype.toString.call(buf)}`);
   return new Uint8Array(buf);
 };
+
+/**
+ * A loopback TCP proxy to `port`, to cut connections the way a network does (no Close frame): `cut()`
+ * destroys every connection through it; `pause()`/`resume()` stop and restart reading from the
+ * broker (its socket buffers then fill, as with a slow reader). Returns {url, port, cut, pause, resume,
+ * connections(), close()}.
+ */
+export async function tcpProxy(port) {
+  const pairs = new Set();
+  let paused = false;
+  const srv = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    if (paused) upstream.pause();
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  const p = srv.address().port;
+  return {
+    url: `http://127.0.0.1:${p}`,
+    port: p,
+    connections: () => pairs.size,
+    cut() {
+      for (const { client, upstream } of [...pairs]) {
+        client.resetAndDestroy?.() ?? client.destroy();
+        upstream.resetAndDestroy?.() ?? upstream.destroy();
+      }
+      pairs.clear();
+    },
+    pause() {
+      paused = true;
+      for (const { upstream } of pairs) {
+        upstream.unpipe();
+        upstream.pause();
+      }
+    },
+    resume() {
+      paused = false;
+      for (const { client, upstream } of pairs) {
+        upstream.pipe(client);
+        upstream.resume();
+      }
+    },
+    close() {
+      this.cut();
+      return new Promise((r) => srv.close(r));
+    },
+  };
+}
+
+/**
+ * The `ws` package's WebSocket class, if it can be loaded (from $FEDBROKER_JS_WS, a path to ws's
+ * wrapper.mjs or a directory holding node_modules/ws, else a plain `import('ws')`); else undefined.
+ */
+export async function wsPackage() {
+  const where = process.env.FEDBROKER_JS_WS;
+  const candidates = where
+    ? [where.endsWith('.mjs') || where.endsWith('.js') ? where : path.join(where, 'node_modules/ws/wrapper.mjs')]
+    : ['ws'];
+  for (const c of candidates) {
+    try {
+      const m = await import(c.startsWith('/') ? pathToFileURL(c).href : c);
+      return m.WebSocket ?? m.default;
+    } catch {
+      // not installed
+    }
+  }
+  return undefined;
+}

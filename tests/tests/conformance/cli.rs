@@ -15,6 +15,28 @@ adapter_tests! {
         );
     }
 
+    /// `--help` is man-page style: every flag says what it does, its default and an example.
+    fn help_documents_every_flag(a: Adapter) {
+        let out = run_cli(a, &["--help"]);
+        assert_eq!(out.code(), 0, "{out:?}");
+        let options = out
+            .stdout
+            .split("\nOptions:\n")
+            .nth(1)
+            .expect("an Options: section")
+            .split("\n\n")
+            .filter(|block| block.trim_start().starts_with("--"));
+        let mut flags = 0;
+        for block in options {
+            flags += 1;
+            for needle in ["Default:", "Example:"] {
+                assert!(block.contains(needle), "--help of this flag lacks {needle:?}:\n{block}");
+            }
+        }
+        assert!(flags >= 20, "only {flags} flags documented:\n{}", out.stdout);
+        assert!(out.stdout.contains("EXIT CODES"), "{}", out.stdout);
+    }
+
     /// `--version` exits 0 and prints the crate version, which the statistics report too (§7).
     fn version_matches_statistics(a: Adapter) {
         let out = run_cli(a, &["--version"]);
