@@ -81,7 +81,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,30p' "$ROOT/bench/run.sh"
+        sed -n '2,/^set -euo/{/^set -euo/d;p}' "$ROOT/bench/run.sh"
         exit 0
         ;;
     *)
