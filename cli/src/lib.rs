@@ -387,6 +387,20 @@ pub struct Flags {
             Default: always. Config key: store_sync. Example: --store-sync batch"
     )]
     pub store_sync: Option<String>,
+    /// Share the id space with other brokers through this engine (nats://HOST:PORT).
+    #[arg(
+        long,
+        value_name = "URL",
+        long_help = "Share one id space with the other brokers connected to the same engine (docs/cluster.md): \
+            a POST to any of them reaches the listener on whichever broker it is connected to, and a \
+            listener taking an id on one broker replaces the one on another (4000). nats://HOST:PORT \
+            (NATS); the engine is reconnected to by itself when it goes away.\n\
+            Default: none (this broker alone). Config key: cluster. Example: --cluster \
+            nats://127.0.0.1:4222\n\
+            Statuses: 503 with Retry-After: 1 for ids listened on no broker reachable now; 404 when \
+            no broker has a listener."
+    )]
+    pub cluster: Option<String>,
 }
 
 /// The `--config` file: the same settings, keys spelled with `_`.
@@ -424,6 +438,7 @@ struct FileConfig {
     mailbox_full: Option<String>,
     store: Option<PathBuf>,
     store_sync: Option<String>,
+    cluster: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -456,6 +471,8 @@ pub struct Settings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The durable mailbox store, when `--store` is given.
     pub store: Option<StoreSettings>,
+    /// The engine shared with other brokers (`--cluster`), when given.
+    pub cluster: Option<String>,
 }
 
 /// Where and how mailboxes are stored (`--store`, `--store-sync`).
@@ -653,6 +670,18 @@ impl Settings {
         core.secure = security.tls.is_some();
 
         let store = mailbox_settings(&mut core, &flags_mailbox, file_mailbox)?;
+        let cluster = flags.cluster.or(file.cluster);
+        if let Some(url) = &cluster {
+            match url.split_once("://") {
+                Some(("nats", rest)) if !rest.is_empty() => {}
+                Some(("redis" | "rediss", _)) => {
+                    return err(format!(
+                        "--cluster {url:?}: the Redis engine is not built yet; use nats://HOST:PORT"
+                    ))
+                }
+                _ => return err(format!("--cluster {url:?}: expected nats://HOST:PORT")),
+            }
+        }
 
         Ok(Settings {
             listen,
@@ -661,6 +690,7 @@ impl Settings {
             authorizer: security.authorizer,
             tls: security.tls,
             store,
+            cluster,
         })
     }
 }
@@ -970,6 +1000,21 @@ fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The router a broker binary runs with: this broker alone, or a cluster.
+enum AnyRouter {
+    Local(fedbroker_core::LocalRouter),
+    Nats(fedbroker_cluster::NatsRouter),
+}
+
+impl fedbroker_core::Router for AnyRouter {
+    fn route(&self, request: fedbroker_core::RouteRequest, reply: fedbroker_core::RouteReply) {
+        match self {
+            AnyRouter::Local(r) => r.route(request, reply),
+            AnyRouter::Nats(r) => r.route(request, reply),
+        }
+    }
+}
+
 /// SIGINT and SIGTERM, caught from before the `listening on` lines are printed, so a signal that
 /// arrives while the runtime starts still shuts the broker down gracefully.
 pub struct ShutdownSignal(signal_hook::iterator::Signals);
@@ -1046,15 +1091,31 @@ pub fn main_with(
     core.websocket_role = role;
     let now = std::time::Instant::now();
     let since_epoch = wall_clock();
+    let mut cluster_error = None;
+    let cluster = settings.cluster.clone();
+    let make_router = |registry: fedbroker_core::Registry| match &cluster {
+        None => AnyRouter::Local(fedbroker_core::LocalRouter::new(registry)),
+        Some(url) => match fedbroker_cluster::NatsRouter::start(url, registry.clone()) {
+            Ok(r) => AnyRouter::Nats(r),
+            Err(e) => {
+                cluster_error = Some(e);
+                AnyRouter::Local(fedbroker_core::LocalRouter::new(registry))
+            }
+        },
+    };
     let broker = Broker::with_store(
         core,
         runtime,
         settings.authorizer,
-        fedbroker_core::LocalRouter::new,
+        make_router,
         persist,
         now,
         since_epoch,
     );
+    if let Some(e) = cluster_error {
+        eprintln!("{binary}: --cluster: {e}");
+        return ExitCode::from(1);
+    }
     if store.is_some() {
         store::restore(broker.registry(), loaded, broker.wall_ms(now));
     }

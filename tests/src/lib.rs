@@ -25,6 +25,7 @@
 mod adapter;
 mod broker;
 mod data;
+mod engine;
 mod envelope;
 mod http;
 mod tls;
@@ -33,6 +34,7 @@ mod ws;
 pub use adapter::Adapter;
 pub use broker::{run_cli, wait_child, Broker, BrokerBuilder, CliOutput, TempDir};
 pub use data::random_bytes;
+pub use engine::NatsServer;
 pub use envelope::{Envelope, EnvelopeListener, MAX_HEADER, SUBPROTOCOL};
 pub use http::{Conn, ReadError, Response, Stream, IO_TIMEOUT};
 pub use tls::{connect_tls, TestCert, TlsInfo, TlsStream};

@@ -4,6 +4,7 @@
 
 mod auth;
 mod cli;
+mod cluster;
 mod cors;
 mod delivery;
 mod http1;

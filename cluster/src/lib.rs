@@ -1,0 +1,306 @@
+//! # fedbroker-cluster
+//!
+//! Several equal brokers behind one address share one id space through an engine operators
+//! already run (SPEC §10): a `POST` that reaches any broker reaches the listener on whichever
+//! broker it is connected to. This crate is the core's [`Router`] for that, over **NATS**:
+//!
+//! - a broker subscribes to `fedbroker.id.{id}` for each id listened on it (told by
+//!   [`Registry::on_listened_change`]);
+//! - a message for an id not listened on locally is a NATS request on that subject: the broker
+//!   holding the listener routes it locally and answers with the outcome (`Fedbroker-Status:
+//!   204`, `503` when its listener's queue is full, …), which becomes this `POST`'s answer; "no
+//!   responders" is `404`;
+//! - a broker that gets a listener on an id publishes a claim on `fedbroker.claim`; a broker
+//!   that held that id closes its listener with `4000` ([`Registry::evict`]): replacement
+//!   crosses brokers;
+//! - with the engine unreachable, ids listened on locally keep working and the others get `503`
+//!   (`the message could not be routed; retry later`); the client reconnects and subscribes
+//!   again by itself.
+//!
+//! The NATS client runs on a runtime of its own, on one thread, so every adapter (tokio, smol,
+//! blocking threads) uses it the same way: the router hands it work through a bounded channel
+//! and never waits.
+//!
+//! Not yet: request-reply, topics and presence across brokers, and mailbox ids held on another
+//! broker (docs/cluster.md says what each does today).
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Request, RequestErrorKind};
+use bytes::Bytes;
+use fedbroker_core::{
+    route_channel, Delivered, HttpError, Id, LocalRouter, Registry, RouteReply, RouteRequest, Router,
+};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+/// Messages waiting for the engine's thread before new ones are refused (`503`).
+const QUEUE: usize = 65_536;
+
+/// How long a message routed through the engine may take to be answered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The subject of messages for `id`.
+fn subject(id: Id) -> String {
+    format!("fedbroker.id.{id}")
+}
+
+/// The subject on which brokers announce the ids they take.
+const CLAIMS: &str = "fedbroker.claim";
+
+/// Work for the engine's thread.
+enum Work {
+    Route(RouteRequest, RouteReply),
+    Changed(Id),
+}
+
+/// Why a cluster could not start.
+#[derive(Debug)]
+pub struct ClusterError(pub String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// The cluster's router: ids listened on this broker are routed here; the others through NATS.
+pub struct NatsRouter {
+    registry: Registry,
+    local: LocalRouter,
+    work: mpsc::Sender<Work>,
+}
+
+impl NatsRouter {
+    /// Starts the engine's thread for `url` (`nats://HOST:PORT`) over this broker's `registry`.
+    /// It connects in the background: until it is connected, messages for ids not listened on
+    /// here get `503`.
+    pub fn start(url: &str, registry: Registry) -> Result<NatsRouter, ClusterError> {
+        let url = url.to_owned();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError(format!("cannot start the cluster's runtime: {e}")))?;
+        let node = format!("{:016x}", node_id());
+        let engine_registry = registry.clone();
+        std::thread::Builder::new()
+            .name("fedbroker-cluster".into())
+            .spawn(move || runtime.block_on(run(url, node, engine_registry, rx)))
+            .map_err(|e| ClusterError(format!("cannot start the cluster's thread: {e}")))?;
+        let changes = tx.clone();
+        registry.on_listened_change(move |id| {
+            // Subscriptions are reconciled with the registry's state by the engine's thread; a
+            // change that does not fit now is picked up by the next one for the id.
+            let _ = changes.try_send(Work::Changed(id));
+        });
+        Ok(NatsRouter {
+            local: LocalRouter::new(registry.clone()),
+            registry,
+            work: tx,
+        })
+    }
+}
+
+impl Router for NatsRouter {
+    fn route(&self, request: RouteRequest, reply: RouteReply) {
+        if self.registry.is_listened(request.id) {
+            return self.local.route(request, reply);
+        }
+        if request.reply.is_some() {
+            return reply.answer(Err(HttpError::BadReply(
+                "request-reply needs the listener on the broker the request is sent to (not across a cluster yet)",
+            )));
+        }
+        // Full or stopped: the reply is dropped with the work, which answers 503.
+        let _ = self.work.try_send(Work::Route(request, reply));
+    }
+}
+
+/// A number that tells this broker's claims from the others'.
+fn node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Receiver<Work>) {
+    let options = async_nats::ConnectOptions::new()
+        .name("fedbroker")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move { tracing::info!("cluster engine: {event}") });
+    let client = match options.connect(url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cluster engine {url}: {e}");
+            return;
+        }
+    };
+    let local = LocalRouter::new(registry.clone());
+    let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Claims of the other brokers: an id taken elsewhere is closed here (4000).
+    {
+        let (client, registry, node) = (client.clone(), registry.clone(), node.clone());
+        tokio::spawn(async move {
+            let Ok(mut claims) = client.subscribe(CLAIMS).await else {
+                tracing::error!("cluster engine: cannot subscribe to claims");
+                return;
+            };
+            while let Some(m) = claims.next().await {
+                let text = String::from_utf8_lossy(&m.payload);
+                let Some((id, from)) = text.split_once(' ') else {
+                    continue;
+                };
+                let Some(id) = id.parse().ok().and_then(Id::new) else {
+                    continue;
+                };
+                if from != node && registry.evict(id) {
+                    tracing::debug!(%id, "listener replaced on another broker");
+                }
+            }
+        });
+    }
+    while let Some(w) = work.recv().await {
+        match w {
+            Work::Route(request, reply) => {
+                // Not connected: answer 503 now rather than let the client buffer the request
+                // and deliver it after the sender was told to retry.
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    reply.answer(Err(HttpError::RouteUnavailable));
+                    continue;
+                }
+                tokio::spawn(remote(client.clone(), request, reply));
+            }
+            Work::Changed(id) => {
+                let listened = registry.is_listened(id);
+                match (listened, subscribed.contains_key(&id)) {
+                    (true, false) => match client.subscribe(subject(id)).await {
+                        Ok(sub) => {
+                            let task = tokio::spawn(serve(client.clone(), sub, id, local.clone()));
+                            subscribed.insert(id, task);
+                            let claim = format!("{id} {node}");
+                            if let Err(e) = client.publish(CLAIMS, Bytes::from(claim)).await {
+                                tracing::warn!(%id, "cluster engine: claim not sent: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!(%id, "cluster engine: cannot subscribe: {e}"),
+                    },
+                    (false, true) => {
+                        if let Some(task) = subscribed.remove(&id) {
+                            task.abort();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Routes one message through the engine and answers its sender with the outcome.
+async fn remote(client: async_nats::Client, request: RouteRequest, reply: RouteReply) {
+    let id = request.id;
+    let mut headers = HeaderMap::new();
+    if let Some(from) = request.from {
+        headers.insert("Fedbroker-From", from.to_string().as_str());
+    }
+    let req = Request::new()
+        .payload(request.payload)
+        .headers(headers)
+        .timeout(Some(REQUEST_TIMEOUT));
+    let answer = match client.send_request(subject(id), req).await {
+        Ok(m) => decode(id, m.headers.as_ref()),
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Err(HttpError::NoListener(id)),
+        Err(e) => {
+            tracing::debug!(%id, "cluster engine: {e}");
+            Err(HttpError::RouteUnavailable)
+        }
+    };
+    reply.answer(answer);
+}
+
+/// The outcome a remote broker answered, as this broker's answer.
+fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+    };
+    match get("Fedbroker-Status") {
+        Some(204) => match (get("Fedbroker-Recipients"), get("Fedbroker-Seq")) {
+            (Some(n), _) => Ok(Delivered::Topic {
+                recipients: u32::try_from(n).unwrap_or(u32::MAX),
+            }),
+            (None, Some(seq)) => Ok(Delivered::Mailbox { seq, live: true }),
+            (None, None) => Ok(Delivered::Listener),
+        },
+        Some(202) => Ok(Delivered::Mailbox {
+            seq: get("Fedbroker-Seq").unwrap_or(0),
+            live: false,
+        }),
+        Some(404) => Err(HttpError::NoListener(id)),
+        Some(503) => Err(HttpError::QueueFull(id)),
+        Some(507) => Err(HttpError::MailboxFull(id)),
+        _ => Err(HttpError::RouteUnavailable),
+    }
+}
+
+/// Takes the engine's messages for `id` and routes each into this broker, answering with the
+/// outcome. One at a time, so that messages between two brokers keep their order.
+async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: Id, local: LocalRouter) {
+    while let Some(m) = sub.next().await {
+        let from = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Fedbroker-From"))
+            .and_then(|v| v.as_str().parse().ok())
+            .and_then(Id::new);
+        let request = RouteRequest {
+            id,
+            payload: m.payload,
+            from,
+            reply: None,
+            at_ms: wall_ms(),
+        };
+        let (tx, mut pending) = route_channel(None);
+        local.route(request, tx);
+        poll_fn(|cx| pending.poll_ready(cx)).await;
+        let result = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
+        let Some(reply_to) = m.reply else { continue };
+        let mut headers = HeaderMap::new();
+        let status = match &result {
+            Ok(Delivered::Listener | Delivered::AwaitingReply) => 204,
+            Ok(Delivered::Topic { recipients }) => {
+                headers.insert("Fedbroker-Recipients", recipients.to_string().as_str());
+                204
+            }
+            Ok(Delivered::Mailbox { seq, live }) => {
+                headers.insert("Fedbroker-Seq", seq.to_string().as_str());
+                if *live {
+                    204
+                } else {
+                    202
+                }
+            }
+            Err(e) => e.status(),
+        };
+        headers.insert("Fedbroker-Status", status.to_string().as_str());
+        let body = result.err().map(|e| Bytes::from(e.to_string())).unwrap_or_default();
+        if let Err(e) = client.publish_with_headers(reply_to, headers, body).await {
+            tracing::debug!(%id, "cluster engine: answer not sent: {e}");
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,126 @@
+//! docs/cluster.md: brokers sharing one id space through NATS (`--cluster nats://…`), with a
+//! real `nats-server` started by each test — delivery across brokers, `404` when nobody listens
+//! anywhere, replacement across brokers (`4000`), backpressure crossing (`503`), and the engine
+//! going down and coming back.
+
+use std::time::Duration;
+
+use fedbroker_tests::*;
+
+/// Bound on waiting for what the brokers do asynchronously (subscriptions, reconnects).
+const WAIT: Duration = Duration::from_secs(15);
+
+fn node(a: Adapter, nats: &NatsServer, extra: &[&str]) -> Broker {
+    let url = nats.url();
+    let mut args = vec!["--cluster", url.as_str()];
+    args.extend_from_slice(extra);
+    Broker::start(a, &args)
+}
+
+/// POSTs `body` to `id` on `broker` until the answer is `status` (a subscription on another
+/// broker takes a moment to reach the engine), and returns that answer.
+#[track_caller]
+fn post_until(broker: &Broker, id: u32, body: &[u8], status: u16) -> Response {
+    eventually(WAIT, &format!("POST /{id} answered {status}"), || {
+        let r = broker.post(id, body);
+        (r.status == status).then_some(r)
+    })
+}
+
+adapter_tests! {
+    /// A POST to one broker reaches the listener on another; an id nobody listens on anywhere is
+    /// `404` on every broker; a multi-target send mixes local and remote ids.
+    fn delivery_across_brokers(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &[]);
+        let two = node(a, &nats, &[]);
+        let mut on_one = one.listen(5);
+        post_until(&two, 5, b"first", 204);
+        assert_eq!(on_one.recv(), b"first");
+        for i in 0..20u32 {
+            two.post(5, format!("m{i}").as_bytes()).assert_status(204);
+        }
+        for i in 0..20u32 {
+            assert_eq!(on_one.recv(), format!("m{i}").into_bytes(), "in order across brokers");
+        }
+        two.post(6, b"x").assert_error(404);
+        one.post(6, b"x").assert_error(404);
+        let mut on_two = two.listen(9);
+        post_until(&one, 9, b"warm", 204);
+        assert_eq!(on_two.recv(), b"warm");
+        two.connect().post("/5,9", b"both").assert_status(204);
+        assert_eq!(on_one.recv(), b"both");
+        assert_eq!(on_two.recv(), b"both");
+    }
+
+    /// A listener taking an id on another broker replaces the first one there (`4000`), and
+    /// messages follow it.
+    fn replacement_across_brokers(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &[]);
+        let two = node(a, &nats, &[]);
+        let mut first = one.listen(7);
+        post_until(&two, 7, b"to first", 204);
+        assert_eq!(first.recv(), b"to first");
+        let mut second = two.listen(7);
+        first.set_read_timeout(WAIT);
+        assert_eq!(first.expect_close().0, 4000, "replaced from the other broker");
+        post_until(&one, 7, b"to second", 204);
+        assert_eq!(second.recv(), b"to second");
+    }
+
+    /// A full listener queue on one broker answers `503` to a POST on another.
+    fn backpressure_crosses_brokers(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &["--queue-limit", "2"]);
+        let two = node(a, &nats, &[]);
+        let _slow = one.listen(3);
+        post_until(&two, 3, b"hello", 204);
+        let mut conn = two.connect();
+        let refused = (0..200u64).find_map(|seed| {
+            let r = conn.post("/3", &random_bytes(seed, 256 * 1024));
+            (r.status != 204).then_some(r)
+        });
+        let r = refused.expect("a listener that does not read fills up");
+        r.assert_error(503);
+        assert!(r.header("retry-after").is_some(), "{r:?}");
+    }
+
+    /// With the engine down, ids listened on locally keep working and others get `503`; when it
+    /// is back, the brokers reconnect and subscribe again by themselves.
+    fn engine_down_and_back(a: Adapter) {
+        let Some(mut nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &[]);
+        let two = node(a, &nats, &[]);
+        let mut remote = one.listen(5);
+        let mut local = two.listen(9);
+        post_until(&two, 5, b"up", 204);
+        assert_eq!(remote.recv(), b"up");
+        nats.stop();
+        two.post(9, b"local").assert_status(204);
+        assert_eq!(local.recv(), b"local");
+        let down = post_until(&two, 5, b"down", 503);
+        assert!(
+            String::from_utf8_lossy(&down.body).contains("could not be routed"),
+            "{down:?}"
+        );
+        nats.restart();
+        post_until(&two, 5, b"back", 204);
+        // A message whose request was cut by the outage may still arrive (its sender was told
+        // 503, as for any request whose answer was lost): only those may come first.
+        let mut got = remote.recv();
+        while got == b"down" {
+            got = remote.recv();
+        }
+        assert_eq!(got, b"back");
+    }
+
+    /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
+    fn cluster_url_checked(a: Adapter) {
+        for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
+            let out = run_cli(a, &["--cluster", url]);
+            assert_eq!(out.code(), 2, "{url}: {out:?}");
+            assert!(out.stderr.contains(needle), "{url}: {}", out.stderr);
+        }
+    }
+}
