@@ -21,17 +21,23 @@
 //! blocking threads) uses it the same way: the router hands it work through a bounded channel
 //! and never waits.
 //!
-//! Not yet: request-reply, topics and presence across brokers, and mailbox ids held on another
-//! broker (docs/cluster.md says what each does today).
+//! - a request-reply (`POST …?reply=MS`) to a listener on another broker travels the same way;
+//!   the listener's broker answers twice on the request's own inbox: once queued, then with the
+//!   listener's reply (or that it went away).
+//!
+//! Not yet: topics and presence across brokers, and mailbox ids held on another broker
+//! (docs/cluster.md says what each does today).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::time::Duration;
 
+use async_nats::StatusCode;
 use async_nats::{HeaderMap, Request, RequestErrorKind};
 use bytes::Bytes;
 use fedbroker_core::{
-    route_channel, Delivered, HttpError, Id, LocalRouter, Registry, RouteReply, RouteRequest, Router,
+    reply_channel, route_channel, Delivered, HttpError, Id, LocalRouter, Registry, ReplyMsg, ReplyOutcome, ReplySender,
+    RouteReply, RouteRequest, Router,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -110,11 +116,6 @@ impl Router for NatsRouter {
     fn route(&self, request: RouteRequest, reply: RouteReply) {
         if self.registry.is_listened(request.id) {
             return self.local.route(request, reply);
-        }
-        if request.reply.is_some() {
-            return reply.answer(Err(HttpError::BadReply(
-                "request-reply needs the listener on the broker the request is sent to (not across a cluster yet)",
-            )));
         }
         // Full or stopped: the reply is dropped with the work, which answers 503.
         let _ = self.work.try_send(Work::Route(request, reply));
@@ -204,11 +205,15 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
 }
 
 /// Routes one message through the engine and answers its sender with the outcome.
-async fn remote(client: async_nats::Client, request: RouteRequest, reply: RouteReply) {
+async fn remote(client: async_nats::Client, mut request: RouteRequest, reply: RouteReply) {
     let id = request.id;
     let mut headers = HeaderMap::new();
     if let Some(from) = request.from {
         headers.insert("Fedbroker-From", from.to_string().as_str());
+    }
+    if let Some((sender, ms)) = request.reply.take() {
+        headers.insert("Fedbroker-Reply-Ms", ms.to_string().as_str());
+        return remote_request(client, id, request.payload, headers, ms, sender, reply).await;
     }
     let req = Request::new()
         .payload(request.payload)
@@ -225,6 +230,58 @@ async fn remote(client: async_nats::Client, request: RouteRequest, reply: RouteR
     reply.answer(answer);
 }
 
+/// A request-reply to a listener on another broker: on an inbox of its own, the first answer
+/// says whether it was queued (the route's answer), the second carries the listener's reply.
+async fn remote_request(
+    client: async_nats::Client,
+    id: Id,
+    payload: Bytes,
+    headers: HeaderMap,
+    ms: u64,
+    sender: ReplySender,
+    route: RouteReply,
+) {
+    let inbox = client.new_inbox();
+    let mut answers = match client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%id, "cluster engine: {e}");
+            return route.answer(Err(HttpError::RouteUnavailable));
+        }
+    };
+    if let Err(e) = client
+        .publish_with_reply_and_headers(subject(id), inbox, headers, payload)
+        .await
+    {
+        tracing::debug!(%id, "cluster engine: {e}");
+        return route.answer(Err(HttpError::RouteUnavailable));
+    }
+    let first = match tokio::time::timeout(REQUEST_TIMEOUT, answers.next()).await {
+        Ok(Some(m)) if m.status == Some(StatusCode::NO_RESPONDERS) => Err(HttpError::NoListener(id)),
+        Ok(Some(m)) => decode(id, m.headers.as_ref()),
+        _ => Err(HttpError::RouteUnavailable),
+    };
+    let queued = matches!(first, Ok(Delivered::AwaitingReply));
+    route.answer(first);
+    if !queued {
+        return;
+    }
+    let wait = Duration::from_millis(ms) + Duration::from_secs(1);
+    if let Ok(Some(m)) = tokio::time::timeout(wait, answers.next()).await {
+        let headers = m.headers.as_ref();
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+        if let Some(status) = get("Fedbroker-Reply-Status").and_then(|s| s.parse().ok()) {
+            sender.send(ReplyMsg {
+                status,
+                content_type: get("Content-Type"),
+                body: m.payload,
+            });
+        }
+    }
+    // No reply in time, or the listener went away: dropping the sender tells the POST (502, or
+    // its own 504 first).
+}
+
 /// The outcome a remote broker answered, as this broker's answer.
 fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
     let get = |name: &str| {
@@ -233,6 +290,7 @@ fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
             .and_then(|v| v.as_str().parse::<u64>().ok())
     };
     match get("Fedbroker-Status") {
+        Some(204) if get("Fedbroker-Awaiting") == Some(1) => Ok(Delivered::AwaitingReply),
         Some(204) => match (get("Fedbroker-Recipients"), get("Fedbroker-Seq")) {
             (Some(n), _) => Ok(Delivered::Topic {
                 recipients: u32::try_from(n).unwrap_or(u32::MAX),
@@ -245,6 +303,7 @@ fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
             live: false,
         }),
         Some(404) => Err(HttpError::NoListener(id)),
+        Some(409) => Err(HttpError::CannotReply(id)),
         Some(503) => Err(HttpError::QueueFull(id)),
         Some(507) => Err(HttpError::MailboxFull(id)),
         _ => Err(HttpError::RouteUnavailable),
@@ -261,11 +320,23 @@ async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: 
             .and_then(|h| h.get("Fedbroker-From"))
             .and_then(|v| v.as_str().parse().ok())
             .and_then(Id::new);
+        let reply_ms = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Fedbroker-Reply-Ms"))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let (reply, waiting) = match reply_ms {
+            Some(ms) => {
+                let (tx, rx) = reply_channel();
+                (Some((tx, ms)), Some((rx, ms)))
+            }
+            None => (None, None),
+        };
         let request = RouteRequest {
             id,
             payload: m.payload,
             from,
-            reply: None,
+            reply,
             at_ms: wall_ms(),
         };
         let (tx, mut pending) = route_channel(None);
@@ -275,7 +346,11 @@ async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: 
         let Some(reply_to) = m.reply else { continue };
         let mut headers = HeaderMap::new();
         let status = match &result {
-            Ok(Delivered::Listener | Delivered::AwaitingReply) => 204,
+            Ok(Delivered::AwaitingReply) => {
+                headers.insert("Fedbroker-Awaiting", "1");
+                204
+            }
+            Ok(Delivered::Listener) => 204,
             Ok(Delivered::Topic { recipients }) => {
                 headers.insert("Fedbroker-Recipients", recipients.to_string().as_str());
                 204
@@ -291,9 +366,38 @@ async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: 
             Err(e) => e.status(),
         };
         headers.insert("Fedbroker-Status", status.to_string().as_str());
+        let queued = matches!(result, Ok(Delivered::AwaitingReply));
         let body = result.err().map(|e| Bytes::from(e.to_string())).unwrap_or_default();
-        if let Err(e) = client.publish_with_headers(reply_to, headers, body).await {
+        if let Err(e) = client.publish_with_headers(reply_to.clone(), headers, body).await {
             tracing::debug!(%id, "cluster engine: answer not sent: {e}");
+        }
+        if let (true, Some((rx, ms))) = (queued, waiting) {
+            // The listener's reply goes back on the same inbox, without holding up the id's
+            // next messages.
+            let client = client.clone();
+            tokio::spawn(async move {
+                let outcome = tokio::time::timeout(Duration::from_millis(ms), async {
+                    poll_fn(|cx| rx.poll_ready(cx)).await;
+                    rx.try_take()
+                })
+                .await;
+                let mut headers = HeaderMap::new();
+                let body = match outcome {
+                    Ok(Some(ReplyOutcome::Replied(r))) => {
+                        headers.insert("Fedbroker-Reply-Status", r.status.to_string().as_str());
+                        if let Some(ct) = &r.content_type {
+                            headers.insert("Content-Type", ct.as_str());
+                        }
+                        r.body
+                    }
+                    // Gone, or no reply in time: an answer without a reply status tells the
+                    // waiting broker at once (502, unless its POST timed out first).
+                    _ => Bytes::new(),
+                };
+                if let Err(e) = client.publish_with_headers(reply_to, headers, body).await {
+                    tracing::debug!(%id, "cluster engine: reply not sent: {e}");
+                }
+            });
         }
     }
 }

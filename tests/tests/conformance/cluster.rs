@@ -115,6 +115,34 @@ adapter_tests! {
         assert_eq!(got, b"back");
     }
 
+    /// A request-reply crosses brokers: the envelope listener on one answers a `POST ?reply=` sent
+    /// to another; a listener that leaves before answering is `502`.
+    fn request_reply_across_brokers(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &[]);
+        let two = node(a, &nats, &[]);
+        let mut l = EnvelopeListener::new(one.listen_with("/6", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
+        post_until(&two, 6, b"warm", 204);
+        l.recv_kind("message");
+        let addr = two.addr();
+        let asker = std::thread::spawn(move || Conn::connect(addr).post("/6?reply=5000", b"ping"));
+        let request = l.recv_kind("request");
+        assert_eq!(request.payload, b"ping");
+        let seq = request.uint("seq");
+        l.reply(seq, 200, Some("text/plain"), serde_json::json!(1), b"pong")
+            .assert_ack(&serde_json::json!(1), 200);
+        let answered = asker.join().unwrap();
+        answered.assert_status(200);
+        assert_eq!(answered.body, b"pong");
+        assert_eq!(answered.header("content-type"), Some("text/plain"));
+
+        let asker = std::thread::spawn(move || Conn::connect(addr).post("/6?reply=5000", b"ping"));
+        l.recv_kind("request");
+        drop(l);
+        let gone = asker.join().unwrap();
+        gone.assert_error(502);
+    }
+
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
     fn cluster_url_checked(a: Adapter) {
         for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
