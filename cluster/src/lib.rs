@@ -30,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::StatusCode;
@@ -44,6 +45,9 @@ use tokio::sync::mpsc;
 
 /// Messages waiting for the engine's thread before new ones are refused (`503`).
 const QUEUE: usize = 65_536;
+
+/// Messages routed through the engine and not answered yet, at most; beyond, `503`.
+const IN_FLIGHT: usize = 65_536;
 
 /// How long a message routed through the engine may take to be answered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,6 +148,7 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
         }
     };
     let local = LocalRouter::new(registry.clone());
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
     // Claims of the other brokers: an id taken elsewhere is closed here (4000).
     {
@@ -176,7 +181,15 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                     reply.answer(Err(HttpError::RouteUnavailable));
                     continue;
                 }
-                tokio::spawn(remote(client.clone(), request, reply));
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    reply.answer(Err(HttpError::RouteUnavailable));
+                    continue;
+                };
+                let client = client.clone();
+                tokio::spawn(async move {
+                    remote(client, request, reply).await;
+                    drop(permit);
+                });
             }
             Work::Changed(id) => {
                 let listened = registry.is_listened(id);
