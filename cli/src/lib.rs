@@ -1013,6 +1013,13 @@ impl fedbroker_core::Router for AnyRouter {
             AnyRouter::Nats(r) => r.route(request, reply),
         }
     }
+
+    fn gauges(&self) -> fedbroker_core::RouterGauges {
+        match self {
+            AnyRouter::Local(r) => r.gauges(),
+            AnyRouter::Nats(r) => r.gauges(),
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, caught from before the `listening on` lines are printed, so a signal that

@@ -30,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use async_nats::{HeaderMap, Request, RequestErrorKind};
 use bytes::Bytes;
 use fedbroker_core::{
     reply_channel, route_channel, Delivered, HttpError, Id, LocalRouter, Registry, ReplyMsg, ReplyOutcome, ReplySender,
-    RouteReply, RouteRequest, Router,
+    RouteReply, RouteRequest, Router, RouterGauges,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -83,6 +84,14 @@ pub struct NatsRouter {
     registry: Registry,
     local: LocalRouter,
     work: mpsc::Sender<Work>,
+    state: Arc<State>,
+}
+
+/// What the engine's thread tells the statistics.
+#[derive(Default)]
+struct State {
+    connected: AtomicBool,
+    subscriptions: AtomicUsize,
 }
 
 impl NatsRouter {
@@ -98,9 +107,11 @@ impl NatsRouter {
             .map_err(|e| ClusterError(format!("cannot start the cluster's runtime: {e}")))?;
         let node = format!("{:016x}", node_id());
         let engine_registry = registry.clone();
+        let state = Arc::new(State::default());
+        let engine_state = state.clone();
         std::thread::Builder::new()
             .name("fedbroker-cluster".into())
-            .spawn(move || runtime.block_on(run(url, node, engine_registry, rx)))
+            .spawn(move || runtime.block_on(run(url, node, engine_registry, rx, engine_state)))
             .map_err(|e| ClusterError(format!("cannot start the cluster's thread: {e}")))?;
         let changes = tx.clone();
         registry.on_listened_change(move |id| {
@@ -112,6 +123,7 @@ impl NatsRouter {
             local: LocalRouter::new(registry.clone()),
             registry,
             work: tx,
+            state,
         })
     }
 }
@@ -124,6 +136,14 @@ impl Router for NatsRouter {
         // Full or stopped: the reply is dropped with the work, which answers 503.
         let _ = self.work.try_send(Work::Route(request, reply));
     }
+
+    fn gauges(&self) -> RouterGauges {
+        RouterGauges {
+            clustered: true,
+            connected: self.state.connected.load(Ordering::Relaxed),
+            subscriptions: self.state.subscriptions.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A number that tells this broker's claims from the others'.
@@ -134,12 +154,20 @@ fn node_id() -> u64 {
     h.finish()
 }
 
-async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Receiver<Work>) {
+async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Receiver<Work>, state: Arc<State>) {
+    let events = state.clone();
     let options = async_nats::ConnectOptions::new()
         .name("fedbroker")
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .event_callback(|event| async move { tracing::info!("cluster engine: {event}") });
+        .event_callback(move |event| {
+            match event {
+                async_nats::Event::Connected => events.connected.store(true, Ordering::Relaxed),
+                async_nats::Event::Disconnected => events.connected.store(false, Ordering::Relaxed),
+                _ => {}
+            }
+            async move { tracing::info!("cluster engine: {event}") }
+        });
     let client = match options.connect(url.as_str()).await {
         Ok(c) => c,
         Err(e) => {
@@ -198,6 +226,7 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                         Ok(sub) => {
                             let task = tokio::spawn(serve(client.clone(), sub, id, local.clone()));
                             subscribed.insert(id, task);
+                            state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
                             let claim = format!("{id} {node}");
                             if let Err(e) = client.publish(CLAIMS, Bytes::from(claim)).await {
                                 tracing::warn!(%id, "cluster engine: claim not sent: {e}");
@@ -209,6 +238,7 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                         if let Some(task) = subscribed.remove(&id) {
                             task.abort();
                         }
+                        state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
                     }
                     _ => {}
                 }

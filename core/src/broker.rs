@@ -152,7 +152,11 @@ impl Broker {
     /// The statistics at `now`.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let [kept, kept_bytes, dropped, refused, store_errors] = self.registry.mailbox_figures();
+        let cluster = self.router.gauges();
         let gauges = Gauges {
+            cluster: u64::from(cluster.clustered),
+            cluster_connected: u64::from(cluster.connected),
+            cluster_subscriptions: cluster.subscriptions as u64,
             mailbox_messages: kept,
             mailbox_bytes: kept_bytes,
             mailbox_dropped: dropped,

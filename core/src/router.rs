@@ -54,6 +54,23 @@ pub struct RouteRequest {
 pub trait Router: Send + Sync + 'static {
     /// Routes `request`, answering through `reply` (now or later).
     fn route(&self, request: RouteRequest, reply: RouteReply);
+
+    /// What the router knows of the engine it routes through, for the statistics (a router
+    /// that routes only here has nothing to say).
+    fn gauges(&self) -> RouterGauges {
+        RouterGauges::default()
+    }
+}
+
+/// A cluster router's state, shown in the statistics (`cluster_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterGauges {
+    /// Whether the router routes through an engine shared with other brokers.
+    pub clustered: bool,
+    /// Whether it is connected to that engine now.
+    pub connected: bool,
+    /// Ids it has subscribed to on the engine now.
+    pub subscriptions: usize,
 }
 
 /// Routes into one broker's [`Registry`], answering at once.

@@ -43,6 +43,12 @@ pub struct Gauges {
     pub mailbox_refused: u64,
     /// Mailbox writes the store refused or failed so far (`503`).
     pub store_errors: u64,
+    /// 1 when this broker routes through a cluster engine.
+    pub cluster: u64,
+    /// 1 when it is connected to that engine now.
+    pub cluster_connected: u64,
+    /// Ids it has subscribed to on the engine now.
+    pub cluster_subscriptions: u64,
 }
 
 /// The figures at one moment, with what the broker adds to them.
@@ -95,6 +101,12 @@ pub struct Snapshot {
     pub mailbox_refused: u64,
     /// Mailbox writes the store refused or failed.
     pub store_errors: u64,
+    /// 1 when this broker routes through a cluster engine.
+    pub cluster: u64,
+    /// 1 when it is connected to that engine now.
+    pub cluster_connected: u64,
+    /// Ids it has subscribed to on the engine now.
+    pub cluster_subscriptions: u64,
 }
 
 impl Stats {
@@ -153,12 +165,15 @@ impl Stats {
             mailbox_dropped: gauges.mailbox_dropped,
             mailbox_refused: gauges.mailbox_refused,
             store_errors: gauges.store_errors,
+            cluster: gauges.cluster,
+            cluster_connected: gauges.cluster_connected,
+            cluster_subscriptions: gauges.cluster_subscriptions,
         }
     }
 }
 
 impl Snapshot {
-    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 20] {
+    fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 23] {
         [
             ("connections", "gauge", "Connections open now.", self.connections),
             ("listeners", "gauge", "Ids listened on now.", self.listeners),
@@ -264,6 +279,24 @@ impl Snapshot {
                 "counter",
                 "Mailbox writes the store refused or failed (503).",
                 self.store_errors,
+            ),
+            (
+                "cluster",
+                "gauge",
+                "1 when this broker shares its id space through a cluster engine.",
+                self.cluster,
+            ),
+            (
+                "cluster_connected",
+                "gauge",
+                "1 when connected to the cluster engine now.",
+                self.cluster_connected,
+            ),
+            (
+                "cluster_subscriptions",
+                "gauge",
+                "Ids subscribed to on the cluster engine now.",
+                self.cluster_subscriptions,
             ),
         ]
     }

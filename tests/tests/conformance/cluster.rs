@@ -45,6 +45,10 @@ adapter_tests! {
         }
         two.post(6, b"x").assert_error(404);
         one.post(6, b"x").assert_error(404);
+        assert_eq!((one.stat("cluster"), one.stat("cluster_connected")), (1, 1));
+        assert_eq!(one.stat("cluster_subscriptions"), 1, "id 5");
+        assert_eq!(two.stat("cluster_subscriptions"), 0);
+        assert_eq!(Broker::start(a, &[]).stat("cluster"), 0, "a broker alone");
         let mut on_two = two.listen(9);
         post_until(&one, 9, b"warm", 204);
         assert_eq!(on_two.recv(), b"warm");
@@ -97,6 +101,7 @@ adapter_tests! {
         post_until(&two, 5, b"up", 204);
         assert_eq!(remote.recv(), b"up");
         nats.stop();
+        eventually(WAIT, "cluster_connected 0", || (two.stat("cluster_connected") == 0).then_some(()));
         two.post(9, b"local").assert_status(204);
         assert_eq!(local.recv(), b"local");
         let down = post_until(&two, 5, b"down", 503);
@@ -106,6 +111,7 @@ adapter_tests! {
         );
         nats.restart();
         post_until(&two, 5, b"back", 204);
+        assert_eq!(two.stat("cluster_connected"), 1);
         // A message whose request was cut by the outage may still arrive (its sender was told
         // 503, as for any request whose answer was lost): only those may come first.
         let mut got = remote.recv();
