@@ -25,8 +25,12 @@
 //!   the listener's broker answers twice on the request's own inbox: once queued, then with the
 //!   listener's reply (or that it went away).
 //!
-//! Not yet: topics and presence across brokers, and mailbox ids held on another broker
-//! (docs/cluster.md says what each does today).
+//! - a topic's message reaches its listeners on every broker: brokers announce the topics they
+//!   have listeners on (on `fedbroker.claim`), and a broker publishing to a topic asks each of
+//!   them by name; `Fedbroker-Recipients` sums their answers.
+//!
+//! Not yet: presence across brokers, and mailbox ids held on another broker (docs/cluster.md
+//! says what each does today).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -58,12 +62,26 @@ fn subject(id: Id) -> String {
     format!("fedbroker.id.{id}")
 }
 
-/// The subject on which brokers announce the ids they take.
+/// The subject on which brokers announce the ids they take (`ID NODE`), the topics they leave
+/// (`ID NODE -`), and ask the others to announce their topics again (`? NODE`).
 const CLAIMS: &str = "fedbroker.claim";
+
+/// The subject on which broker `node` takes a topic's messages for its own listeners.
+fn topic_subject(node: &str, id: Id) -> String {
+    format!("fedbroker.node.{node}.topic.{id}")
+}
+
+/// Which other brokers have listeners on which topic, as they announced it.
+type Members = Arc<std::sync::Mutex<HashMap<Id, std::collections::BTreeSet<String>>>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Work for the engine's thread.
 enum Work {
     Route(RouteRequest, RouteReply),
+    Topic(RouteRequest, RouteReply),
     Changed(Id),
 }
 
@@ -130,6 +148,11 @@ impl NatsRouter {
 
 impl Router for NatsRouter {
     fn route(&self, request: RouteRequest, reply: RouteReply) {
+        if self.registry.is_topic(request.id) {
+            // Every broker with listeners on the topic takes it; the engine's thread sums.
+            let _ = self.work.try_send(Work::Topic(request, reply));
+            return;
+        }
         if self.registry.is_listened(request.id) {
             return self.local.route(request, reply);
         }
@@ -178,25 +201,74 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
     let local = LocalRouter::new(registry.clone());
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
-    // Claims of the other brokers: an id taken elsewhere is closed here (4000).
+    let members: Members = Members::default();
+    let my_topics: Arc<std::sync::Mutex<std::collections::BTreeSet<Id>>> = Arc::default();
+    // Claims of the other brokers: an id taken elsewhere is closed here (4000); topics' members.
     {
         let (client, registry, node) = (client.clone(), registry.clone(), node.clone());
+        let (members, my_topics) = (members.clone(), my_topics.clone());
         tokio::spawn(async move {
             let Ok(mut claims) = client.subscribe(CLAIMS).await else {
                 tracing::error!("cluster engine: cannot subscribe to claims");
                 return;
             };
+            // Ask the others for their topics (this broker is new, or the engine restarted).
+            let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
             while let Some(m) = claims.next().await {
                 let text = String::from_utf8_lossy(&m.payload);
-                let Some((id, from)) = text.split_once(' ') else {
+                let mut words = text.split(' ');
+                let (Some(what), Some(from)) = (words.next(), words.next()) else {
                     continue;
                 };
-                let Some(id) = id.parse().ok().and_then(Id::new) else {
+                if from == node {
+                    continue;
+                }
+                if what == "?" {
+                    let mine: Vec<Id> = lock(&my_topics).iter().copied().collect();
+                    for id in mine {
+                        let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node}"))).await;
+                    }
+                    continue;
+                }
+                let Some(id) = what.parse().ok().and_then(Id::new) else {
                     continue;
                 };
-                if from != node && registry.evict(id) {
+                if registry.is_topic(id) {
+                    let mut members = lock(&members);
+                    let set = members.entry(id).or_default();
+                    if words.next() == Some("-") {
+                        set.remove(from);
+                    } else {
+                        set.insert(from.to_owned());
+                    }
+                    if set.is_empty() {
+                        members.remove(&id);
+                    }
+                } else if registry.evict(id) {
                     tracing::debug!(%id, "listener replaced on another broker");
                 }
+            }
+        });
+    }
+    // Topic messages sent to this broker by name: delivered to its own listeners.
+    {
+        let (client, local, node) = (client.clone(), local.clone(), node.clone());
+        tokio::spawn(async move {
+            let Ok(mut topics) = client.subscribe(format!("fedbroker.node.{node}.topic.*")).await else {
+                tracing::error!("cluster engine: cannot subscribe to this broker's topics");
+                return;
+            };
+            while let Some(m) = topics.next().await {
+                let Some(id) = m
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .and_then(Id::new)
+                else {
+                    continue;
+                };
+                answer(&client, &local, id, m).await;
             }
         });
     }
@@ -219,8 +291,43 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                     drop(permit);
                 });
             }
+            Work::Topic(request, reply) => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    reply.answer(Err(HttpError::RouteUnavailable));
+                    continue;
+                };
+                let others: Vec<String> = lock(&members)
+                    .get(&request.id)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                let (client, local, members) = (client.clone(), local.clone(), members.clone());
+                tokio::spawn(async move {
+                    let others = if connected { others } else { Vec::new() };
+                    topic(client, local, members, others, request, reply, connected).await;
+                    drop(permit);
+                });
+            }
             Work::Changed(id) => {
                 let listened = registry.is_listened(id);
+                if registry.is_topic(id) {
+                    let changed = if listened {
+                        lock(&my_topics).insert(id)
+                    } else {
+                        lock(&my_topics).remove(&id)
+                    };
+                    if changed {
+                        let text = if listened {
+                            format!("{id} {node}")
+                        } else {
+                            format!("{id} {node} -")
+                        };
+                        if let Err(e) = client.publish(CLAIMS, Bytes::from(text)).await {
+                            tracing::warn!(%id, "cluster engine: topic membership not sent: {e}");
+                        }
+                    }
+                    continue;
+                }
                 match (listened, subscribed.contains_key(&id)) {
                     (true, false) => match client.subscribe(subject(id)).await {
                         Ok(sub) => {
@@ -325,6 +432,62 @@ async fn remote_request(
     // its own 504 first).
 }
 
+/// A topic message: to this broker's listeners and to every other broker that announced
+/// listeners on the topic, each asked by name; `Fedbroker-Recipients` sums them. A broker that
+/// is gone (no responders) is forgotten.
+async fn topic(
+    client: async_nats::Client,
+    local: LocalRouter,
+    members: Members,
+    others: Vec<String>,
+    request: RouteRequest,
+    reply: RouteReply,
+    connected: bool,
+) {
+    let id = request.id;
+    let mut asks = Vec::with_capacity(others.len());
+    for node in &others {
+        let req = Request::new()
+            .payload(request.payload.clone())
+            .timeout(Some(REQUEST_TIMEOUT));
+        let client = client.clone();
+        let subject = topic_subject(node, id);
+        asks.push(async move { client.send_request(subject, req).await });
+    }
+    let (tx, mut pending) = route_channel(None);
+    local.route(request, tx);
+    poll_fn(|cx| pending.poll_ready(cx)).await;
+    let mine = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
+    let answers = futures_util::future::join_all(asks).await;
+    let (mut recipients, mut slow) = (0u32, false);
+    match &mine {
+        Ok(Delivered::Topic { recipients: n }) => recipients += n,
+        Err(HttpError::QueueFull(_)) => slow = true,
+        _ => {}
+    }
+    for (node, answer) in others.iter().zip(answers) {
+        match answer {
+            Ok(m) => match decode(id, m.headers.as_ref()) {
+                Ok(Delivered::Topic { recipients: n }) => recipients = recipients.saturating_add(n),
+                Err(HttpError::QueueFull(_)) => slow = true,
+                _ => {}
+            },
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                if let Some(set) = lock(&members).get_mut(&id) {
+                    set.remove(node);
+                }
+            }
+            Err(e) => tracing::debug!(%id, node, "cluster engine: topic message not answered: {e}"),
+        }
+    }
+    reply.answer(match (recipients, slow, connected) {
+        (n, _, _) if n > 0 => Ok(Delivered::Topic { recipients: n }),
+        (_, true, _) => Err(HttpError::QueueFull(id)),
+        (_, _, false) => Err(HttpError::RouteUnavailable),
+        _ => Err(HttpError::NoTopicListener(id)),
+    });
+}
+
 /// The outcome a remote broker answered, as this broker's answer.
 fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
     let get = |name: &str| {
@@ -357,6 +520,13 @@ fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
 /// outcome. One at a time, so that messages between two brokers keep their order.
 async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: Id, local: LocalRouter) {
     while let Some(m) = sub.next().await {
+        answer(&client, &local, id, m).await;
+    }
+}
+
+/// Routes one message from the engine into this broker and answers with the outcome.
+async fn answer(client: &async_nats::Client, local: &LocalRouter, id: Id, m: async_nats::Message) {
+    {
         let from = m
             .headers
             .as_ref()
@@ -386,7 +556,7 @@ async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: 
         local.route(request, tx);
         poll_fn(|cx| pending.poll_ready(cx)).await;
         let result = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
-        let Some(reply_to) = m.reply else { continue };
+        let Some(reply_to) = m.reply else { return };
         let mut headers = HeaderMap::new();
         let status = match &result {
             Ok(Delivered::AwaitingReply) => {

@@ -149,6 +149,38 @@ adapter_tests! {
         gone.assert_error(502);
     }
 
+    /// A topic's message reaches its listeners on every broker, and `Fedbroker-Recipients` counts
+    /// them all; a broker whose listeners left is no longer counted.
+    fn topics_fan_out_across_brokers(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &["--topics", "1000-1999"]);
+        let two = node(a, &nats, &["--topics", "1000-1999"]);
+        let mut here = one.listen(1500);
+        let mut there = [two.listen(1500), two.listen(1500)];
+        let r = eventually(WAIT, "three recipients", || {
+            let r = one.post(1500, b"t");
+            (r.header("fedbroker-recipients") == Some("3")).then_some(r)
+        });
+        r.assert_status(204);
+        one.post(1500, b"u").assert_status(204);
+        // Earlier attempts may have reached some of them: only those come before "u".
+        for l in std::iter::once(&mut here).chain(there.iter_mut()) {
+            let mut got = l.recv();
+            while got == b"t" {
+                got = l.recv();
+            }
+            assert_eq!(got, b"u");
+        }
+        let from_two = two.post(1500, b"v");
+        assert_eq!(from_two.header("fedbroker-recipients"), Some("3"), "{from_two:?}");
+        drop(here);
+        eventually(WAIT, "two recipients", || {
+            (two.post(1500, b"w").header("fedbroker-recipients") == Some("2")).then_some(())
+        });
+        drop(there);
+        eventually(WAIT, "nobody", || (one.post(1500, b"x").status == 404).then_some(()));
+    }
+
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
     fn cluster_url_checked(a: Adapter) {
         for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
