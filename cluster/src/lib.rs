@@ -285,9 +285,9 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                     reply.answer(Err(HttpError::RouteUnavailable));
                     continue;
                 };
-                let client = client.clone();
+                let (client, local) = (client.clone(), local.clone());
                 tokio::spawn(async move {
-                    remote(client, request, reply).await;
+                    remote(client, local, request, reply).await;
                     drop(permit);
                 });
             }
@@ -355,7 +355,7 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
 }
 
 /// Routes one message through the engine and answers its sender with the outcome.
-async fn remote(client: async_nats::Client, mut request: RouteRequest, reply: RouteReply) {
+async fn remote(client: async_nats::Client, local: LocalRouter, mut request: RouteRequest, reply: RouteReply) {
     let id = request.id;
     let mut headers = HeaderMap::new();
     if let Some(from) = request.from {
@@ -366,11 +366,15 @@ async fn remote(client: async_nats::Client, mut request: RouteRequest, reply: Ro
         return remote_request(client, id, request.payload, headers, ms, sender, reply).await;
     }
     let req = Request::new()
-        .payload(request.payload)
+        .payload(request.payload.clone())
         .headers(headers)
         .timeout(Some(REQUEST_TIMEOUT));
     let answer = match client.send_request(subject(id), req).await {
         Ok(m) => decode(id, m.headers.as_ref()),
+        // Nobody listens anywhere: a mailbox id keeps the message here (202).
+        Err(e) if e.kind() == RequestErrorKind::NoResponders && local.registry().has_mailbox(id) => {
+            return local.route(request, reply);
+        }
         Err(e) if e.kind() == RequestErrorKind::NoResponders => Err(HttpError::NoListener(id)),
         Err(e) => {
             tracing::debug!(%id, "cluster engine: {e}");

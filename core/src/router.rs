@@ -84,6 +84,11 @@ impl LocalRouter {
     pub fn new(registry: Registry) -> Self {
         LocalRouter { registry }
     }
+
+    /// The registry it routes into.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
 }
 
 impl Router for LocalRouter {

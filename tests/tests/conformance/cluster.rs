@@ -181,6 +181,22 @@ adapter_tests! {
         eventually(WAIT, "nobody", || (one.post(1500, b"x").status == 404).then_some(()));
     }
 
+    /// A mailbox id's message reaches its listener on another broker (`204`); with nobody
+    /// listening anywhere it is kept by the broker it reached (`202`), for a listener there.
+    fn mailbox_ids_in_a_cluster(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &["--mailbox", "1-100"]);
+        let two = node(a, &nats, &["--mailbox", "1-100"]);
+        let mut l = one.listen(20);
+        post_until(&two, 20, b"live", 204);
+        assert_eq!(l.recv(), b"live");
+        drop(l);
+        let kept = post_until(&two, 21, b"kept", 202);
+        assert_eq!(kept.header("fedbroker-seq"), Some("1"));
+        let mut later = two.listen_with("/21?since=0", &[]);
+        assert_eq!(later.recv(), b"kept");
+    }
+
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
     fn cluster_url_checked(a: Adapter) {
         for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
