@@ -11,8 +11,11 @@
 #   bench/run.sh --bin-dir DIR   # fedbroker-{tokio,smol,std} from DIR (or $FEDBROKER_BIN_DIR), not
 #                                # built here; only fedbroker-bench is built
 #   bench/run.sh --scenarios fanout,reqrep --systems tokio,nats --out DIR
-#                                # only some phases (relay,latency,idle,fanin,fanout,reqrep,fault;
-#                                # latency needs relay) and systems (tokio,smol,std,mosquitto,nats)
+#                                # only some phases (relay,latency,idle,fanin,fanout,reqrep,fault,
+#                                # cluster; latency needs relay) and systems (tokio,smol,std,
+#                                # mosquitto,nats)
+#   bench/run.sh --scenarios cluster --out bench/results-cluster
+#                                # only the cluster phase (8 below)
 #
 # Phases of the full run, each server started here on its own port with its own config (never a
 # Debian service) and stopped on exit:
@@ -35,6 +38,18 @@
 #      batch, window 16 and 1, interleaved over the rounds. The kill runs need a broker whose
 #      --store is durable: a probe (POST, SIGKILL, restart, POST: does the seq go on?) decides,
 #      and without it they are skipped with a note in the table.
+#   8. cluster (fedbroker-tokio only, docs/cluster.md): one nats-server and fedbroker-tokio brokers
+#      with --cluster; the relay (16 listeners, 16 senders, 64 B, window 16 and 1) with
+#        1-node          one broker without --cluster (the baseline),
+#        1-node-cluster  one broker with --cluster, listeners and senders on it (all local),
+#        2-nodes         listeners on broker A, senders on broker B (every message crosses NATS),
+#        3-nodes         listeners on A and B (alternating), senders on C (every message crosses),
+#      interleaved and rotated over the rounds; then the POST→frame latency of each at a fixed
+#      moderate pace (5000 msgs/s, window 16). CPU per message is the sum over every server process
+#      of the run (brokers and nats-server). Its own table: OUT/cluster/table.md (raw lines in
+#      OUT/cluster.jsonl), ratios to 1-node. All of it shares the machine's cores with the load
+#      generator: more brokers cannot show more throughput on one machine; what it shows is the
+#      cost of the hop through the engine (BENCHMARKS.md "Cluster (NATS)").
 # Then one table with ratios to the best peer (bench/results/table.md), raw JSON lines
 # (raw.jsonl), aggregates (results.json), machine facts (machine.txt) and SVG charts.
 # Any lost, duplicated, reordered or corrupted message fails the run (non-zero exit).
@@ -50,7 +65,7 @@ ROUNDS=3
 OUT=
 IDLE_CONNECTIONS=10000
 BIN_DIR=${FEDBROKER_BIN_DIR:-}
-SCENARIOS=relay,latency,idle,fanin,fanout,reqrep,fault
+SCENARIOS=relay,latency,idle,fanin,fanout,reqrep,fault,cluster
 ONLY_SYSTEMS=
 while (($#)); do
     case $1 in
@@ -94,9 +109,9 @@ done
 want() { [[ ,$SCENARIOS, == *,$1,* ]]; }
 for sc in ${SCENARIOS//,/ }; do
     case $sc in
-    relay | latency | idle | fanin | fanout | reqrep | fault) ;;
+    relay | latency | idle | fanin | fanout | reqrep | fault | cluster) ;;
     *)
-        echo "run.sh: unknown scenario '$sc' in --scenarios (relay,latency,idle,fanin,fanout,reqrep,fault)" >&2
+        echo "run.sh: unknown scenario '$sc' in --scenarios (relay,latency,idle,fanin,fanout,reqrep,fault,cluster)" >&2
         exit 2
         ;;
     esac
@@ -178,9 +193,19 @@ ADAPTERS=()
 for s in "${SYSTEMS[@]}"; do
     case $s in tokio | smol | std) ADAPTERS+=("$s") ;; esac
 done
+# The cluster phase runs fedbroker-tokio brokers (and nats-server), whatever --systems says; not in
+# the smoke.
+CLUSTER=0
+if ((!SMOKE)) && want cluster; then
+    CLUSTER=1
+fi
+BUILD=("${ADAPTERS[@]}")
+if ((CLUSTER)) && [[ " ${BUILD[*]} " != *" tokio "* ]]; then
+    BUILD+=(tokio)
+fi
 if [[ -n $BIN_DIR ]]; then
     BIN_DIR=$(cd "$BIN_DIR" && pwd)
-    for s in "${ADAPTERS[@]}"; do
+    for s in "${BUILD[@]}"; do
         if [[ ! -x $BIN_DIR/fedbroker-$s ]]; then
             echo "run.sh: --bin-dir $BIN_DIR has no executable fedbroker-$s" >&2
             exit 2
@@ -190,8 +215,8 @@ if [[ -n $BIN_DIR ]]; then
     cargo build --release -p fedbroker-bench
 else
     pkgs=()
-    for s in "${ADAPTERS[@]}"; do pkgs+=(-p "fedbroker-$s"); done
-    log "building ${ADAPTERS[*]/#/fedbroker-} and fedbroker-bench (release)"
+    for s in "${BUILD[@]}"; do pkgs+=(-p "fedbroker-$s"); done
+    log "building ${BUILD[*]/#/fedbroker-} and fedbroker-bench (release)"
     cargo build --release "${pkgs[@]}" -p fedbroker-bench
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -208,6 +233,12 @@ if [[ " ${SYSTEMS[*]} " == *" mosquitto "* || " ${SYSTEMS[*]} " == *" nats "* ]]
         as_root apt-get update -qq
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto nats-server >/dev/null
     fi
+fi
+if ((CLUSTER)) && ! command -v nats-server >/dev/null; then
+    log "installing nats-server (Debian package) for the cluster phase"
+    as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nats-server >/dev/null
 fi
 
 free_port() {
@@ -250,14 +281,17 @@ start() {
 }
 
 start_once() {
-    local sys=$1 port port2 p
+    local sys=$1 port port2 p bin
     shift
     case $sys in
-    tokio | smol | std)
+    tokio | smol | std | node[0-9])
+        # nodeN: a fedbroker-tokio of the cluster phase.
+        bin=fedbroker-$sys
+        [[ $sys == node[0-9] ]] && bin=fedbroker-tokio
         # Emptied here, not by the redirection below: that one runs in the background child, and
         # the wait loop could read the previous instance's line first.
         : >"$WORK/$sys.out"
-        "${SRV[@]}" "$FED_BIN/fedbroker-$sys" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
+        "${SRV[@]}" "$FED_BIN/$bin" --listen 127.0.0.1:0 --max-connections 20000 --log-level warn "$@" \
             >"$WORK/$sys.out" 2>>"$WORK/$sys.log" &
         p=$!
         local i
@@ -266,7 +300,7 @@ start_once() {
             if ! running "$p"; then
                 local rc=0
                 wait "$p" || rc=$?
-                echo "run.sh: fedbroker-$sys exited at start with status $rc; its stderr ends:" >&2
+                echo "run.sh: $bin ($sys) exited at start with status $rc; its stderr ends:" >&2
                 tail -5 "$WORK/$sys.log" >&2
                 return 1
             fi
@@ -275,7 +309,7 @@ start_once() {
         ADDR[$sys]=fedbroker://$(sed -n 's#^listening on http://##p' "$WORK/$sys.out" | head -1)
         if [[ ${ADDR[$sys]} == fedbroker:// ]]; then
             {
-                echo "run.sh: fedbroker-$sys printed no 'listening on' line in 30 s; its state:"
+                echo "run.sh: $bin ($sys) printed no 'listening on' line in 30 s; its state:"
                 grep -E '^(State|Threads)' "/proc/$p/status" 2>/dev/null
                 cat "/proc/$p/task/"*/stack 2>/dev/null | sort | uniq -c | sort -rn | head -5
             } | tee -a "$WORK/$sys.log" >&2
@@ -320,6 +354,14 @@ EOF
         p=$!
         wait_port "$port2" "$p" nats || return 1
         ADDR[$sys]=nats-ws://127.0.0.1:$port2
+        ;;
+    engine)
+        # The cluster phase's NATS server: its client port only.
+        port=$(free_port)
+        "${SRV[@]}" nats-server -a 127.0.0.1 -p "$port" >>"$WORK/engine.log" 2>&1 &
+        p=$!
+        wait_port "$port" "$p" engine || return 1
+        ADDR[$sys]=nats://127.0.0.1:$port
         ;;
     esac
     PID[$sys]=$p
@@ -430,6 +472,13 @@ durable_store() {
     rm -rf "$dir"
     [[ $seq == 2 ]]
 }
+
+# post_status HOST:PORT ID: POSTs one byte, prints the answer's status code (as post_seq below).
+post_status() (
+    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
+    printf 'POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx' "$2" "$1" >&3
+    timeout 10 head -c 12 <&3 | cut -d' ' -f2
+)
 
 # post_seq HOST:PORT ID: POSTs one byte, prints the answer's Fedbroker-Seq (bash /dev/tcp, no curl;
 # in a subshell, so that a refused connection cannot end this script).
@@ -696,10 +745,75 @@ if want fault && ((${#ADAPTERS[@]})); then
     done
 fi
 
+# ---- 8. cluster ---------------------------------------------------------------------------
+if ((CLUSTER)); then
+    log "cluster: fedbroker-tokio brokers sharing ids through nats-server; 1 node, 1 node with --cluster, 2 and 3 nodes"
+    CRAW=$OUT/cluster.jsonl
+    : >"$CRAW"
+    start engine
+    # node0 alone (no --cluster); node1..3 share the id space through the engine. The relay's
+    # large queue, as in phase 1.
+    start node0 --queue-limit 65536
+    for k in 1 2 3; do start "node$k" --queue-limit 65536 --cluster "${ADDR[engine]}"; done
+    # A broker answers 503 for remote ids until its NATS client is connected; 404 (no responders)
+    # once it is.
+    for k in 1 2 3; do
+        for ((i = 0; i < 100; i++)); do
+            [[ $(post_status "${ADDR[node$k]#fedbroker://}" 2147483647) == 404 ]] && break
+            sleep 0.1
+        done
+    done
+    log "servers: engine=${ADDR[engine]} $(for k in 0 1 2 3; do printf 'node%s=%s ' "$k" "${ADDR[node$k]}"; done)"
+    CONFIGS=(1-node 1-node-cluster 2-nodes 3-nodes)
+    # cluster_relay CONFIG WINDOW MESSAGES [extra args]: one relay run of a configuration; a
+    # failure is recorded (a "cluster-failure" line in cluster.jsonl, and a non-zero exit at the
+    # end) and the run goes on.
+    cluster_relay() {
+        local cfg=$1 window=$2 messages=$3 err args
+        shift 3
+        case $cfg in
+        1-node) args=(--target "${ADDR[node0]}" --pid "${PID[node0]}") ;;
+        1-node-cluster) args=(--target "${ADDR[node1]}" --pid "${PID[node1]},${PID[engine]}") ;;
+        2-nodes) args=(--target "${ADDR[node1]}" --send-target "${ADDR[node2]}"
+            --pid "${PID[node1]},${PID[node2]},${PID[engine]}") ;;
+        3-nodes) args=(--target "${ADDR[node1]},${ADDR[node2]}" --send-target "${ADDR[node3]}"
+            --pid "${PID[node1]},${PID[node2]},${PID[node3]},${PID[engine]}") ;;
+        esac
+        err=$WORK/cluster-$cfg-$window.err
+        if ! "${GEN[@]}" "$BENCH" relay "${args[@]}" --listeners 16 --senders 16 --payload 64 --window "$window" \
+            --messages "$messages" --label "$cfg" --json "$CRAW" "$@" 2>"$err"; then
+            cat "$err" >&2
+            local msg
+            msg=$(grep -m1 '^FAIL' "$err" | sed 's/\\/\\\\/g; s/"/\\"/g')
+            printf '{"scenario":"cluster-failure","label":"%s","error":"%s","window":%s}\n' "$cfg" "${msg:-failed}" "$window" >>"$CRAW"
+            FAILED+=("cluster $cfg window $window")
+        fi
+    }
+    n=${#CONFIGS[@]}
+    for ((round = 0; round < ROUNDS; round++)); do
+        log "cluster round $((round + 1))/$ROUNDS"
+        quiet
+        for window in 16 1; do
+            for ((k = 0; k < n; k++)); do
+                cluster_relay "${CONFIGS[$(((k + round) % n))]}" "$window" $((window == 16 ? 200000 : 100000)) --max-seconds 10
+            done
+        done
+        # Latency at a fixed, moderate pace every configuration sustains: 4 s of traffic.
+        for ((k = 0; k < n; k++)); do
+            cluster_relay "${CONFIGS[$(((k + round) % n))]}" 16 20000 --rate 5000 --max-seconds 10
+        done
+    done
+    for s in node0 node1 node2 node3 engine; do stop "$s"; done
+    "$BENCH" report --input "$CRAW" --out "$OUT/cluster" --peers 1-node --no-charts
+    echo "cluster table: $OUT/cluster/table.md (ratios are to 1-node)"
+fi
+
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); cargo processes: $(pgrep -c cargo || true)" | tee -a "$OUT/machine.txt"
-log "results"
-"$BENCH" report --input "$RAW" --out "$OUT"
-echo "raw: $RAW; table: $OUT/table.md; charts: $OUT/*.svg; machine: $OUT/machine.txt; server logs: $LOGS"
+if [[ -s $RAW ]]; then
+    log "results"
+    "$BENCH" report --input "$RAW" --out "$OUT"
+    echo "raw: $RAW; table: $OUT/table.md; charts: $OUT/*.svg; machine: $OUT/machine.txt; server logs: $LOGS"
+fi
 if ((${#FAILED[@]})); then
     echo "run.sh: FAILED: ${FAILED[*]} (see above and $LOGS)" >&2
     exit 1

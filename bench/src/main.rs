@@ -57,9 +57,15 @@ struct Common {
 enum Cmd {
     /// L listeners, S senders with W messages in flight each; throughput and POST→frame latency.
     Relay {
-        /// fedbroker://ADDR, mqtt-ws://ADDR or nats-ws://ADDR
-        #[arg(long)]
-        target: Target,
+        /// fedbroker://ADDR, mqtt-ws://ADDR or nats-ws://ADDR. Several, comma-separated (brokers
+        /// of one cluster, docs/cluster.md): listener j connects to the (j mod n)-th.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target: Vec<Target>,
+        /// Senders connect here instead of to their listener's broker (comma-separated: sender i
+        /// to the (i mod n)-th), e.g. another broker of the same cluster, so that every message
+        /// crosses the cluster's engine. Same protocol as --target.
+        #[arg(long, value_delimiter = ',')]
+        send_target: Vec<Target>,
         #[arg(long, default_value_t = 16)]
         listeners: u32,
         #[arg(long, default_value_t = 16)]
@@ -79,9 +85,10 @@ enum Cmd {
         /// Start no new message after this many seconds (the result says so).
         #[arg(long)]
         max_seconds: Option<f64>,
-        /// The broker's PID: its CPU time per delivered message is reported.
-        #[arg(long)]
-        pid: Option<u32>,
+        /// The broker's PID: its CPU time per delivered message is reported. Comma-separated for
+        /// several processes (a cluster's brokers and its engine): their CPU times are summed.
+        #[arg(long, value_delimiter = ',')]
+        pid: Vec<u32>,
         #[command(flatten)]
         common: Common,
     },
@@ -334,6 +341,7 @@ fn main() {
     match cli.cmd {
         Cmd::Relay {
             target,
+            send_target,
             listeners,
             senders,
             payload,
@@ -357,8 +365,12 @@ fn main() {
             if rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
                 fail(&what, "--rate must be positive");
             }
+            if target.iter().chain(&send_target).any(|t| t.kind != target[0].kind) {
+                fail(&what, "--target and --send-target must all speak the same protocol");
+            }
             let a = scenario::Relay {
-                target,
+                targets: target,
+                send_targets: send_target,
                 listeners,
                 senders,
                 payload,

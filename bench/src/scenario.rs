@@ -207,7 +207,10 @@ fn split(total: u64, parts: u32, i: u32) -> u64 {
 
 /// Relay scenario settings.
 pub struct Relay {
-    pub target: Target,
+    /// Listener `j` connects to `targets[j % n]` (one broker, or several of one cluster).
+    pub targets: Vec<Target>,
+    /// Sender `i` connects to `send_targets[i % n]`; empty: to its listener's broker.
+    pub send_targets: Vec<Target>,
     pub listeners: u32,
     pub senders: u32,
     pub payload: usize,
@@ -216,10 +219,25 @@ pub struct Relay {
     pub rate: Option<f64>,
     /// Stop starting messages after this long (a crawling system still finishes in time).
     pub max_seconds: Option<f64>,
-    /// The broker's PID, to report its CPU time per message.
-    pub pid: Option<u32>,
+    /// The broker's PIDs (a cluster's brokers and engine), to report their CPU time per message.
+    pub pid: Vec<u32>,
     pub stall: Duration,
     pub label: String,
+}
+
+/// CPU time (user + system) of all of `pids` so far, in microseconds; None without pids.
+fn processes_cpu_us(pids: &[u32]) -> Result<Option<u64>, String> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter()
+        .map(|&p| process_cpu_us(p))
+        .sum::<Result<u64, String>>()
+        .map(Some)
+}
+
+fn targets_string(t: &[Target]) -> String {
+    t.iter().map(Target::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// L listeners, S senders (sender `i` → listener `i % L`), every message checked.
@@ -228,12 +246,18 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
     payload::epoch();
     let (l, s) = (a.listeners, a.senders);
     let mut subs = Vec::new();
+    let nt = a.targets.len() as u32;
     for j in 0..l {
-        subs.push(Listener::connect(&a.target, j, None, false).await?);
+        subs.push(Listener::connect(&a.targets[(j % nt) as usize], j, None, false).await?);
     }
     let mut conns = Vec::new();
     for i in 0..s {
-        conns.push(Sender::connect(&a.target, i, i % l, a.payload).await?);
+        let t = if a.send_targets.is_empty() {
+            &a.targets[(i % l % nt) as usize]
+        } else {
+            &a.send_targets[i as usize % a.send_targets.len()]
+        };
+        conns.push(Sender::connect(t, i, i % l, a.payload).await?);
     }
     let prog = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -250,7 +274,7 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
             stop_rx.clone(),
         ));
     }
-    let cpu0 = (a.pid.map(process_cpu_us).transpose()?, self_cpu_us());
+    let cpu0 = (processes_cpu_us(&a.pid)?, self_cpu_us());
     let start = Instant::now();
     let deadline = a.max_seconds.map(|m| start + Duration::from_secs_f64(m));
     let interval_ns = a.rate.map(|r| 1e9 * s as f64 / r);
@@ -279,8 +303,8 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
     let messages = prog.delivered.load(Ordering::Relaxed);
     let truncated = messages < a.messages;
     let per_msg = |us: u64| us as f64 / messages.max(1) as f64;
-    let broker_cpu = match (a.pid, cpu0.0) {
-        (Some(pid), Some(c0)) => Some(per_msg(process_cpu_us(pid)?.saturating_sub(c0))),
+    let broker_cpu = match (processes_cpu_us(&a.pid)?, cpu0.0) {
+        (Some(c1), Some(c0)) => Some(per_msg(c1.saturating_sub(c0))),
         _ => None,
     };
     let gen_cpu = per_msg(self_cpu_us().saturating_sub(cpu0.1));
@@ -313,7 +337,8 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
         load
     );
     Ok(json!({
-        "scenario": "relay", "label": a.label, "target": a.target.to_string(),
+        "scenario": "relay", "label": a.label, "target": targets_string(&a.targets),
+        "send_target": (!a.send_targets.is_empty()).then(|| targets_string(&a.send_targets)),
         "payload": a.payload, "window": a.window, "listeners": l, "senders": s,
         "messages": messages, "messages_planned": a.messages, "truncated": truncated, "undelivered_at_budget": undelivered, "rate": a.rate, "elapsed_s": elapsed, "msgs_per_s": rate,
         "p50_us": us(&hist, 0.5), "p99_us": us(&hist, 0.99), "p999_us": us(&hist, 0.999),
