@@ -29,8 +29,11 @@
 //!   have listeners on (on `fedbroker.claim`), and a broker publishing to a topic asks each of
 //!   them by name; `Fedbroker-Recipients` sums their answers.
 //!
-//! Not yet: presence across brokers, and mailbox ids held on another broker (docs/cluster.md
-//! says what each does today).
+//! - presence: brokers announce the ids they start and stop listening on; watchers see an id
+//!   online while any broker has a listener ([`Registry::set_remote`]).
+//!
+//! Not yet: Redis, and mailboxes shared across brokers (docs/cluster.md says what they do
+//! today).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -202,17 +205,18 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
     let members: Members = Members::default();
-    let my_topics: Arc<std::sync::Mutex<std::collections::BTreeSet<Id>>> = Arc::default();
-    // Claims of the other brokers: an id taken elsewhere is closed here (4000); topics' members.
+    let mine: Arc<std::sync::Mutex<std::collections::BTreeSet<Id>>> = Arc::default();
+    // Claims of the other brokers: an id taken elsewhere is closed here (4000); who listens
+    // where, for topics' fan-out and for presence.
     {
         let (client, registry, node) = (client.clone(), registry.clone(), node.clone());
-        let (members, my_topics) = (members.clone(), my_topics.clone());
+        let (members, mine) = (members.clone(), mine.clone());
         tokio::spawn(async move {
             let Ok(mut claims) = client.subscribe(CLAIMS).await else {
                 tracing::error!("cluster engine: cannot subscribe to claims");
                 return;
             };
-            // Ask the others for their topics (this broker is new, or the engine restarted).
+            // Ask the others what they listen on (this broker is new, or the engine restarted).
             let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
             while let Some(m) = claims.next().await {
                 let text = String::from_utf8_lossy(&m.payload);
@@ -224,27 +228,44 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                     continue;
                 }
                 if what == "?" {
-                    let mine: Vec<Id> = lock(&my_topics).iter().copied().collect();
-                    for id in mine {
-                        let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node}"))).await;
+                    // Announced again, without taking anything from anyone ("+").
+                    let ids: Vec<Id> = lock(&mine).iter().copied().collect();
+                    for id in ids {
+                        let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node} +"))).await;
                     }
                     continue;
                 }
                 let Some(id) = what.parse().ok().and_then(Id::new) else {
                     continue;
                 };
-                if registry.is_topic(id) {
+                let flag = words.next();
+                let topic = registry.is_topic(id);
+                let listened_elsewhere = {
                     let mut members = lock(&members);
                     let set = members.entry(id).or_default();
-                    if words.next() == Some("-") {
-                        set.remove(from);
-                    } else {
-                        set.insert(from.to_owned());
+                    match flag {
+                        Some("-") => {
+                            set.remove(from);
+                        }
+                        // A plain id has one listener: the claimant's replaces the others.
+                        None if !topic => {
+                            set.clear();
+                            set.insert(from.to_owned());
+                        }
+                        _ => {
+                            set.insert(from.to_owned());
+                        }
                     }
-                    if set.is_empty() {
+                    let any = !set.is_empty();
+                    if !any {
                         members.remove(&id);
                     }
-                } else if registry.evict(id) {
+                    any
+                };
+                // Present elsewhere first, so that watchers here see no offline blip when this
+                // broker's listener is closed for the other one.
+                registry.set_remote(id, listened_elsewhere);
+                if flag.is_none() && !topic && registry.evict(id) {
                     tracing::debug!(%id, "listener replaced on another broker");
                 }
             }
@@ -285,9 +306,9 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                     reply.answer(Err(HttpError::RouteUnavailable));
                     continue;
                 };
-                let (client, local) = (client.clone(), local.clone());
+                let (client, local, members) = (client.clone(), local.clone(), members.clone());
                 tokio::spawn(async move {
-                    remote(client, local, request, reply).await;
+                    remote(client, local, members, request, reply).await;
                     drop(permit);
                 });
             }
@@ -310,22 +331,24 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
             }
             Work::Changed(id) => {
                 let listened = registry.is_listened(id);
-                if registry.is_topic(id) {
-                    let changed = if listened {
-                        lock(&my_topics).insert(id)
+                let changed = if listened {
+                    lock(&mine).insert(id)
+                } else {
+                    lock(&mine).remove(&id)
+                };
+                if changed && (registry.is_topic(id) || !listened) {
+                    // A topic's members, and any id's last listener here gone (presence); a
+                    // plain id's claim goes out once it is subscribed, below.
+                    let text = if listened {
+                        format!("{id} {node}")
                     } else {
-                        lock(&my_topics).remove(&id)
+                        format!("{id} {node} -")
                     };
-                    if changed {
-                        let text = if listened {
-                            format!("{id} {node}")
-                        } else {
-                            format!("{id} {node} -")
-                        };
-                        if let Err(e) = client.publish(CLAIMS, Bytes::from(text)).await {
-                            tracing::warn!(%id, "cluster engine: topic membership not sent: {e}");
-                        }
+                    if let Err(e) = client.publish(CLAIMS, Bytes::from(text)).await {
+                        tracing::warn!(%id, "cluster engine: announcement not sent: {e}");
                     }
+                }
+                if registry.is_topic(id) {
                     continue;
                 }
                 match (listened, subscribed.contains_key(&id)) {
@@ -355,7 +378,13 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
 }
 
 /// Routes one message through the engine and answers its sender with the outcome.
-async fn remote(client: async_nats::Client, local: LocalRouter, mut request: RouteRequest, reply: RouteReply) {
+async fn remote(
+    client: async_nats::Client,
+    local: LocalRouter,
+    members: Members,
+    mut request: RouteRequest,
+    reply: RouteReply,
+) {
     let id = request.id;
     let mut headers = HeaderMap::new();
     if let Some(from) = request.from {
@@ -369,7 +398,12 @@ async fn remote(client: async_nats::Client, local: LocalRouter, mut request: Rou
         .payload(request.payload.clone())
         .headers(headers)
         .timeout(Some(REQUEST_TIMEOUT));
-    let answer = match client.send_request(subject(id), req).await {
+    let answer = client.send_request(subject(id), req).await;
+    if matches!(&answer, Err(e) if e.kind() == RequestErrorKind::NoResponders) && lock(&members).remove(&id).is_some() {
+        // A broker announced a listener and is gone without saying so: not present any more.
+        local.registry().set_remote(id, false);
+    }
+    let answer = match answer {
         Ok(m) => decode(id, m.headers.as_ref()),
         // Nobody listens anywhere: a mailbox id keeps the message here (202).
         Err(e) if e.kind() == RequestErrorKind::NoResponders && local.registry().has_mailbox(id) => {

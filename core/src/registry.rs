@@ -154,13 +154,21 @@ struct Entry {
     watchers: Vec<Arc<Mailbox>>,
     /// The id's mailbox, when it has one.
     history: Option<History>,
+    /// Another broker sharing the id space has a listener on it (as a cluster told us).
+    remote: bool,
 }
 
 impl Entry {
     fn is_unused(&self) -> bool {
         matches!(self.slot, Slot::Empty)
+            && !self.remote
             && self.watchers.is_empty()
             && self.history.as_ref().is_none_or(|h| h.is_empty())
+    }
+
+    /// Whether watchers see the id online: listened on here or on another broker.
+    fn present(&self) -> bool {
+        self.online() || self.remote
     }
 
     fn online(&self) -> bool {
@@ -399,7 +407,9 @@ impl Registry {
         }
         if !was_online {
             self.inner.listeners.fetch_add(1, Ordering::Relaxed);
-            self.notify(entry, id, true, wakers);
+            if !entry.remote {
+                self.notify(entry, id, true, wakers);
+            }
             self.changed(id, wakers);
         }
         ListenerHandle {
@@ -423,6 +433,26 @@ impl Registry {
     fn changed(&self, id: Id, wakers: &mut Wakers) {
         if let Some(o) = self.inner.observer.0.get() {
             wakers.1.push((o.clone(), id));
+        }
+    }
+
+    /// Tells the registry whether another broker sharing the id space has a listener on `id`
+    /// (a cluster learns it from its engine): watchers here see the id online while it is
+    /// listened on here or there.
+    pub fn set_remote(&self, id: Id, listened: bool) {
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        if !listened && !shard.contains_key(&id) {
+            return;
+        }
+        let entry = shard.entry(id).or_default();
+        let before = entry.present();
+        entry.remote = listened;
+        if entry.present() != before {
+            self.notify(entry, id, listened, &mut wakers);
+        }
+        if entry.is_unused() {
+            self.forget(&mut shard, id);
         }
     }
 
@@ -794,7 +824,9 @@ impl Registry {
             h.drop_requests();
         }
         self.inner.listeners.fetch_sub(1, Ordering::Relaxed);
-        self.notify(entry, id, false, wakers);
+        if !entry.remote {
+            self.notify(entry, id, false, wakers);
+        }
         self.changed(id, wakers);
         if entry.is_unused() {
             self.forget(shard, id);
@@ -833,7 +865,7 @@ impl Registry {
             self.inner.watches.fetch_add(1, Ordering::Relaxed);
         }
         // The current state, queued under the same lock as the changes, so none is missed.
-        let online = entry.online();
+        let online = entry.present();
         match mailbox.push(Item::Presence { id, online }, true) {
             Push::Queued(w) => wakers.add(w),
             Push::Full(w) => {

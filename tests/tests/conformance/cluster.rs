@@ -197,6 +197,29 @@ adapter_tests! {
         assert_eq!(later.recv(), b"kept");
     }
 
+    /// Presence crosses brokers: a watcher on one broker sees an id come online when it is
+    /// listened on at another, and offline when that listener leaves; a replacement across
+    /// brokers is no event.
+    fn presence_across_brokers(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &[]);
+        let two = node(a, &nats, &[]);
+        let mut watcher = EnvelopeListener::new(one.listen_with("/1", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
+        watcher.watch(&[5], serde_json::json!("w")).assert_ack(&serde_json::json!("w"), 200);
+        assert_eq!(watcher.recv_kind("offline").uint("id"), 5);
+        let there = two.listen(5);
+        assert_eq!(watcher.recv_kind("online").uint("id"), 5, "listened on the other broker");
+        let here = one.listen(5);
+        drop(there);
+        post_until(&two, 5, b"moved", 204);
+        drop(here);
+        assert_eq!(
+            watcher.recv_kind("offline").uint("id"),
+            5,
+            "no event for the move, offline when the last listener left"
+        );
+    }
+
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
     fn cluster_url_checked(a: Adapter) {
         for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
