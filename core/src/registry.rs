@@ -1198,6 +1198,37 @@ mod tests {
     }
 
     #[test]
+    fn presence_counts_listeners_on_other_brokers() {
+        let r = Registry::new(8, IdSet::default());
+        let mut w = r.listen(id(1), true);
+        w.watch(id(2));
+        let presence = |p: Pop| match p {
+            Pop::Item(Item::Presence { id, online }) => (id.get(), online),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(presence(w.pop()), (2, false));
+        r.set_remote(id(2), true);
+        assert_eq!(presence(w.pop()), (2, true), "listened elsewhere");
+        assert!(!r.is_listened(id(2)), "routing still sees no local listener");
+        let l = r.listen(id(2), false);
+        r.set_remote(id(2), false);
+        drop(l);
+        assert_eq!(
+            presence(w.pop()),
+            (2, false),
+            "one offline, when the last listener anywhere left"
+        );
+        assert!(matches!(w.pop(), Pop::Empty), "no event for the move");
+        r.set_remote(id(3), false);
+        drop(w);
+        assert_eq!(r.listeners(), 0);
+        // Nothing is kept for ids nobody watches or listens on.
+        r.set_remote(id(4), true);
+        r.set_remote(id(4), false);
+        assert!(r.shard(id(4)).get(&id(4)).is_none());
+    }
+
+    #[test]
     fn presence_state_then_changes() {
         let r = Registry::new(8, IdSet::default());
         let mut w = r.listen(id(1), true);
