@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # cleanup and port_open are called through the traps and wait_until
 # A fedbroker cluster on this machine, on loopback: nats-server, three brokers sharing one id space
 # through it (--cluster, docs/cluster.md) and nginx as the one address in front of them
 # (deploy/cluster/nginx.conf, round robin). It prints that address and runs until Ctrl-C (or
@@ -57,7 +58,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *)
