@@ -3,8 +3,9 @@
 #
 #   bench/run.sh                 # full run (~25 min on 2 cores): results in bench/results/
 #   bench/run.sh --smoke         # every scenario with a few hundred messages against
-#                                # fedbroker-tokio only, no peers, no charts, results in
-#                                # target/bench-smoke/ (what CI runs)
+#                                # fedbroker-tokio only (and two of them through nats-server),
+#                                # no peers, no charts, results in target/bench-smoke/ (what CI
+#                                # runs)
 #   bench/run.sh --rounds 5      # more rounds per relay figure (medians are reported)
 #   bench/run.sh --pin           # servers on CPU 1, the load generator on CPU 0 (taskset), so
 #                                # they never compete for a core; results in bench/results-pinned/
@@ -193,10 +194,10 @@ ADAPTERS=()
 for s in "${SYSTEMS[@]}"; do
     case $s in tokio | smol | std) ADAPTERS+=("$s") ;; esac
 done
-# The cluster phase runs fedbroker-tokio brokers (and nats-server), whatever --systems says; not in
-# the smoke.
+# The cluster phase runs fedbroker-tokio brokers (and nats-server), whatever --systems says; the
+# smoke runs two small relays through it.
 CLUSTER=0
-if ((!SMOKE)) && want cluster; then
+if want cluster; then
     CLUSTER=1
 fi
 BUILD=("${ADAPTERS[@]}")
@@ -552,6 +553,23 @@ if ((SMOKE)); then
             fi
         fi
     done
+    if ((CLUSTER)); then
+        # Two brokers sharing ids through nats-server: every message crosses the engine.
+        start engine
+        for k in 1 2; do start "node$k" --cluster "${ADDR[engine]}"; done
+        for k in 1 2; do
+            for ((i = 0; i < 100; i++)); do
+                [[ $(post_status "${ADDR[node$k]#fedbroker://}" 2147483647) == 404 ]] && break
+                sleep 0.1
+            done
+        done
+        for w in 16 1; do
+            "$BENCH" relay --target "${ADDR[node1]}" --send-target "${ADDR[node2]}" \
+                --pid "${PID[node1]},${PID[node2]},${PID[engine]}" --listeners 16 --senders 16 --payload 64 \
+                --window "$w" --messages 800 --label 2-nodes --json "$OUT/cluster.jsonl"
+        done
+        for s in node1 node2 engine; do stop "$s"; done
+    fi
     "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
     if ((${#FAILED[@]})); then
         echo "run.sh: smoke FAILED: ${FAILED[*]} (see above and $LOGS)" >&2
