@@ -59,7 +59,7 @@ fi
 make_tmp cluster-deploy
 # nginx's workers (nobody, when started as root) must reach their directories under it.
 chmod 711 "$TMP"
-echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'); $(PATH=$PATH:/usr/sbin nats-server --version); temp dir: $TMP"
+echo "$("$(cmd_path nginx)" -v 2>&1 | sed 's/^nginx version: //'); $("$(cmd_path nats-server)" --version); temp dir: $TMP"
 
 CURRENT_STEP=start
 start_bg cluster "$ROOT/deploy/cluster/run.sh" --bin-dir "$BIN_DIR" --broker "$BROKER" --free-ports \
