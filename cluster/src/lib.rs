@@ -65,8 +65,9 @@ fn subject(id: Id) -> String {
     format!("fedbroker.id.{id}")
 }
 
-/// The subject on which brokers announce the ids they take (`ID NODE`), the topics they leave
-/// (`ID NODE -`), and ask the others to announce their topics again (`? NODE`).
+/// The subject on which brokers announce the ids they start listening on (`ID NODE`: a plain
+/// id is taken from whoever held it), stop listening on (`ID NODE -`), or listen on already
+/// (`ID NODE +`, the answer to `? NODE`, which a broker sends when it (re)connects).
 const CLAIMS: &str = "fedbroker.claim";
 
 /// The subject on which broker `node` takes a topic's messages for its own listeners.
@@ -74,7 +75,8 @@ fn topic_subject(node: &str, id: Id) -> String {
     format!("fedbroker.node.{node}.topic.{id}")
 }
 
-/// Which other brokers have listeners on which topic, as they announced it.
+/// Which other brokers have listeners on which id, as they announced it (topics' fan-out and
+/// presence).
 type Members = Arc<std::sync::Mutex<HashMap<Id, std::collections::BTreeSet<String>>>>;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,6 +88,8 @@ enum Work {
     Route(RouteRequest, RouteReply),
     Topic(RouteRequest, RouteReply),
     Changed(Id),
+    /// (Re)connected to the engine: announce what is listened on here, ask the others.
+    Connected,
 }
 
 /// Why a cluster could not start.
@@ -132,7 +136,10 @@ impl NatsRouter {
         let engine_state = state.clone();
         std::thread::Builder::new()
             .name("fedbroker-cluster".into())
-            .spawn(move || runtime.block_on(run(url, node, engine_registry, rx, engine_state)))
+            .spawn({
+                let tx = tx.clone();
+                move || runtime.block_on(run(url, node, engine_registry, (tx, rx), engine_state))
+            })
             .map_err(|e| ClusterError(format!("cannot start the cluster's thread: {e}")))?;
         let changes = tx.clone();
         registry.on_listened_change(move |id| {
@@ -180,7 +187,13 @@ fn node_id() -> u64 {
     h.finish()
 }
 
-async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Receiver<Work>, state: Arc<State>) {
+async fn run(
+    url: String,
+    node: String,
+    registry: Registry,
+    (to_self, mut work): (mpsc::Sender<Work>, mpsc::Receiver<Work>),
+    state: Arc<State>,
+) {
     let events = state.clone();
     let options = async_nats::ConnectOptions::new()
         .name("fedbroker")
@@ -188,7 +201,11 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
         .max_reconnects(None)
         .event_callback(move |event| {
             match event {
-                async_nats::Event::Connected => events.connected.store(true, Ordering::Relaxed),
+                async_nats::Event::Connected => {
+                    events.connected.store(true, Ordering::Relaxed);
+                    // Announcements made while disconnected were lost: make them again.
+                    let _ = to_self.try_send(Work::Connected);
+                }
                 async_nats::Event::Disconnected => events.connected.store(false, Ordering::Relaxed),
                 _ => {}
             }
@@ -216,7 +233,7 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                 tracing::error!("cluster engine: cannot subscribe to claims");
                 return;
             };
-            // Ask the others what they listen on (this broker is new, or the engine restarted).
+            // Ask the others what they listen on (again on every reconnection: Work::Connected).
             let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
             while let Some(m) = claims.next().await {
                 let text = String::from_utf8_lossy(&m.payload);
@@ -311,6 +328,13 @@ async fn run(url: String, node: String, registry: Registry, mut work: mpsc::Rece
                     remote(client, local, members, request, reply).await;
                     drop(permit);
                 });
+            }
+            Work::Connected => {
+                let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
+                let ids: Vec<Id> = lock(&mine).iter().copied().collect();
+                for id in ids {
+                    let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node} +"))).await;
+                }
             }
             Work::Topic(request, reply) => {
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -410,6 +434,10 @@ async fn remote(
             return local.route(request, reply);
         }
         Err(e) if e.kind() == RequestErrorKind::NoResponders => Err(HttpError::NoListener(id)),
+        // The engine's own bound (nats-server's max_payload, 1 MiB by default).
+        Err(e) if e.kind() == RequestErrorKind::MaxPayloadExceeded => Err(HttpError::PayloadTooLarge {
+            limit: client.try_server_info().map_or(0, |i| i.max_payload),
+        }),
         Err(e) => {
             tracing::debug!(%id, "cluster engine: {e}");
             Err(HttpError::RouteUnavailable)

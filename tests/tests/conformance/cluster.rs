@@ -220,6 +220,22 @@ adapter_tests! {
         );
     }
 
+    /// A message larger than the engine takes (nats-server's max_payload, 1 MiB by default) is
+    /// `413` when it must cross brokers; the same message to a local listener is delivered.
+    fn larger_than_the_engine_takes(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let one = node(a, &nats, &[]);
+        let two = node(a, &nats, &["--max-message-size", "4194304"]);
+        let _remote = one.listen(5);
+        let mut local = two.listen(6);
+        post_until(&two, 5, b"small", 204);
+        let big = vec![7u8; 3 << 20];
+        let r = two.connect().post("/5", &big);
+        r.assert_error(413);
+        two.connect().post("/6", &big).assert_status(204);
+        assert_eq!(local.recv().len(), big.len());
+    }
+
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
     fn cluster_url_checked(a: Adapter) {
         for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
