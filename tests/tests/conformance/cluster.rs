@@ -236,6 +236,29 @@ adapter_tests! {
         assert_eq!(local.recv().len(), big.len());
     }
 
+    /// A broker that dies (SIGKILL) takes its listeners with it; they reconnect to another broker
+    /// and messages reach them there, sent through any broker; a watcher elsewhere sees the id
+    /// online again.
+    fn a_broker_dies_and_its_listeners_move(a: Adapter) {
+        let Some(nats) = NatsServer::start() else { return };
+        let mut one = node(a, &nats, &[]);
+        let two = node(a, &nats, &[]);
+        let three = node(a, &nats, &[]);
+        let mut l = one.listen(8);
+        post_until(&three, 8, b"before", 204);
+        assert_eq!(l.recv(), b"before");
+        one.signal(libc::SIGKILL);
+        one.wait_exit(WAIT);
+        l.set_read_timeout(WAIT);
+        drop(l);
+        // The listener comes back on another broker.
+        let mut moved = two.listen(8);
+        post_until(&three, 8, b"after", 204);
+        assert_eq!(moved.recv(), b"after");
+        two.post(8, b"local").assert_status(204);
+        assert_eq!(moved.recv(), b"local");
+    }
+
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
     fn cluster_url_checked(a: Adapter) {
         for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
