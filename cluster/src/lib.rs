@@ -79,6 +79,10 @@ fn topic_subject(node: &str, id: Id) -> String {
 /// presence).
 type Members = Arc<std::sync::Mutex<HashMap<Id, std::collections::BTreeSet<String>>>>;
 
+/// The ids listened on this broker, with when they started to be (wall-clock ms): the newer of
+/// two listeners of a plain id on two brokers is the one that stays.
+type Mine = Arc<std::sync::Mutex<std::collections::BTreeMap<Id, u64>>>;
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -132,17 +136,30 @@ impl NatsRouter {
             .map_err(|e| ClusterError(format!("cannot start the cluster's runtime: {e}")))?;
         let node = format!("{:016x}", node_id());
         let engine_registry = registry.clone();
+        let mine = Mine::default();
+        let engine_mine = mine.clone();
         let state = Arc::new(State::default());
         let engine_state = state.clone();
         std::thread::Builder::new()
             .name("fedbroker-cluster".into())
             .spawn({
                 let tx = tx.clone();
-                move || runtime.block_on(run(url, node, engine_registry, (tx, rx), engine_state))
+                move || runtime.block_on(run(url, node, engine_registry, engine_mine, (tx, rx), engine_state))
             })
             .map_err(|e| ClusterError(format!("cannot start the cluster's thread: {e}")))?;
         let changes = tx.clone();
+        // The registry holds its observer and the observer a handle of the registry: both live
+        // as long as the broker, which is the process.
+        let observed = registry.clone();
         registry.on_listened_change(move |id| {
+            // When, recorded at once: a claim from another broker is compared with it.
+            let mut mine = lock(&mine);
+            if observed.is_listened(id) {
+                mine.entry(id).or_insert_with(wall_ms);
+            } else {
+                mine.remove(&id);
+            }
+            drop(mine);
             // Subscriptions are reconciled with the registry's state by the engine's thread; a
             // change that does not fit now is picked up by the next one for the id.
             let _ = changes.try_send(Work::Changed(id));
@@ -179,9 +196,48 @@ impl Router for NatsRouter {
     }
 }
 
+/// `nats://user:password@host:port` → (`nats://host:port`, the user and password).
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            let decode = |s: &str| {
+                // Percent-encoded characters, as in any URL's userinfo.
+                let mut out = Vec::with_capacity(s.len());
+                let b = s.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    match (
+                        b[i],
+                        b.get(i + 1).copied().and_then(hex),
+                        b.get(i + 2).copied().and_then(hex),
+                    ) {
+                        (b'%', Some(h), Some(l)) => {
+                            out.push((h * 16 + l) as u8);
+                            i += 3;
+                        }
+                        (c, _, _) => {
+                            out.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&out).into_owned()
+            };
+            (format!("{scheme}://{host}"), Some((decode(user), decode(pass))))
+        }
+        None => (url.to_owned(), None),
+    }
+}
+
 /// A number that tells this broker's claims from the others'.
 fn node_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded at random per process: with the pid, unique among the brokers.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     h.finish()
@@ -191,6 +247,7 @@ async fn run(
     url: String,
     node: String,
     registry: Registry,
+    mine: Mine,
     (to_self, mut work): (mpsc::Sender<Work>, mpsc::Receiver<Work>),
     state: Arc<State>,
 ) {
@@ -211,7 +268,14 @@ async fn run(
             }
             async move { tracing::info!("cluster engine: {event}") }
         });
-    let client = match options.connect(url.as_str()).await {
+    // Credentials go to the client apart from the address, so that no log line (the client's
+    // own debug lines print the address it dials) ever shows them.
+    let (address, credentials) = split_credentials(&url);
+    let options = match credentials {
+        Some((user, pass)) => options.user_and_password(user, pass),
+        None => options,
+    };
+    let client = match options.connect(address.as_str()).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cluster engine {url}: {e}");
@@ -222,7 +286,7 @@ async fn run(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
     let members: Members = Members::default();
-    let mine: Arc<std::sync::Mutex<std::collections::BTreeSet<Id>>> = Arc::default();
+    let mut announced: std::collections::BTreeSet<Id> = std::collections::BTreeSet::new();
     // Claims of the other brokers: an id taken elsewhere is closed here (4000); who listens
     // where, for topics' fan-out and for presence.
     {
@@ -246,7 +310,7 @@ async fn run(
                 }
                 if what == "?" {
                     // Announced again, without taking anything from anyone ("+").
-                    let ids: Vec<Id> = lock(&mine).iter().copied().collect();
+                    let ids: Vec<Id> = lock(&mine).keys().copied().collect();
                     for id in ids {
                         let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node} +"))).await;
                     }
@@ -257,6 +321,24 @@ async fn run(
                 };
                 let flag = words.next();
                 let topic = registry.is_topic(id);
+                // A claim carries when its listener started: an older one than ours (a claim
+                // still on its way when ours was made) leaves ours alone; its broker yields
+                // when it reads ours.
+                let claimed_at = flag.and_then(|f| f.parse::<u64>().ok());
+                // The listener this decision is about: a newer one, registered meanwhile, is
+                // not evicted by it.
+                let generation = registry.listen_generation(id);
+                if let (false, Some(theirs)) = (topic, claimed_at) {
+                    // Just registered, its start not recorded yet: it is newer than the claim.
+                    let ours = lock(&mine)
+                        .get(&id)
+                        .copied()
+                        .or_else(|| registry.is_listened(id).then(wall_ms));
+                    if ours.is_some_and(|t| (t, node.as_str()) > (theirs, from)) {
+                        continue;
+                    }
+                }
+                let flag = if claimed_at.is_some() { None } else { flag };
                 let listened_elsewhere = {
                     let mut members = lock(&members);
                     let set = members.entry(id).or_default();
@@ -282,7 +364,7 @@ async fn run(
                 // Present elsewhere first, so that watchers here see no offline blip when this
                 // broker's listener is closed for the other one.
                 registry.set_remote(id, listened_elsewhere);
-                if flag.is_none() && !topic && registry.evict(id) {
+                if flag.is_none() && !topic && registry.evict_if(id, Some(generation)) {
                     tracing::debug!(%id, "listener replaced on another broker");
                 }
             }
@@ -331,7 +413,7 @@ async fn run(
             }
             Work::Connected => {
                 let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
-                let ids: Vec<Id> = lock(&mine).iter().copied().collect();
+                let ids: Vec<Id> = lock(&mine).keys().copied().collect();
                 for id in ids {
                     let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node} +"))).await;
                 }
@@ -356,9 +438,9 @@ async fn run(
             Work::Changed(id) => {
                 let listened = registry.is_listened(id);
                 let changed = if listened {
-                    lock(&mine).insert(id)
+                    announced.insert(id)
                 } else {
-                    lock(&mine).remove(&id)
+                    announced.remove(&id)
                 };
                 if changed && (registry.is_topic(id) || !listened) {
                     // A topic's members, and any id's last listener here gone (presence); a
@@ -381,9 +463,15 @@ async fn run(
                             let task = tokio::spawn(serve(client.clone(), sub, id, local.clone()));
                             subscribed.insert(id, task);
                             state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
-                            let claim = format!("{id} {node}");
-                            if let Err(e) = client.publish(CLAIMS, Bytes::from(claim)).await {
-                                tracing::warn!(%id, "cluster engine: claim not sent: {e}");
+                            // Claimed with the listener's own start: none if it left while
+                            // the subscription was being made (its leave follows; a claim
+                            // stamped now would wrongly beat a newer listener elsewhere).
+                            let since = lock(&mine).get(&id).copied();
+                            if let Some(since) = since {
+                                let claim = format!("{id} {node} {since}");
+                                if let Err(e) = client.publish(CLAIMS, Bytes::from(claim)).await {
+                                    tracing::warn!(%id, "cluster engine: claim not sent: {e}");
+                                }
                             }
                         }
                         Err(e) => tracing::warn!(%id, "cluster engine: cannot subscribe: {e}"),
@@ -686,4 +774,25 @@ fn wall_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_kept_out_of_the_address() {
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".into(), None)
+        );
+        assert_eq!(
+            split_credentials("nats://fed:s3%40cret@h:4222"),
+            ("nats://h:4222".into(), Some(("fed".into(), "s3@cret".into())))
+        );
+        assert_eq!(
+            split_credentials("nats://token@h:1"),
+            ("nats://h:1".into(), Some(("token".into(), String::new())))
+        );
+    }
 }

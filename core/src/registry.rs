@@ -156,6 +156,8 @@ struct Entry {
     history: Option<History>,
     /// Another broker sharing the id space has a listener on it (as a cluster told us).
     remote: bool,
+    /// Listeners registered on this id so far (kept while the entry lives).
+    generation: u64,
 }
 
 impl Entry {
@@ -385,6 +387,7 @@ impl Registry {
         wakers: &mut Wakers,
     ) -> ListenerHandle {
         let mailbox = Arc::new(Mailbox::new(self.inner.queue_limit, envelope));
+        entry.generation += 1;
         let cursor = cursor.filter(|_| self.has_mailbox(id));
         if let (Some(c), Some(h)) = (cursor, &entry.history) {
             if h.readable(c) {
@@ -459,11 +462,26 @@ impl Registry {
     /// Closes this broker's listener of plain id `id` as replaced (`4000`), because another
     /// broker sharing the id space took the id. Returns whether there was one.
     pub fn evict(&self, id: Id) -> bool {
+        self.evict_if(id, None)
+    }
+
+    /// How many listeners `id` has had on this broker (a listener's generation): compare with
+    /// [`Registry::evict_if`] to evict only the listener seen when deciding.
+    pub fn listen_generation(&self, id: Id) -> u64 {
+        self.shard(id).get(&id).map_or(0, |e| e.generation)
+    }
+
+    /// As [`Registry::evict`], only while `id`'s listener is still of `generation` (no newer one
+    /// came since it was read); `None`: whichever listener it has.
+    pub fn evict_if(&self, id: Id, generation: Option<u64>) -> bool {
         let mut wakers = Wakers::default();
         let mut shard = self.shard(id);
         let Some(entry) = shard.get_mut(&id) else {
             return false;
         };
+        if generation.is_some_and(|g| g != entry.generation) {
+            return false;
+        }
         let Slot::Single(old) = std::mem::take(&mut entry.slot) else {
             return false;
         };
@@ -1226,6 +1244,20 @@ mod tests {
         r.set_remote(id(4), true);
         r.set_remote(id(4), false);
         assert!(r.shard(id(4)).get(&id(4)).is_none());
+    }
+
+    #[test]
+    fn evict_spares_a_newer_listener() {
+        let r = Registry::new(8, IdSet::default());
+        let a = r.listen(id(7), false);
+        let seen = r.listen_generation(id(7));
+        let b = r.listen(id(7), false);
+        assert!(!r.evict_if(id(7), Some(seen)), "b came after the decision");
+        assert!(matches!(b.pop(), Pop::Empty));
+        assert!(r.evict_if(id(7), Some(r.listen_generation(id(7)))));
+        assert!(matches!(b.pop(), Pop::Replaced));
+        drop((a, b));
+        assert_eq!(r.listeners(), 0);
     }
 
     #[test]

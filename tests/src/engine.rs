@@ -9,17 +9,29 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     port: u16,
     child: Option<Child>,
+    /// Extra arguments (credentials).
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts one on a free port, or `None` (with a note) when `nats-server` is not installed;
     /// under `CI=true` a missing server fails the test instead of skipping it.
     pub fn start() -> Option<NatsServer> {
+        NatsServer::start_with(&[])
+    }
+
+    /// As [`NatsServer::start`], with extra `nats-server` arguments (`--user u --pass p`).
+    pub fn start_with(args: &[&str]) -> Option<NatsServer> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut server = NatsServer { port, child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut server = NatsServer {
+            port,
+            child: None,
+            args,
+        };
         if !server.run() {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("nats-server is not installed (scripts/test-all installs it; CI must not skip)");
@@ -34,6 +46,7 @@ impl NatsServer {
     fn run(&mut self) -> bool {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -21,10 +21,20 @@ fn node(a: Adapter, nats: &NatsServer, extra: &[&str]) -> Broker {
 /// broker takes a moment to reach the engine), and returns that answer.
 #[track_caller]
 fn post_until(broker: &Broker, id: u32, body: &[u8], status: u16) -> Response {
-    eventually(WAIT, &format!("POST /{id} answered {status}"), || {
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
         let r = broker.post(id, body);
-        (r.status == status).then_some(r)
-    })
+        if r.status == status {
+            return r;
+        }
+        seen.insert((r.status, String::from_utf8_lossy(&r.body).trim().to_owned()));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "POST /{id} not answered {status} within {WAIT:?}; answers: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 adapter_tests! {
@@ -257,6 +267,31 @@ adapter_tests! {
         assert_eq!(moved.recv(), b"after");
         two.post(8, b"local").assert_status(204);
         assert_eq!(moved.recv(), b"local");
+    }
+
+    /// An engine that requires credentials: brokers given them in the URL share ids; a broker
+    /// with wrong ones stays disconnected (its remote messages get `503`), ids listened on it
+    /// still work.
+    fn engine_with_credentials(a: Adapter) {
+        let Some(nats) = NatsServer::start_with(&["--user", "fed", "--pass", "s3cret"]) else { return };
+        let port = nats.url().rsplit(':').next().unwrap().to_owned();
+        let good = format!("nats://fed:s3cret@127.0.0.1:{port}");
+        let bad = format!("nats://fed:b4dpass@127.0.0.1:{port}");
+        let one = Broker::start(a, &["--cluster", good.as_str()]);
+        // Debug logs too: the engine client's own lines name the address it dials.
+        let two = Broker::start(a, &["--cluster", good.as_str(), "--log-level", "debug"]);
+        let intruder = Broker::start(a, &["--cluster", bad.as_str(), "--log-level", "debug"]);
+        let mut l = one.listen(4);
+        post_until(&two, 4, b"ok", 204);
+        assert_eq!(l.recv(), b"ok");
+        intruder.post(4, b"x").assert_error(503);
+        assert_eq!(intruder.stat("cluster_connected"), 0);
+        let mut own = intruder.listen(9);
+        intruder.post(9, b"local").assert_status(204);
+        assert_eq!(own.recv(), b"local");
+        let logs = intruder.stderr() + &two.stderr();
+        assert!(logs.contains("127.0.0.1"), "the debug log names the engine's address");
+        assert!(!logs.contains("s3cret") && !logs.contains("b4dpass"), "no password in the logs");
     }
 
     /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
