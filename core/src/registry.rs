@@ -1136,6 +1136,14 @@ mod tests {
         Id::new(v).unwrap()
     }
 
+    /// A presence event's id and state.
+    fn presence(p: Pop) -> (u32, bool) {
+        match p {
+            Pop::Item(Item::Presence { id, online }) => (id.get(), online),
+            other => panic!("expected a presence event, got {other:?}"),
+        }
+    }
+
     fn payload(p: Pop) -> Bytes {
         match p {
             Pop::Item(Item::Message { payload, .. }) => payload,
@@ -1220,10 +1228,6 @@ mod tests {
         let r = Registry::new(8, IdSet::default());
         let mut w = r.listen(id(1), true);
         w.watch(id(2));
-        let presence = |p: Pop| match p {
-            Pop::Item(Item::Presence { id, online }) => (id.get(), online),
-            other => panic!("{other:?}"),
-        };
         assert_eq!(presence(w.pop()), (2, false));
         r.set_remote(id(2), true);
         assert_eq!(presence(w.pop()), (2, true), "listened elsewhere");
@@ -1265,10 +1269,6 @@ mod tests {
         let r = Registry::new(8, IdSet::default());
         let mut w = r.listen(id(1), true);
         w.watch(id(2));
-        let presence = |p: Pop| match p {
-            Pop::Item(Item::Presence { id, online }) => (id.get(), online),
-            other => panic!("{other:?}"),
-        };
         assert_eq!(presence(w.pop()), (2, false));
         let l = r.listen(id(2), false);
         assert_eq!(presence(w.pop()), (2, true));
