@@ -1375,16 +1375,21 @@ fn since_param(query: Option<&str>) -> Result<Option<u64>, HttpError> {
     let Some(query) = query else {
         return Ok(None);
     };
-    match query.split('&').find(|kv| *kv == "since" || kv.starts_with("since=")) {
+    match query_value(query, "since") {
         None => Ok(None),
-        Some(kv) => {
-            let v = kv.strip_prefix("since=").unwrap_or("");
-            if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HttpError::BadSince);
-            }
-            v.parse().map(Some).map_err(|_| HttpError::BadSince)
-        }
+        Some(v) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) => Err(HttpError::BadSince),
+        Some(v) => v.parse().map(Some).map_err(|_| HttpError::BadSince),
     }
+}
+
+/// The value of `name` in a query string: `Some("")` for a bare `name` or `name=`, `None`
+/// without it.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|kv| match kv.split_once('=') {
+        Some((k, v)) if k == name => Some(v),
+        None if kv == name => Some(""),
+        _ => None,
+    })
 }
 
 /// What [`Connection::handle_listening`] is told when the listener is registered.
@@ -1407,10 +1412,7 @@ fn reply_param(query: Option<&str>, max: std::time::Duration) -> Result<Option<u
     let Some(query) = query else {
         return Ok(None);
     };
-    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("reply=")) else {
-        if query.split('&').any(|kv| kv == "reply") {
-            return Err(HttpError::BadReply(REPLY_VALUE));
-        }
+    let Some(value) = query_value(query, "reply") else {
         return Ok(None);
     };
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {

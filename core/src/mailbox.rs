@@ -559,8 +559,12 @@ impl History {
                     out.trim_through = a.trim_through.or(out.trim_through);
                 }
                 Err(_) => {
-                    // The broker-wide budget is spent and this id holds nothing to give back.
-                    h.entries.clear();
+                    // Too large for the bounds as configured now, or the broker-wide budget is
+                    // spent: this record is dropped, and the older ones with it (a mailbox has
+                    // no hole but below its first kept seq), their room given back.
+                    while !h.entries.is_empty() {
+                        h.drop_front(budget, &mut out);
+                    }
                     h.last_seq = r.seq;
                     h.first_seq = r.seq + 1;
                     h.dropped_through = r.seq;
@@ -744,6 +748,29 @@ mod tests {
         assert_eq!(h.read(&mut cur), Read::Empty, "6 still pending");
         assert!(h.settle(&b, 6, false));
         assert_eq!(msg(h.read(&mut cur)), 7, "6 failed: skipped, not a gap");
+    }
+
+    #[test]
+    fn restore_drops_what_no_longer_fits_and_gives_its_room_back() {
+        let c = MailboxConfig {
+            max_bytes: 200,
+            ..cfg(10, FullPolicy::DropOldest)
+        };
+        let b = Budget::default();
+        let rec = |seq, len| Restored {
+            seq,
+            at_ms: 0,
+            from: None,
+            payload: Some(Bytes::from(vec![0u8; len])),
+        };
+        // 1 fits, 2 is larger than the lowered bound, 3 fits.
+        let (mut h, out) = History::restore(&c, &b, 0, vec![rec(1, 10), rec(2, 500), rec(3, 10)], 0);
+        assert_eq!((out.dropped, out.trim_through), (2, Some(2)));
+        assert_eq!(b.used(), h.bytes());
+        assert_eq!(b.messages(), 1);
+        let mut cur = h.start(Some(0)).unwrap();
+        assert_eq!(h.read(&mut cur), Read::Gap { from: 1, to: 2 });
+        assert_eq!(msg(h.read(&mut cur)), 3);
     }
 
     #[test]

@@ -364,6 +364,9 @@ impl Registry {
                 }
             };
             if let (false, Some((from, to))) = (envelope, h.gap_at(c)) {
+                if entry.is_unused() {
+                    self.forget(&mut shard, id);
+                }
                 return Err(HttpError::Gone { id, from, to });
             }
             last = Some(h.last_seq());
@@ -479,7 +482,8 @@ impl Registry {
         let Some(entry) = shard.get_mut(&id) else {
             return false;
         };
-        if generation.is_some_and(|g| g != entry.generation) {
+        if generation.is_some_and(|g| g != entry.generation) || !matches!(entry.slot, Slot::Single(_)) {
+            // A newer listener, none, or a topic's (topics are never replaced).
             return false;
         }
         let Slot::Single(old) = std::mem::take(&mut entry.slot) else {
@@ -1261,6 +1265,16 @@ mod tests {
         assert!(r.evict_if(id(7), Some(r.listen_generation(id(7)))));
         assert!(matches!(b.pop(), Pop::Replaced));
         drop((a, b));
+        assert_eq!(r.listeners(), 0);
+        // A topic's listeners are never evicted (nor lost by trying).
+        let mut topics = IdSet::default();
+        topics.add_item("100").unwrap();
+        let r = Registry::new(8, topics);
+        let t = r.listen(id(100), false);
+        assert!(!r.evict(id(100)));
+        assert_eq!(r.topic_listeners(), 1);
+        assert!(r.deliver(id(100), Bytes::from_static(b"x"), None, None).is_ok());
+        drop(t);
         assert_eq!(r.listeners(), 0);
     }
 
