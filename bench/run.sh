@@ -36,9 +36,7 @@
 #      in memory (reconnects only), --store-sync always and --store-sync batch, each also killed
 #      with SIGKILL and restarted 3 times; every acknowledged message must arrive once, in seq
 #      order. Then the cost of the store: the same load without faults, no store / always /
-#      batch, window 16 and 1, interleaved over the rounds. The kill runs need a broker whose
-#      --store is durable: a probe (POST, SIGKILL, restart, POST: does the seq go on?) decides,
-#      and without it they are skipped with a note in the table.
+#      batch, window 16 and 1, interleaved over the rounds.
 #   8. cluster (fedbroker-tokio only, docs/cluster.md): one nats-server and fedbroker-tokio brokers
 #      with --cluster; the relay (16 listeners, 16 senders, 64 B, window 16 and 1) with
 #        1-node          one broker without --cluster (the baseline),
@@ -458,35 +456,12 @@ fault() {
     rm -rf "$WORK/store-$sys-$name"
 }
 
-# Is fedbroker-SYS's --store durable (the store glue is in this build)? POST to a mailbox id,
-# SIGKILL, restart on the same store, POST again: the seq goes on (2) only if the first survived.
-durable_store() {
-    local sys=$1 dir=$WORK/probe-$1 seq addr
-    rm -rf "$dir"
-    start "$sys" --mailbox 1 --store "$dir" --store-sync always || return 1
-    post_seq "${ADDR[$sys]#fedbroker://}" 1 >/dev/null
-    kill -9 "${PID[$sys]}" 2>/dev/null || true
-    wait "${PID[$sys]}" 2>/dev/null || true
-    start "$sys" --mailbox 1 --store "$dir" --store-sync always || return 1
-    seq=$(post_seq "${ADDR[$sys]#fedbroker://}" 1)
-    stop "$sys"
-    rm -rf "$dir"
-    [[ $seq == 2 ]]
-}
-
-# post_status HOST:PORT ID: POSTs one byte, prints the answer's status code (as post_seq below).
+# post_status HOST:PORT ID: POSTs one byte, prints the answer's status code (bash /dev/tcp, no
+# curl; in a subshell, so that a refused connection cannot end this script).
 post_status() (
     exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
     printf 'POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx' "$2" "$1" >&3
     timeout 10 head -c 12 <&3 | cut -d' ' -f2
-)
-
-# post_seq HOST:PORT ID: POSTs one byte, prints the answer's Fedbroker-Seq (bash /dev/tcp, no curl;
-# in a subshell, so that a refused connection cannot end this script).
-post_seq() (
-    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
-    printf 'POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx' "$2" "$1" >&3
-    timeout 10 cat <&3 | tr -d '\r' | sed -n 's/^[Ff]edbroker-[Ss]eq: *//p'
 )
 
 machine() {
@@ -543,14 +518,10 @@ if ((SMOKE)); then
             stop "$s"
         fi
         if want fault && [[ $s == tokio || $s == smol || $s == std ]]; then
-            # A few hundred messages, listeners dropping every ~50 messages; with a durable store
-            # also one SIGKILL and restart.
+            # A few hundred messages, listeners dropping every ~50 messages; then one SIGKILL and
+            # restart on a durable store (a store that lost anything fails the run).
             fault "$s" reconnect none --ids 4 --senders 2 --messages 600 --drop-prob 0.02 --offline-ms 20
-            if durable_store "$s"; then
-                fault "$s" kill-always always --ids 4 --senders 2 --messages 600 --drop-prob 0.02 --offline-ms 20 --kills 1
-            else
-                echo "   (fedbroker-$s: --store is not durable in this build: the smoke's kill + restart run is skipped)"
-            fi
+            fault "$s" kill-always always --ids 4 --senders 2 --messages 600 --drop-prob 0.02 --offline-ms 20 --kills 1
         fi
     done
     if ((CLUSTER)); then
@@ -737,17 +708,9 @@ if want fault && ((${#ADAPTERS[@]})); then
     for s in "${ADAPTERS[@]}"; do
         quiet
         fault "$s" reconnect none --ids 16 --senders 16 --messages 200000 --drop-prob 0.002
-        if durable_store "$s"; then
-            SYNCS[$s]="none always batch"
-            fault "$s" kill-always always --ids 16 --senders 16 --messages 100000 --drop-prob 0.002 --kills 3
-            fault "$s" kill-batch batch --ids 16 --senders 16 --messages 100000 --drop-prob 0.002 --kills 3
-        else
-            # Without the store glue, --store is accepted and ignored: a kill loses everything, and
-            # "always"/"batch" would measure nothing.
-            SYNCS[$s]=none
-            log "fedbroker-$s: --store is not durable in this build (the probe's seq did not go on after SIGKILL): kill and store-cost runs skipped"
-            printf '{"scenario":"fault","label":"%s","name":"kill","skipped":"--store not durable in this build: kill runs not run"}\n' "$s" >>"$RAW"
-        fi
+        SYNCS[$s]="none always batch"
+        fault "$s" kill-always always --ids 16 --senders 16 --messages 100000 --drop-prob 0.002 --kills 3
+        fault "$s" kill-batch batch --ids 16 --senders 16 --messages 100000 --drop-prob 0.002 --kills 3
     done
     log "store cost: the same load without faults, no store / --store-sync always / batch"
     for ((round = 0; round < ROUNDS; round++)); do

@@ -151,6 +151,11 @@ fn parse_url(scheme: &str, rest: &str, whole: &str) -> Result<UrlAddress, Addres
             ))
         }
     };
+    if let Some(b) = rest.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+        return fail(format!(
+            "address {whole:?}: byte {b:#04x} cannot appear in a URL (percent-encode it)"
+        ));
+    }
     if rest.contains('#') {
         return fail(format!("address {whole:?}: a URL fragment (#…) has no meaning here"));
     }
@@ -287,7 +292,8 @@ mod tests {
             ("http://[zz]/1", "HOST"),
             ("http://h//1", "empty segment"),
             ("http://h/1#x", "fragment"),
-            ("http://a b/1", "HOST"),
+            ("http://a b/1", "byte 0x20"),
+            ("http://h/1?x=a\r\nX-Injected: y", "byte 0x0d"),
         ] {
             let e = Address::parse(s).unwrap_err().0;
             assert!(e.contains(needle), "{s}: {e}");

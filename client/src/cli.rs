@@ -71,8 +71,9 @@ enum Commands {
             absent, as they are (any bytes, may be empty, at most the broker's --max-message-size, \
             1 MiB by default).\n\n\
             Success (exit 0) is 204 No Content: the message is in the queue of a live listener on \
-            the id. It is not an end-to-end acknowledgement: a listener that goes away before \
-            reading it loses it. A 2xx answer with a body (a URL with ?reply=MS gets the \
+            the id; or 202 Accepted: the id has a mailbox and keeps it for a later listener. A 204 \
+            is not an end-to-end acknowledgement: on an id without a mailbox, a listener that goes \
+            away before reading it loses it. A 2xx answer with a body (a URL with ?reply=MS gets the \
             listener's reply) is printed to stdout.",
         after_long_help = format!("{AFTER_HELP}\n{EXIT_CODES}"),
     )]
@@ -89,8 +90,9 @@ enum Commands {
             doubling up to 30 s, looking the SRV record up again; without limit unless --retries \
             N bounds consecutive failures (a successful upgrade resets the count). --no-reconnect \
             exits instead. Refusals (401, 403, 400), replacement (4000) and token expiry (4001) \
-            are never retried. Messages sent while no connection is up get 404 and are not stored \
-            by the broker.",
+            are never retried. Messages sent while no connection is up get 404, unless the id has a \
+            mailbox: then they are kept, and a reconnection resumes after the last message handed \
+            on (?since=).",
         after_long_help = format!("{AFTER_HELP}\n{EXIT_CODES}"),
     )]
     Listen(ListenArgs),
@@ -360,7 +362,9 @@ fn run_send(args: SendArgs) -> Result<(), Failure> {
         None => read_stdin()?,
         Some(p) if p.as_os_str() == "-" => read_stdin()?,
         Some(p) => {
-            std::fs::read(p).map_err(|e| Failure::new(Kind::Local, format!("cannot read {}: {e}", p.display())))?
+            let file = std::fs::File::open(p)
+                .map_err(|e| Failure::new(Kind::Local, format!("cannot read {}: {e}", p.display())))?;
+            read_bounded(file, &p.display().to_string())?
         }
     };
     let opts = SendOptions {
@@ -380,11 +384,25 @@ fn run_send(args: SendArgs) -> Result<(), Failure> {
 }
 
 fn read_stdin() -> Result<Vec<u8>, Failure> {
+    read_bounded(std::io::stdin().lock(), "stdin")
+}
+
+/// The largest message read: a broker takes at most 1 GiB (`--max-message-size`).
+const MAX_SEND: u64 = 1 << 30;
+
+/// Reads a whole message, refusing one larger than any broker takes (memory stays bounded).
+fn read_bounded(input: impl Read, what: &str) -> Result<Vec<u8>, Failure> {
     let mut body = Vec::new();
-    std::io::stdin()
-        .lock()
+    input
+        .take(MAX_SEND + 1)
         .read_to_end(&mut body)
-        .map_err(|e| Failure::new(Kind::Local, format!("cannot read stdin: {e}")))?;
+        .map_err(|e| Failure::new(Kind::Local, format!("cannot read {what}: {e}")))?;
+    if body.len() as u64 > MAX_SEND {
+        return Err(Failure::new(
+            Kind::Local,
+            format!("{what}: larger than {MAX_SEND} bytes, more than any broker takes"),
+        ));
+    }
     Ok(body)
 }
 

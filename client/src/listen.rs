@@ -78,8 +78,15 @@ fn session(
     opts: &ListenOptions,
     sink: &mut Sink,
 ) -> (bool, Result<(), Failure>) {
-    let mut ws = match upgrade(conn, address, opts) {
-        Ok(ws) => ws,
+    // On a mailbox id, a reconnection resumes after the last message handed on (?since=).
+    let since = sink.last_seq.or_else(|| given_since(address));
+    let mut ws = match upgrade(conn, address, opts, since) {
+        Ok((ws, last)) => {
+            if let Some(last) = last {
+                sink.last_seq = Some(since.unwrap_or(last));
+            }
+            ws
+        }
         Err(f) => return (false, Err(f)),
     };
     if let Err(e) = ws.get_ref().socket().set_read_timeout(Some(opts.idle_timeout)) {
@@ -155,17 +162,43 @@ fn closed(address: &Address, code: u16, reason: &str) -> Failure {
     Failure::new(kind, what)
 }
 
+/// The `since` of the address's query, if it has one.
+fn given_since(address: &Address) -> Option<u64> {
+    let Address::Url(u) = address else { return None };
+    let target = u.target();
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|kv| kv.strip_prefix("since=")?.parse().ok())
+}
+
+/// `target` with `since=SEQ` instead of any `since` it had.
+fn with_since(target: &str, since: Option<u64>) -> String {
+    let Some(since) = since else {
+        return target.to_owned();
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && *kv != "since" && !kv.starts_with("since="))
+        .map(str::to_owned)
+        .collect();
+    params.push(format!("since={since}"));
+    format!("{path}?{}", params.join("&"))
+}
+
+/// Upgrades; on a mailbox id also returns the `101`'s `Fedbroker-Seq`.
 fn upgrade(
     conn: &mut Connector,
     address: &Address,
     opts: &ListenOptions,
-) -> Result<tungstenite::WebSocket<Stream>, Failure> {
+    since: Option<u64>,
+) -> Result<(tungstenite::WebSocket<Stream>, Option<u64>), Failure> {
     let (tls, endpoints) = conn.endpoints(address)?;
     let (stream, endpoint) = conn.connect(tls, &endpoints)?;
     let target = match address {
         Address::Url(u) => u.target(),
         Address::Srv { id, .. } => format!("/{id}"),
     };
+    let target = with_since(&target, since);
     let url = format!("{}://{}{target}", if tls { "wss" } else { "ws" }, endpoint.authority());
     let mut request = url
         .as_str()
@@ -178,10 +211,15 @@ fn upgrade(
     }
     verbose(format_args!("upgrading {url}"));
     match tungstenite::client::client(request, stream) {
-        Ok((ws, _)) => {
+        Ok((ws, response)) => {
             // The line scripts (and the tests) wait for: from now on messages are received.
             eprintln!("fedbroker: listening on {url}");
-            Ok(ws)
+            let last = response
+                .headers()
+                .get("fedbroker-seq")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Ok((ws, last))
         }
         Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
             let status = response.status().as_u16();
@@ -219,6 +257,8 @@ struct Sink {
     exec: Option<String>,
     newline: bool,
     received: u64,
+    /// On a mailbox id: the seq of the last message handed on (counted from the `101`).
+    last_seq: Option<u64>,
     count: Option<u64>,
     id: u32,
     address: String,
@@ -239,6 +279,7 @@ impl Sink {
             exec: opts.exec.clone(),
             newline: opts.newline,
             received: 0,
+            last_seq: None,
             count: opts.count,
             id: address.id(),
             address: address.to_string(),
@@ -248,6 +289,9 @@ impl Sink {
     /// Hands one message on; `true` when `--count` is reached.
     fn deliver(&mut self, data: &[u8]) -> Result<bool, Failure> {
         self.received += 1;
+        if let Some(last) = &mut self.last_seq {
+            *last += 1;
+        }
         let mut file = None;
         if let Some(dir) = &self.output {
             let name = format!("{:06}.bin", self.next_file);
@@ -326,7 +370,9 @@ fn next_file_number(dir: &Path) -> io::Result<u64> {
             highest = highest.max(n);
         }
     }
-    Ok(highest + 1)
+    highest
+        .checked_add(1)
+        .ok_or_else(|| io::Error::other("no file number is left after the highest one in the folder"))
 }
 
 #[cfg(test)]
@@ -353,5 +399,17 @@ mod tests {
         }
         assert_eq!(next_file_number(&dir).unwrap(), 11);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod since_tests {
+    use super::with_since;
+
+    #[test]
+    fn since_replaces_the_given_one() {
+        assert_eq!(with_since("/5", None), "/5");
+        assert_eq!(with_since("/5", Some(3)), "/5?since=3");
+        assert_eq!(with_since("/mq/5?token=t&since=1", Some(9)), "/mq/5?token=t&since=9");
     }
 }

@@ -195,10 +195,13 @@ impl Connector {
                 match self.handshake(socket, &ep.host) {
                     Ok(stream) => return Ok((Stream::Tls(Box::new(stream)), ep.clone())),
                     Err(e) => {
-                        if e.kind != Kind::Tls {
+                        if e.kind != Kind::Tls && e.kind != Kind::Unreachable {
                             return Err(e);
                         }
-                        kind = Kind::Tls;
+                        // Another address may do better; TLS refusals are what is reported.
+                        if e.kind == Kind::Tls || kind != Kind::Tls {
+                            kind = e.kind;
+                        }
                         attempts.push(format!("{} ({addr}): {}", ep.authority(), e.message));
                     }
                 }
@@ -256,19 +259,22 @@ impl Connector {
         // Bounded: every read and write is under the socket's timeouts.
         while stream.conn.is_handshaking() {
             match stream.conn.complete_io(&mut stream.sock) {
+                // The network failing mid-handshake is the broker unreachable (retried, exit 5),
+                // not a TLS problem (exit 7, for what TLS itself refused).
                 Ok((0, 0)) => {
-                    return Err(Failure::new(Kind::Tls, "TLS handshake: the connection closed"));
+                    return Err(Failure::new(Kind::Unreachable, "TLS handshake: the connection closed"));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let why = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                        Some(rustls::Error::InvalidCertificate(c)) => {
-                            format!("certificate not accepted for {host}: {c:?} (trust its CA with --ca FILE)")
-                        }
-                        Some(other) => format!("TLS handshake: {other}"),
-                        None => format!("TLS handshake: {e}"),
+                    let (kind, why) = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                        Some(rustls::Error::InvalidCertificate(c)) => (
+                            Kind::Tls,
+                            format!("certificate not accepted for {host}: {c:?} (trust its CA with --ca FILE)"),
+                        ),
+                        Some(other) => (Kind::Tls, format!("TLS handshake: {other}")),
+                        None => (Kind::Unreachable, format!("TLS handshake: {e}")),
                     };
-                    return Err(Failure::new(Kind::Tls, why));
+                    return Err(Failure::new(kind, why));
                 }
             }
         }

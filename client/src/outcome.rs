@@ -62,7 +62,7 @@ impl Kind {
 /// The exit-code table, as `--help` and client/README.md show it.
 pub const EXIT_CODES: &str = "\
 EXIT CODES
-    0   done: send got 204 (delivered to a live listener); listen received --count messages
+    0   done: send got 204 (queued for a live listener) or 202 (kept in the mailbox); listen received --count messages
     1   local error: FILE/stdin unreadable, --output not writable, --exec cannot start,
         or the broker's answer was not HTTP/WebSocket as expected
     2   usage: a bad flag or ADDRESS

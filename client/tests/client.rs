@@ -317,6 +317,32 @@ fn listener_reconnects_after_a_broker_restart() {
     listener.expect_stdout(b"after the restart");
 }
 
+/// On a mailbox id the listener resumes where it was (`?since=`): what was sent while it was
+/// away comes after the reconnection, once, with nothing handed on twice.
+#[test]
+fn listener_resumes_a_mailbox_after_a_restart() {
+    let dir = TempDir::new();
+    let store = dir.path().join("store").display().to_string();
+    let args = ["--mailbox", "1-100", "--store", store.as_str()];
+    let mut first = Broker::start(tokio(), &args);
+    let addr = first.addr().to_string();
+    let mut listener = spawn(&["listen", &format!("http://{addr}/13"), "--count", "3"], b"");
+    listener.wait_for_line("listening on");
+    first.post(13, b"a").assert_status(204);
+    first.signal(libc::SIGTERM);
+    first.wait_exit(std::time::Duration::from_secs(10));
+    listener.wait_for_line("reconnecting");
+    let mut with_addr = vec!["--listen", addr.as_str()];
+    with_addr.extend_from_slice(&args);
+    let second = Broker::start(tokio(), &with_addr);
+    // Kept while the listener is away (or delivered live, if it is back already).
+    for body in [&b"b"[..], b"c"] {
+        let status = second.post(13, body).status;
+        assert!(status == 202 || status == 204, "{status}");
+    }
+    listener.expect_stdout(b"abc");
+}
+
 /// The listener answers the broker's pings: with `--ping-interval 1`, after three intervals of
 /// silence it is still connected (it would be dropped after two without pongs) and receives.
 #[test]

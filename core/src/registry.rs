@@ -369,7 +369,9 @@ impl Registry {
                 }
                 return Err(HttpError::Gone { id, from, to });
             }
-            last = Some(h.last_seq());
+            // With since, the last seq given; without, the last one before this listener's first
+            // (messages still being written to the store come to it: they are after it).
+            last = Some(if since.is_some() { h.last_seq() } else { c - 1 });
             cursor = Some(c);
         }
         Ok((self.register(entry, id, envelope, cursor, &mut wakers), last))
