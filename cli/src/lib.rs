@@ -387,16 +387,17 @@ pub struct Flags {
             Default: always. Config key: store_sync. Example: --store-sync batch"
     )]
     pub store_sync: Option<String>,
-    /// Share the id space with other brokers through this engine (nats://HOST:PORT).
+    /// Share the id space with other brokers through this engine (nats:// or redis://HOST:PORT).
     #[arg(
         long,
         value_name = "URL",
         long_help = "Share one id space with the other brokers connected to the same engine (docs/cluster.md): \
             a POST to any of them reaches the listener on whichever broker it is connected to, and a \
-            listener taking an id on one broker replaces the one on another (4000). nats://HOST:PORT \
-            (NATS); the engine is reconnected to by itself when it goes away.\n\
-            Default: none (this broker alone). Config key: cluster. Example: --cluster \
-            nats://127.0.0.1:4222\n\
+            listener taking an id on one broker replaces the one on another (4000). \
+            nats://[USER:PASSWORD@]HOST:PORT (NATS) or redis://[USER:PASSWORD@]HOST:PORT[/DB] (Redis 7 \
+            or later, sharded pub/sub); the engine is reconnected to by itself when it goes away.\n\
+            Default: none (this broker alone). Config key: cluster. Examples: --cluster \
+            nats://127.0.0.1:4222, --cluster redis://127.0.0.1:6379\n\
             Statuses: 503 with Retry-After: 1 for ids listened on no broker reachable now; 404 when \
             no broker has a listener."
     )]
@@ -672,14 +673,9 @@ impl Settings {
         let store = mailbox_settings(&mut core, &flags_mailbox, file_mailbox)?;
         let cluster = flags.cluster.or(file.cluster);
         if let Some(url) = &cluster {
-            match url.split_once("://") {
-                Some(("nats", rest)) if !rest.is_empty() => {}
-                Some(("redis" | "rediss", _)) => {
-                    return err(format!(
-                        "--cluster {url:?}: the Redis engine is not built yet; use nats://HOST:PORT"
-                    ))
-                }
-                _ => return err(format!("--cluster {url:?}: expected nats://HOST:PORT")),
+            // The message names the scheme and host, never the credentials.
+            if let Err(e) = fedbroker_cluster::check_url(url) {
+                return err(format!("--cluster: {e}"));
             }
         }
 
@@ -1003,21 +999,21 @@ fn bind(addr: &SocketAddr) -> std::io::Result<TcpListener> {
 /// The router a broker binary runs with: this broker alone, or a cluster.
 enum AnyRouter {
     Local(fedbroker_core::LocalRouter),
-    Nats(fedbroker_cluster::NatsRouter),
+    Cluster(fedbroker_cluster::ClusterRouter),
 }
 
 impl fedbroker_core::Router for AnyRouter {
     fn route(&self, request: fedbroker_core::RouteRequest, reply: fedbroker_core::RouteReply) {
         match self {
             AnyRouter::Local(r) => r.route(request, reply),
-            AnyRouter::Nats(r) => r.route(request, reply),
+            AnyRouter::Cluster(r) => r.route(request, reply),
         }
     }
 
     fn gauges(&self) -> fedbroker_core::RouterGauges {
         match self {
             AnyRouter::Local(r) => r.gauges(),
-            AnyRouter::Nats(r) => r.gauges(),
+            AnyRouter::Cluster(r) => r.gauges(),
         }
     }
 }
@@ -1102,8 +1098,8 @@ pub fn main_with(
     let cluster = settings.cluster.clone();
     let make_router = |registry: fedbroker_core::Registry| match &cluster {
         None => AnyRouter::Local(fedbroker_core::LocalRouter::new(registry)),
-        Some(url) => match fedbroker_cluster::NatsRouter::start(url, registry.clone()) {
-            Ok(r) => AnyRouter::Nats(r),
+        Some(url) => match fedbroker_cluster::ClusterRouter::start(url, registry.clone()) {
+            Ok(r) => AnyRouter::Cluster(r),
             Err(e) => {
                 cluster_error = Some(e);
                 AnyRouter::Local(fedbroker_core::LocalRouter::new(registry))

@@ -2,48 +2,52 @@
 //!
 //! Several equal brokers behind one address share one id space through an engine operators
 //! already run (SPEC §10): a `POST` that reaches any broker reaches the listener on whichever
-//! broker it is connected to. This crate is the core's [`Router`] for that, over **NATS**:
+//! broker it is connected to. This crate is the core's [`Router`] for that, over **NATS** or
+//! **Redis** (≥ 7, sharded pub/sub), both behind one trait (`engine::Engine`: publish,
+//! subscribe, an inbox for answers); everything below is written once over it.
 //!
 //! - a broker subscribes to `fedbroker.id.{id}` for each id listened on it (told by
 //!   [`Registry::on_listened_change`]);
-//! - a message for an id not listened on locally is a NATS request on that subject: the broker
-//!   holding the listener routes it locally and answers with the outcome (`Fedbroker-Status:
-//!   204`, `503` when its listener's queue is full, …), which becomes this `POST`'s answer; "no
-//!   responders" is `404`;
+//! - a message for an id not listened on locally is sent on that subject with an inbox to answer
+//!   on: the broker holding the listener routes it locally and answers with the outcome
+//!   (`Fedbroker-Status: 204`, `503` when its listener's queue is full, …), which becomes this
+//!   `POST`'s answer; "no responders" (NATS's, or Redis's `SPUBLISH` count of 0) is `404`;
 //! - a broker that gets a listener on an id publishes a claim on `fedbroker.claim`; a broker
 //!   that held that id closes its listener with `4000` ([`Registry::evict`]): replacement
 //!   crosses brokers;
 //! - with the engine unreachable, ids listened on locally keep working and the others get `503`
-//!   (`the message could not be routed; retry later`); the client reconnects and subscribes
-//!   again by itself.
-//!
-//! The NATS client runs on a runtime of its own, on one thread, so every adapter (tokio, smol,
-//! blocking threads) uses it the same way: the router hands it work through a bounded channel
-//! and never waits.
-//!
+//!   (`the message could not be routed; retry later`); the engine connects and subscribes again
+//!   by itself.
 //! - a request-reply (`POST …?reply=MS`) to a listener on another broker travels the same way;
-//!   the listener's broker answers twice on the request's own inbox: once queued, then with the
+//!   the listener's broker answers twice on the request's inbox: once queued, then with the
 //!   listener's reply (or that it went away).
-//!
 //! - a topic's message reaches its listeners on every broker: brokers announce the topics they
 //!   have listeners on (on `fedbroker.claim`), and a broker publishing to a topic asks each of
-//!   them by name; `Fedbroker-Recipients` sums their answers.
-//!
+//!   them by name (`fedbroker.node.{node}.topic`); `Fedbroker-Recipients` sums their answers.
 //! - presence: brokers announce the ids they start and stop listening on; watchers see an id
-//!   online while any broker has a listener ([`Registry::set_remote`]).
+//!   online while any broker has a listener ([`Registry::set_remote`]). Brokers also say every
+//!   [`HEARTBEAT`] that they are alive: one not heard for three of them is taken as gone, and
+//!   its ids as no longer listened on.
 //!
-//! Not yet: Redis, and mailboxes shared across brokers (docs/cluster.md says what they do
-//! today).
+//! The engine's client runs on a runtime of its own, on one thread, so every adapter (tokio,
+//! smol, blocking threads) uses it the same way: the router hands it work through a bounded
+//! channel and never waits.
+//!
+//! Not yet: mailboxes shared across brokers (docs/cluster.md says what they do today).
 
-use std::collections::HashMap;
+mod engine;
+mod nats;
+mod redis;
+mod resp;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::StatusCode;
-use async_nats::{HeaderMap, Request, RequestErrorKind};
 use bytes::Bytes;
+use engine::{Engine, EngineError, Msg};
 use fedbroker_core::{
     reply_channel, route_channel, Delivered, HttpError, Id, LocalRouter, Registry, ReplyMsg, ReplyOutcome, ReplySender,
     RouteReply, RouteRequest, Router, RouterGauges,
@@ -60,28 +64,33 @@ const IN_FLIGHT: usize = 65_536;
 /// How long a message routed through the engine may take to be answered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a broker tells the others it is alive; one not heard for three of these is gone.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// The subject of messages for `id`.
 fn subject(id: Id) -> String {
     format!("fedbroker.id.{id}")
 }
 
-/// The subject on which brokers announce the ids they start listening on (`ID NODE`: a plain
-/// id is taken from whoever held it), stop listening on (`ID NODE -`), or listen on already
-/// (`ID NODE +`, the answer to `? NODE`, which a broker sends when it (re)connects).
+/// The subject on which brokers announce the ids they start listening on (`ID NODE TS`: a plain
+/// id is taken from whoever held it, TS being when its listener started), stop listening on
+/// (`ID NODE -`), or listen on already (`ID NODE +`, the answer to `? NODE`, which a broker
+/// sends when it (re)connects); and say they are alive (`! NODE`).
 const CLAIMS: &str = "fedbroker.claim";
 
-/// The subject on which broker `node` takes a topic's messages for its own listeners.
-fn topic_subject(node: &str, id: Id) -> String {
-    format!("fedbroker.node.{node}.topic.{id}")
+/// The subject on which broker `node` takes topics' messages for its own listeners (the topic
+/// in `Fedbroker-Topic`).
+fn topic_subject(node: &str) -> String {
+    format!("fedbroker.node.{node}.topic")
 }
 
 /// Which other brokers have listeners on which id, as they announced it (topics' fan-out and
 /// presence).
-type Members = Arc<std::sync::Mutex<HashMap<Id, std::collections::BTreeSet<String>>>>;
+type Members = Arc<std::sync::Mutex<HashMap<Id, BTreeSet<String>>>>;
 
 /// The ids listened on this broker, with when they started to be (wall-clock ms): the newer of
 /// two listeners of a plain id on two brokers is the one that stays.
-type Mine = Arc<std::sync::Mutex<std::collections::BTreeMap<Id, u64>>>;
+type Mine = Arc<std::sync::Mutex<BTreeMap<Id, u64>>>;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -108,8 +117,9 @@ impl std::fmt::Display for ClusterError {
 
 impl std::error::Error for ClusterError {}
 
-/// The cluster's router: ids listened on this broker are routed here; the others through NATS.
-pub struct NatsRouter {
+/// The cluster's router: ids listened on this broker are routed here; the others through the
+/// engine.
+pub struct ClusterRouter {
     registry: Registry,
     local: LocalRouter,
     work: mpsc::Sender<Work>,
@@ -123,11 +133,58 @@ struct State {
     subscriptions: AtomicUsize,
 }
 
-impl NatsRouter {
-    /// Starts the engine's thread for `url` (`nats://HOST:PORT`) over this broker's `registry`.
-    /// It connects in the background: until it is connected, messages for ids not listened on
-    /// here get `503`.
-    pub fn start(url: &str, registry: Registry) -> Result<NatsRouter, ClusterError> {
+/// Which engine a `--cluster` address names.
+enum Kind {
+    Nats,
+    Redis,
+}
+
+/// Checks a `--cluster` address: `nats://…` or `redis://…`, with a host and port.
+pub fn check_url(url: &str) -> Result<(), ClusterError> {
+    kind(url).map(|_| ())
+}
+
+fn kind(url: &str) -> Result<Kind, ClusterError> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| ClusterError(format!("{url:?}: expected nats://HOST:PORT or redis://HOST:PORT")))?;
+    let kind = match scheme {
+        "nats" => Kind::Nats,
+        "redis" => Kind::Redis,
+        _ => {
+            return Err(ClusterError(format!(
+                "{scheme}:// is not an engine; expected nats://HOST:PORT or redis://HOST:PORT"
+            )))
+        }
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split(['/', '?']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(ClusterError(format!(
+            "{scheme}:// without a host; expected {scheme}://HOST:PORT"
+        )));
+    }
+    if let Some((_, port)) = host
+        .rsplit_once(':')
+        .filter(|(h, _)| !h.ends_with(']') || host.starts_with('['))
+    {
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return Err(ClusterError(format!(
+                "{scheme}://{host}: the port is not a number 0-65535"
+            )));
+        }
+    }
+    Ok(kind)
+}
+
+impl ClusterRouter {
+    /// Starts the engine's thread for `url` (`nats://HOST:PORT` or `redis://HOST:PORT`) over this
+    /// broker's `registry`. It connects in the background: until it is connected, messages for
+    /// ids not listened on here get `503`.
+    pub fn start(url: &str, registry: Registry) -> Result<ClusterRouter, ClusterError> {
+        let kind = kind(url)?;
+        // Named without its credentials, in this line as in every other.
+        tracing::info!(engine = %split_credentials(url).0, "cluster: connecting");
         let url = url.to_owned();
         let (tx, rx) = mpsc::channel(QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -135,16 +192,41 @@ impl NatsRouter {
             .build()
             .map_err(|e| ClusterError(format!("cannot start the cluster's runtime: {e}")))?;
         let node = format!("{:016x}", node_id());
-        let engine_registry = registry.clone();
         let mine = Mine::default();
-        let engine_mine = mine.clone();
         let state = Arc::new(State::default());
-        let engine_state = state.clone();
+        let shared = Shared {
+            node: node.clone(),
+            registry: registry.clone(),
+            local: LocalRouter::new(registry.clone()),
+            members: Members::default(),
+            mine: mine.clone(),
+            seen: Default::default(),
+            state: state.clone(),
+        };
+        let to_self = tx.clone();
+        let events = state.clone();
+        let notify: Arc<dyn Fn(bool) + Send + Sync> = Arc::new(move |connected| {
+            events.connected.store(connected, Ordering::Relaxed);
+            if connected {
+                // Announcements made while disconnected were lost: make them again.
+                let _ = to_self.try_send(Work::Connected);
+            }
+        });
         std::thread::Builder::new()
             .name("fedbroker-cluster".into())
-            .spawn({
-                let tx = tx.clone();
-                move || runtime.block_on(run(url, node, engine_registry, engine_mine, (tx, rx), engine_state))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match kind {
+                        Kind::Nats => match nats::Nats::connect(&url, notify).await {
+                            Ok(engine) => run(engine, shared, rx).await,
+                            Err(e) => tracing::error!("cluster engine: {e}"),
+                        },
+                        Kind::Redis => match redis::Redis::connect(&url, &node, notify) {
+                            Ok(engine) => run(engine, shared, rx).await,
+                            Err(e) => tracing::error!("cluster engine: {e}"),
+                        },
+                    }
+                })
             })
             .map_err(|e| ClusterError(format!("cannot start the cluster's thread: {e}")))?;
         let changes = tx.clone();
@@ -164,7 +246,7 @@ impl NatsRouter {
             // change that does not fit now is picked up by the next one for the id.
             let _ = changes.try_send(Work::Changed(id));
         });
-        Ok(NatsRouter {
+        Ok(ClusterRouter {
             local: LocalRouter::new(registry.clone()),
             registry,
             work: tx,
@@ -173,7 +255,7 @@ impl NatsRouter {
     }
 }
 
-impl Router for NatsRouter {
+impl Router for ClusterRouter {
     fn route(&self, request: RouteRequest, reply: RouteReply) {
         if self.registry.is_topic(request.id) {
             // Every broker with listeners on the topic takes it; the engine's thread sums.
@@ -243,161 +325,75 @@ fn node_id() -> u64 {
     h.finish()
 }
 
-async fn run(
-    url: String,
+/// What the engine's thread and its tasks share.
+#[derive(Clone)]
+struct Shared {
     node: String,
     registry: Registry,
+    local: LocalRouter,
+    members: Members,
     mine: Mine,
-    (to_self, mut work): (mpsc::Sender<Work>, mpsc::Receiver<Work>),
+    /// When each other broker was last heard from.
+    seen: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
     state: Arc<State>,
-) {
-    let events = state.clone();
-    let options = async_nats::ConnectOptions::new()
-        .name("fedbroker")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            match event {
-                async_nats::Event::Connected => {
-                    events.connected.store(true, Ordering::Relaxed);
-                    // Announcements made while disconnected were lost: make them again.
-                    let _ = to_self.try_send(Work::Connected);
-                }
-                async_nats::Event::Disconnected => events.connected.store(false, Ordering::Relaxed),
-                _ => {}
-            }
-            async move { tracing::info!("cluster engine: {event}") }
-        });
-    // Credentials go to the client apart from the address, so that no log line (the client's
-    // own debug lines print the address it dials) ever shows them.
-    let (address, credentials) = split_credentials(&url);
-    let options = match credentials {
-        Some((user, pass)) => options.user_and_password(user, pass),
-        None => options,
-    };
-    let client = match options.connect(address.as_str()).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("cluster engine {url}: {e}");
-            return;
-        }
-    };
-    let local = LocalRouter::new(registry.clone());
+}
+
+async fn publish_claim<E: Engine>(engine: &E, text: String) {
+    match engine.publish(CLAIMS.to_owned(), Msg::new(text)).await {
+        // Nobody else there: fine.
+        Ok(()) | Err(EngineError::NoResponders) => {}
+        Err(e) => tracing::warn!("cluster engine: announcement not sent: {e}"),
+    }
+}
+
+async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work>) {
+    let Shared {
+        node,
+        registry,
+        local,
+        members,
+        mine,
+        state,
+        ..
+    } = shared.clone();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
-    let members: Members = Members::default();
-    let mut announced: std::collections::BTreeSet<Id> = std::collections::BTreeSet::new();
+    let mut announced: BTreeSet<Id> = BTreeSet::new();
     // Claims of the other brokers: an id taken elsewhere is closed here (4000); who listens
     // where, for topics' fan-out and for presence.
-    {
-        let (client, registry, node) = (client.clone(), registry.clone(), node.clone());
-        let (members, mine) = (members.clone(), mine.clone());
-        tokio::spawn(async move {
-            let Ok(mut claims) = client.subscribe(CLAIMS).await else {
-                tracing::error!("cluster engine: cannot subscribe to claims");
-                return;
-            };
-            // Ask the others what they listen on (again on every reconnection: Work::Connected).
-            let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
-            while let Some(m) = claims.next().await {
-                let text = String::from_utf8_lossy(&m.payload);
-                let mut words = text.split(' ');
-                let (Some(what), Some(from)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                if from == node {
-                    continue;
-                }
-                if what == "?" {
-                    // Announced again, without taking anything from anyone ("+").
-                    let ids: Vec<Id> = lock(&mine).keys().copied().collect();
-                    for id in ids {
-                        let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node} +"))).await;
-                    }
-                    continue;
-                }
-                let Some(id) = what.parse().ok().and_then(Id::new) else {
-                    continue;
-                };
-                let flag = words.next();
-                let topic = registry.is_topic(id);
-                // A claim carries when its listener started: an older one than ours (a claim
-                // still on its way when ours was made) leaves ours alone; its broker yields
-                // when it reads ours.
-                let claimed_at = flag.and_then(|f| f.parse::<u64>().ok());
-                // The listener this decision is about: a newer one, registered meanwhile, is
-                // not evicted by it.
-                let generation = registry.listen_generation(id);
-                if let (false, Some(theirs)) = (topic, claimed_at) {
-                    // Just registered, its start not recorded yet: it is newer than the claim.
-                    let ours = lock(&mine)
-                        .get(&id)
-                        .copied()
-                        .or_else(|| registry.is_listened(id).then(wall_ms));
-                    if ours.is_some_and(|t| (t, node.as_str()) > (theirs, from)) {
-                        continue;
-                    }
-                }
-                let flag = if claimed_at.is_some() { None } else { flag };
-                let listened_elsewhere = {
-                    let mut members = lock(&members);
-                    let set = members.entry(id).or_default();
-                    match flag {
-                        Some("-") => {
-                            set.remove(from);
-                        }
-                        // A plain id has one listener: the claimant's replaces the others.
-                        None if !topic => {
-                            set.clear();
-                            set.insert(from.to_owned());
-                        }
-                        _ => {
-                            set.insert(from.to_owned());
-                        }
-                    }
-                    let any = !set.is_empty();
-                    if !any {
-                        members.remove(&id);
-                    }
-                    any
-                };
-                // Present elsewhere first, so that watchers here see no offline blip when this
-                // broker's listener is closed for the other one.
-                registry.set_remote(id, listened_elsewhere);
-                if flag.is_none() && !topic && registry.evict_if(id, Some(generation)) {
-                    tracing::debug!(%id, "listener replaced on another broker");
-                }
-            }
-        });
+    match engine.subscribe(CLAIMS.to_owned()).await {
+        Ok(claims) => {
+            tokio::spawn(follow_claims(engine.clone(), shared.clone(), claims));
+        }
+        Err(e) => tracing::error!("cluster engine: cannot subscribe to claims: {e}"),
     }
     // Topic messages sent to this broker by name: delivered to its own listeners.
-    {
-        let (client, local, node) = (client.clone(), local.clone(), node.clone());
-        tokio::spawn(async move {
-            let Ok(mut topics) = client.subscribe(format!("fedbroker.node.{node}.topic.*")).await else {
-                tracing::error!("cluster engine: cannot subscribe to this broker's topics");
-                return;
-            };
-            while let Some(m) = topics.next().await {
-                let Some(id) = m
-                    .subject
-                    .rsplit('.')
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .and_then(Id::new)
-                else {
-                    continue;
-                };
-                answer(&client, &local, id, m).await;
-            }
-        });
+    match engine.subscribe(topic_subject(&node)).await {
+        Ok(mut topics) => {
+            let (engine, local) = (engine.clone(), local.clone());
+            tokio::spawn(async move {
+                while let Some(m) = topics.next().await {
+                    let Some(id) = m
+                        .number("Fedbroker-Topic")
+                        .and_then(|n| u32::try_from(n).ok())
+                        .and_then(Id::new)
+                    else {
+                        continue;
+                    };
+                    answer(&engine, &local, id, m).await;
+                }
+            });
+        }
+        Err(e) => tracing::error!("cluster engine: cannot subscribe to this broker's topics: {e}"),
     }
+    // Alive, every HEARTBEAT; brokers not heard for three are gone.
+    tokio::spawn(heartbeat(engine.clone(), shared.clone()));
     while let Some(w) = work.recv().await {
         match w {
             Work::Route(request, reply) => {
-                // Not connected: answer 503 now rather than let the client buffer the request
-                // and deliver it after the sender was told to retry.
-                if client.connection_state() != async_nats::connection::State::Connected {
+                // Not connected: answer 503 now rather than hold the request and deliver it
+                // after the sender was told to retry.
+                if !engine.connected() {
                     reply.answer(Err(HttpError::RouteUnavailable));
                     continue;
                 }
@@ -405,17 +401,20 @@ async fn run(
                     reply.answer(Err(HttpError::RouteUnavailable));
                     continue;
                 };
-                let (client, local, members) = (client.clone(), local.clone(), members.clone());
+                let (engine, shared) = (engine.clone(), shared.clone());
                 tokio::spawn(async move {
-                    remote(client, local, members, request, reply).await;
+                    remote(engine, shared, request, reply).await;
                     drop(permit);
                 });
             }
             Work::Connected => {
-                let _ = client.publish(CLAIMS, Bytes::from(format!("? {node}"))).await;
+                // Those not heard while this broker was away are not gone for that.
+                let now = Instant::now();
+                lock(&shared.seen).values_mut().for_each(|t| *t = now);
+                publish_claim(&engine, format!("? {node}")).await;
                 let ids: Vec<Id> = lock(&mine).keys().copied().collect();
                 for id in ids {
-                    let _ = client.publish(CLAIMS, Bytes::from(format!("{id} {node} +"))).await;
+                    publish_claim(&engine, format!("{id} {node} +")).await;
                 }
             }
             Work::Topic(request, reply) => {
@@ -427,20 +426,25 @@ async fn run(
                     .get(&request.id)
                     .map(|s| s.iter().cloned().collect())
                     .unwrap_or_default();
-                let connected = client.connection_state() == async_nats::connection::State::Connected;
-                let (client, local, members) = (client.clone(), local.clone(), members.clone());
+                let connected = engine.connected();
+                let (engine, shared) = (engine.clone(), shared.clone());
                 tokio::spawn(async move {
                     let others = if connected { others } else { Vec::new() };
-                    topic(client, local, members, others, request, reply, connected).await;
+                    topic(engine, shared, others, request, reply, connected).await;
                     drop(permit);
                 });
             }
             Work::Changed(id) => {
                 let listened = registry.is_listened(id);
+                tracing::debug!(%id, listened, "cluster: listened changed");
+                // A leave goes out whenever the id is not listened on here, even if this loop
+                // never saw it listened: it may have been announced already (to a broker that
+                // asked, or on reconnecting), from `mine`.
                 let changed = if listened {
                     announced.insert(id)
                 } else {
-                    announced.remove(&id)
+                    announced.remove(&id);
+                    true
                 };
                 if changed && (registry.is_topic(id) || !listened) {
                     // A topic's members, and any id's last listener here gone (presence); a
@@ -450,17 +454,15 @@ async fn run(
                     } else {
                         format!("{id} {node} -")
                     };
-                    if let Err(e) = client.publish(CLAIMS, Bytes::from(text)).await {
-                        tracing::warn!(%id, "cluster engine: announcement not sent: {e}");
-                    }
+                    publish_claim(&engine, text).await;
                 }
                 if registry.is_topic(id) {
                     continue;
                 }
                 match (listened, subscribed.contains_key(&id)) {
-                    (true, false) => match client.subscribe(subject(id)).await {
+                    (true, false) => match engine.subscribe(subject(id)).await {
                         Ok(sub) => {
-                            let task = tokio::spawn(serve(client.clone(), sub, id, local.clone()));
+                            let task = tokio::spawn(serve(engine.clone(), sub, id, local.clone()));
                             subscribed.insert(id, task);
                             state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
                             // Claimed with the listener's own start: none if it left while
@@ -468,10 +470,7 @@ async fn run(
                             // stamped now would wrongly beat a newer listener elsewhere).
                             let since = lock(&mine).get(&id).copied();
                             if let Some(since) = since {
-                                let claim = format!("{id} {node} {since}");
-                                if let Err(e) = client.publish(CLAIMS, Bytes::from(claim)).await {
-                                    tracing::warn!(%id, "cluster engine: claim not sent: {e}");
-                                }
+                                publish_claim(&engine, format!("{id} {node} {since}")).await;
                             }
                         }
                         Err(e) => tracing::warn!(%id, "cluster engine: cannot subscribe: {e}"),
@@ -489,43 +488,166 @@ async fn run(
     }
 }
 
+/// Follows the other brokers' claims, leaves and heartbeats.
+async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine::Subscription) {
+    let Shared {
+        node,
+        registry,
+        members,
+        mine,
+        seen,
+        ..
+    } = shared;
+    // Ask the others what they listen on (again on every reconnection: Work::Connected).
+    publish_claim(&engine, format!("? {node}")).await;
+    while let Some(m) = claims.next().await {
+        let text = String::from_utf8_lossy(&m.payload);
+        let mut words = text.split(' ');
+        let (Some(what), Some(from)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if from == node {
+            continue;
+        }
+        tracing::debug!(claim = %text, "cluster: claim");
+        lock(&seen).insert(from.to_owned(), Instant::now());
+        if what == "!" {
+            continue;
+        }
+        if what == "?" {
+            // Announced again, without taking anything from anyone ("+").
+            let ids: Vec<Id> = lock(&mine).keys().copied().collect();
+            for id in ids {
+                publish_claim(&engine, format!("{id} {node} +")).await;
+            }
+            continue;
+        }
+        let Some(id) = what.parse().ok().and_then(Id::new) else {
+            continue;
+        };
+        let flag = words.next();
+        let topic = registry.is_topic(id);
+        // A claim carries when its listener started: an older one than ours (a claim still on
+        // its way when ours was made) leaves ours alone; its broker yields when it reads ours.
+        let claimed_at = flag.and_then(|f| f.parse::<u64>().ok());
+        // The listener this decision is about: a newer one, registered meanwhile, is not
+        // evicted by it.
+        let generation = registry.listen_generation(id);
+        if let (false, Some(theirs)) = (topic, claimed_at) {
+            // Just registered, its start not recorded yet: it is newer than the claim.
+            let ours = lock(&mine)
+                .get(&id)
+                .copied()
+                .or_else(|| registry.is_listened(id).then(wall_ms));
+            if ours.is_some_and(|t| (t, node.as_str()) > (theirs, from)) {
+                continue;
+            }
+        }
+        let flag = if claimed_at.is_some() { None } else { flag };
+        let listened_elsewhere = {
+            let mut members = lock(&members);
+            let set = members.entry(id).or_default();
+            match flag {
+                Some("-") => {
+                    set.remove(from);
+                }
+                // A plain id has one listener: the claimant's replaces the others.
+                None if !topic => {
+                    set.clear();
+                    set.insert(from.to_owned());
+                }
+                _ => {
+                    set.insert(from.to_owned());
+                }
+            }
+            let any = !set.is_empty();
+            if !any {
+                members.remove(&id);
+            }
+            any
+        };
+        // Present elsewhere first, so that watchers here see no offline blip when this broker's
+        // listener is closed for the other one.
+        registry.set_remote(id, listened_elsewhere);
+        if flag.is_none() && !topic && registry.evict_if(id, Some(generation)) {
+            tracing::debug!(%id, "listener replaced on another broker");
+        }
+    }
+}
+
+/// Says this broker is alive every [`HEARTBEAT`], and forgets the brokers not heard for three:
+/// their ids are no longer listened on, for presence and topics.
+async fn heartbeat<E: Engine>(engine: E, shared: Shared) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !engine.connected() {
+            // Nothing is heard while away: nobody is taken as gone for it.
+            continue;
+        }
+        publish_claim(&engine, format!("! {}", shared.node)).await;
+        let now = Instant::now();
+        let gone: Vec<String> = {
+            let mut seen = lock(&shared.seen);
+            let gone = seen
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) > 3 * HEARTBEAT)
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>();
+            gone.iter().for_each(|n| {
+                seen.remove(n);
+            });
+            gone
+        };
+        if gone.is_empty() {
+            continue;
+        }
+        tracing::info!(brokers = ?gone, "cluster engine: brokers not heard for {:?}: gone", 3 * HEARTBEAT);
+        let changed: Vec<(Id, bool)> = {
+            let mut members = lock(&shared.members);
+            let mut changed = Vec::new();
+            members.retain(|id, set| {
+                let before = set.len();
+                set.retain(|n| !gone.contains(n));
+                if set.len() != before {
+                    changed.push((*id, !set.is_empty()));
+                }
+                !set.is_empty()
+            });
+            changed
+        };
+        for (id, listened) in changed {
+            shared.registry.set_remote(id, listened);
+        }
+    }
+}
+
 /// Routes one message through the engine and answers its sender with the outcome.
-async fn remote(
-    client: async_nats::Client,
-    local: LocalRouter,
-    members: Members,
-    mut request: RouteRequest,
-    reply: RouteReply,
-) {
+async fn remote<E: Engine>(engine: E, shared: Shared, mut request: RouteRequest, reply: RouteReply) {
     let id = request.id;
-    let mut headers = HeaderMap::new();
+    let mut msg = Msg::new(request.payload.clone());
     if let Some(from) = request.from {
-        headers.insert("Fedbroker-From", from.to_string().as_str());
+        msg = msg.with("Fedbroker-From", from);
     }
     if let Some((sender, ms)) = request.reply.take() {
-        headers.insert("Fedbroker-Reply-Ms", ms.to_string().as_str());
-        return remote_request(client, id, request.payload, headers, ms, sender, reply).await;
+        msg = msg.with("Fedbroker-Reply-Ms", ms);
+        return remote_request(engine, id, msg, ms, sender, reply).await;
     }
-    let req = Request::new()
-        .payload(request.payload.clone())
-        .headers(headers)
-        .timeout(Some(REQUEST_TIMEOUT));
-    let answer = client.send_request(subject(id), req).await;
-    if matches!(&answer, Err(e) if e.kind() == RequestErrorKind::NoResponders) && lock(&members).remove(&id).is_some() {
+    let answer = engine.request(subject(id), msg, REQUEST_TIMEOUT).await;
+    if matches!(answer, Err(EngineError::NoResponders)) && lock(&shared.members).remove(&id).is_some() {
         // A broker announced a listener and is gone without saying so: not present any more.
-        local.registry().set_remote(id, false);
+        shared.registry.set_remote(id, false);
     }
     let answer = match answer {
-        Ok(m) => decode(id, m.headers.as_ref()),
+        Ok(m) => outcome(id, &m),
         // Nobody listens anywhere: a mailbox id keeps the message here (202).
-        Err(e) if e.kind() == RequestErrorKind::NoResponders && local.registry().has_mailbox(id) => {
-            return local.route(request, reply);
+        Err(EngineError::NoResponders) if shared.registry.has_mailbox(id) => {
+            return shared.local.route(request, reply);
         }
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Err(HttpError::NoListener(id)),
+        Err(EngineError::NoResponders) => Err(HttpError::NoListener(id)),
         // The engine's own bound (nats-server's max_payload, 1 MiB by default).
-        Err(e) if e.kind() == RequestErrorKind::MaxPayloadExceeded => Err(HttpError::PayloadTooLarge {
-            limit: client.try_server_info().map_or(0, |i| i.max_payload),
-        }),
+        Err(EngineError::TooLarge(limit)) => Err(HttpError::PayloadTooLarge { limit }),
         Err(e) => {
             tracing::debug!(%id, "cluster engine: {e}");
             Err(HttpError::RouteUnavailable)
@@ -536,34 +658,27 @@ async fn remote(
 
 /// A request-reply to a listener on another broker: on an inbox of its own, the first answer
 /// says whether it was queued (the route's answer), the second carries the listener's reply.
-async fn remote_request(
-    client: async_nats::Client,
-    id: Id,
-    payload: Bytes,
-    headers: HeaderMap,
-    ms: u64,
-    sender: ReplySender,
-    route: RouteReply,
-) {
-    let inbox = client.new_inbox();
-    let mut answers = match client.subscribe(inbox.clone()).await {
-        Ok(s) => s,
+async fn remote_request<E: Engine>(engine: E, id: Id, mut msg: Msg, ms: u64, sender: ReplySender, route: RouteReply) {
+    let (inbox, mut answers) = match engine.inbox().await {
+        Ok(inbox) => inbox,
         Err(e) => {
             tracing::debug!(%id, "cluster engine: {e}");
             return route.answer(Err(HttpError::RouteUnavailable));
         }
     };
-    if let Err(e) = client
-        .publish_with_reply_and_headers(subject(id), inbox, headers, payload)
-        .await
-    {
-        tracing::debug!(%id, "cluster engine: {e}");
-        return route.answer(Err(HttpError::RouteUnavailable));
-    }
-    let first = match tokio::time::timeout(REQUEST_TIMEOUT, answers.next()).await {
-        Ok(Some(m)) if m.status == Some(StatusCode::NO_RESPONDERS) => Err(HttpError::NoListener(id)),
-        Ok(Some(m)) => decode(id, m.headers.as_ref()),
-        _ => Err(HttpError::RouteUnavailable),
+    msg.reply = Some(inbox);
+    let first = match engine.publish(subject(id), msg).await {
+        Err(EngineError::NoResponders) => Err(HttpError::NoListener(id)),
+        Err(EngineError::TooLarge(limit)) => Err(HttpError::PayloadTooLarge { limit }),
+        Err(e) => {
+            tracing::debug!(%id, "cluster engine: {e}");
+            Err(HttpError::RouteUnavailable)
+        }
+        Ok(()) => match tokio::time::timeout(REQUEST_TIMEOUT, answers.next()).await {
+            Ok(Some(Err(EngineError::NoResponders))) => Err(HttpError::NoListener(id)),
+            Ok(Some(Ok(m))) => outcome(id, &m),
+            _ => Err(HttpError::RouteUnavailable),
+        },
     };
     let queued = matches!(first, Ok(Delivered::AwaitingReply));
     route.answer(first);
@@ -571,13 +686,11 @@ async fn remote_request(
         return;
     }
     let wait = Duration::from_millis(ms) + Duration::from_secs(1);
-    if let Ok(Some(m)) = tokio::time::timeout(wait, answers.next()).await {
-        let headers = m.headers.as_ref();
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-        if let Some(status) = get("Fedbroker-Reply-Status").and_then(|s| s.parse().ok()) {
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(wait, answers.next()).await {
+        if let Some(status) = m.number("Fedbroker-Reply-Status").and_then(|s| u16::try_from(s).ok()) {
             sender.send(ReplyMsg {
                 status,
-                content_type: get("Content-Type"),
+                content_type: m.header("Content-Type").map(str::to_owned),
                 body: m.payload,
             });
         }
@@ -589,10 +702,9 @@ async fn remote_request(
 /// A topic message: to this broker's listeners and to every other broker that announced
 /// listeners on the topic, each asked by name; `Fedbroker-Recipients` sums them. A broker that
 /// is gone (no responders) is forgotten.
-async fn topic(
-    client: async_nats::Client,
-    local: LocalRouter,
-    members: Members,
+async fn topic<E: Engine>(
+    engine: E,
+    shared: Shared,
     others: Vec<String>,
     request: RouteRequest,
     reply: RouteReply,
@@ -601,15 +713,11 @@ async fn topic(
     let id = request.id;
     let mut asks = Vec::with_capacity(others.len());
     for node in &others {
-        let req = Request::new()
-            .payload(request.payload.clone())
-            .timeout(Some(REQUEST_TIMEOUT));
-        let client = client.clone();
-        let subject = topic_subject(node, id);
-        asks.push(async move { client.send_request(subject, req).await });
+        let msg = Msg::new(request.payload.clone()).with("Fedbroker-Topic", id);
+        asks.push(engine.request(topic_subject(node), msg, REQUEST_TIMEOUT));
     }
     let (tx, mut pending) = route_channel(None);
-    local.route(request, tx);
+    shared.local.route(request, tx);
     poll_fn(|cx| pending.poll_ready(cx)).await;
     let mine = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
     let answers = futures_util::future::join_all(asks).await;
@@ -621,13 +729,13 @@ async fn topic(
     }
     for (node, answer) in others.iter().zip(answers) {
         match answer {
-            Ok(m) => match decode(id, m.headers.as_ref()) {
+            Ok(m) => match outcome(id, &m) {
                 Ok(Delivered::Topic { recipients: n }) => recipients = recipients.saturating_add(n),
                 Err(HttpError::QueueFull(_)) => slow = true,
                 _ => {}
             },
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
-                if let Some(set) = lock(&members).get_mut(&id) {
+            Err(EngineError::NoResponders) => {
+                if let Some(set) = lock(&shared.members).get_mut(&id) {
                     set.remove(node);
                 }
             }
@@ -643,15 +751,10 @@ async fn topic(
 }
 
 /// The outcome a remote broker answered, as this broker's answer.
-fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
-    let get = |name: &str| {
-        headers
-            .and_then(|h| h.get(name))
-            .and_then(|v| v.as_str().parse::<u64>().ok())
-    };
-    match get("Fedbroker-Status") {
-        Some(204) if get("Fedbroker-Awaiting") == Some(1) => Ok(Delivered::AwaitingReply),
-        Some(204) => match (get("Fedbroker-Recipients"), get("Fedbroker-Seq")) {
+fn outcome(id: Id, m: &Msg) -> Result<Delivered, HttpError> {
+    match m.number("Fedbroker-Status") {
+        Some(204) if m.number("Fedbroker-Awaiting") == Some(1) => Ok(Delivered::AwaitingReply),
+        Some(204) => match (m.number("Fedbroker-Recipients"), m.number("Fedbroker-Seq")) {
             (Some(n), _) => Ok(Delivered::Topic {
                 recipients: u32::try_from(n).unwrap_or(u32::MAX),
             }),
@@ -659,7 +762,7 @@ fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
             (None, None) => Ok(Delivered::Listener),
         },
         Some(202) => Ok(Delivered::Mailbox {
-            seq: get("Fedbroker-Seq").unwrap_or(0),
+            seq: m.number("Fedbroker-Seq").unwrap_or(0),
             live: false,
         }),
         Some(404) => Err(HttpError::NoListener(id)),
@@ -672,100 +775,88 @@ fn decode(id: Id, headers: Option<&HeaderMap>) -> Result<Delivered, HttpError> {
 
 /// Takes the engine's messages for `id` and routes each into this broker, answering with the
 /// outcome. One at a time, so that messages between two brokers keep their order.
-async fn serve(client: async_nats::Client, mut sub: async_nats::Subscriber, id: Id, local: LocalRouter) {
+async fn serve<E: Engine>(engine: E, mut sub: engine::Subscription, id: Id, local: LocalRouter) {
     while let Some(m) = sub.next().await {
-        answer(&client, &local, id, m).await;
+        answer(&engine, &local, id, m).await;
     }
 }
 
 /// Routes one message from the engine into this broker and answers with the outcome.
-async fn answer(client: &async_nats::Client, local: &LocalRouter, id: Id, m: async_nats::Message) {
-    {
-        let from = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Fedbroker-From"))
-            .and_then(|v| v.as_str().parse().ok())
-            .and_then(Id::new);
-        let reply_ms = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Fedbroker-Reply-Ms"))
-            .and_then(|v| v.as_str().parse::<u64>().ok());
-        let (reply, waiting) = match reply_ms {
-            Some(ms) => {
-                let (tx, rx) = reply_channel();
-                (Some((tx, ms)), Some((rx, ms)))
-            }
-            None => (None, None),
-        };
-        let request = RouteRequest {
-            id,
-            payload: m.payload,
-            from,
-            reply,
-            at_ms: wall_ms(),
-        };
-        let (tx, mut pending) = route_channel(None);
-        local.route(request, tx);
-        poll_fn(|cx| pending.poll_ready(cx)).await;
-        let result = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
-        let Some(reply_to) = m.reply else { return };
-        let mut headers = HeaderMap::new();
-        let status = match &result {
-            Ok(Delivered::AwaitingReply) => {
-                headers.insert("Fedbroker-Awaiting", "1");
-                204
-            }
-            Ok(Delivered::Listener) => 204,
-            Ok(Delivered::Topic { recipients }) => {
-                headers.insert("Fedbroker-Recipients", recipients.to_string().as_str());
-                204
-            }
-            Ok(Delivered::Mailbox { seq, live }) => {
-                headers.insert("Fedbroker-Seq", seq.to_string().as_str());
-                if *live {
-                    204
-                } else {
-                    202
-                }
-            }
-            Err(e) => e.status(),
-        };
-        headers.insert("Fedbroker-Status", status.to_string().as_str());
-        let queued = matches!(result, Ok(Delivered::AwaitingReply));
-        let body = result.err().map(|e| Bytes::from(e.to_string())).unwrap_or_default();
-        if let Err(e) = client.publish_with_headers(reply_to.clone(), headers, body).await {
-            tracing::debug!(%id, "cluster engine: answer not sent: {e}");
+async fn answer<E: Engine>(engine: &E, local: &LocalRouter, id: Id, m: Msg) {
+    let from = m
+        .number("Fedbroker-From")
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(Id::new);
+    let (reply, waiting) = match m.number("Fedbroker-Reply-Ms") {
+        Some(ms) => {
+            let (tx, rx) = reply_channel();
+            (Some((tx, ms)), Some((rx, ms)))
         }
-        if let (true, Some((rx, ms))) = (queued, waiting) {
-            // The listener's reply goes back on the same inbox, without holding up the id's
-            // next messages.
-            let client = client.clone();
-            tokio::spawn(async move {
-                let outcome = tokio::time::timeout(Duration::from_millis(ms), async {
-                    poll_fn(|cx| rx.poll_ready(cx)).await;
-                    rx.try_take()
-                })
-                .await;
-                let mut headers = HeaderMap::new();
-                let body = match outcome {
-                    Ok(Some(ReplyOutcome::Replied(r))) => {
-                        headers.insert("Fedbroker-Reply-Status", r.status.to_string().as_str());
-                        if let Some(ct) = &r.content_type {
-                            headers.insert("Content-Type", ct.as_str());
-                        }
-                        r.body
-                    }
-                    // Gone, or no reply in time: an answer without a reply status tells the
-                    // waiting broker at once (502, unless its POST timed out first).
-                    _ => Bytes::new(),
-                };
-                if let Err(e) = client.publish_with_headers(reply_to, headers, body).await {
-                    tracing::debug!(%id, "cluster engine: reply not sent: {e}");
-                }
-            });
+        None => (None, None),
+    };
+    let request = RouteRequest {
+        id,
+        payload: m.payload,
+        from,
+        reply,
+        at_ms: wall_ms(),
+    };
+    let (tx, mut pending) = route_channel(None);
+    local.route(request, tx);
+    poll_fn(|cx| pending.poll_ready(cx)).await;
+    let result = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
+    let Some(reply_to) = m.reply else { return };
+    let mut answer = Msg::default();
+    let status = match &result {
+        Ok(Delivered::AwaitingReply) => {
+            answer = answer.with("Fedbroker-Awaiting", 1);
+            204
         }
+        Ok(Delivered::Listener) => 204,
+        Ok(Delivered::Topic { recipients }) => {
+            answer = answer.with("Fedbroker-Recipients", recipients);
+            204
+        }
+        Ok(Delivered::Mailbox { seq, live }) => {
+            answer = answer.with("Fedbroker-Seq", seq);
+            if *live {
+                204
+            } else {
+                202
+            }
+        }
+        Err(e) => e.status(),
+    };
+    answer = answer.with("Fedbroker-Status", status);
+    let queued = matches!(result, Ok(Delivered::AwaitingReply));
+    answer.payload = result.err().map(|e| Bytes::from(e.to_string())).unwrap_or_default();
+    if let Err(e) = engine.publish(reply_to.clone(), answer).await {
+        tracing::debug!(%id, "cluster engine: answer not sent: {e}");
+    }
+    if let (true, Some((rx, ms))) = (queued, waiting) {
+        // The listener's reply goes back on the same inbox, without holding up the id's next
+        // messages.
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let outcome = tokio::time::timeout(Duration::from_millis(ms), async {
+                poll_fn(|cx| rx.poll_ready(cx)).await;
+                rx.try_take()
+            })
+            .await;
+            let mut answer = Msg::default();
+            if let Ok(Some(ReplyOutcome::Replied(r))) = outcome {
+                answer = answer.with("Fedbroker-Reply-Status", r.status);
+                if let Some(ct) = &r.content_type {
+                    answer = answer.with("Content-Type", ct);
+                }
+                answer.payload = r.body;
+            }
+            // Gone, or no reply in time: an answer without a reply status tells the waiting
+            // broker at once (502, unless its POST timed out first).
+            if let Err(e) = engine.publish(reply_to, answer).await {
+                tracing::debug!(%id, "cluster engine: reply not sent: {e}");
+            }
+        });
     }
 }
 

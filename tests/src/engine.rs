@@ -1,42 +1,71 @@
-//! A real cluster engine for the cluster tests: `nats-server` on a loopback port, started and
-//! stopped by the test.
+//! A real cluster engine for the cluster tests: `nats-server` or `redis-server` on a loopback
+//! port, started and stopped by the test.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `nats-server` child on `127.0.0.1`; killed on drop.
-pub struct NatsServer {
-    port: u16,
-    child: Option<Child>,
-    /// Extra arguments (credentials).
-    args: Vec<String>,
+/// Which engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Nats,
+    Redis,
 }
 
-impl NatsServer {
-    /// Starts one on a free port, or `None` (with a note) when `nats-server` is not installed;
-    /// under `CI=true` a missing server fails the test instead of skipping it.
-    pub fn start() -> Option<NatsServer> {
-        NatsServer::start_with(&[])
+impl EngineKind {
+    fn program(self) -> &'static str {
+        match self {
+            EngineKind::Nats => "nats-server",
+            EngineKind::Redis => "redis-server",
+        }
     }
 
-    /// As [`NatsServer::start`], with extra `nats-server` arguments (`--user u --pass p`).
-    pub fn start_with(args: &[&str]) -> Option<NatsServer> {
+    fn scheme(self) -> &'static str {
+        match self {
+            EngineKind::Nats => "nats",
+            EngineKind::Redis => "redis",
+        }
+    }
+}
+
+/// An engine's server child on `127.0.0.1`; killed on drop.
+pub struct EngineServer {
+    kind: EngineKind,
+    port: u16,
+    child: Option<Child>,
+    /// The user and password it requires, if any.
+    credentials: Option<(String, String)>,
+}
+
+impl EngineServer {
+    /// Starts one on a free port, or `None` (with a note) when the server is not installed;
+    /// under `CI=true` a missing server fails the test instead of skipping it.
+    pub fn start(kind: EngineKind) -> Option<EngineServer> {
+        EngineServer::start_inner(kind, None)
+    }
+
+    /// As [`EngineServer::start`], requiring `user` and `password` of its clients.
+    pub fn start_with_credentials(kind: EngineKind, user: &str, password: &str) -> Option<EngineServer> {
+        EngineServer::start_inner(kind, Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(kind: EngineKind, credentials: Option<(String, String)>) -> Option<EngineServer> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let args = args.iter().map(|a| a.to_string()).collect();
-        let mut server = NatsServer {
+        let mut server = EngineServer {
+            kind,
             port,
             child: None,
-            args,
+            credentials,
         };
         if !server.run() {
+            let program = kind.program();
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("nats-server is not installed (scripts/test-all installs it; CI must not skip)");
+                panic!("{program} is not installed (scripts/test-all installs it; CI must not skip)");
             }
-            eprintln!("nats-server is not installed: cluster test skipped");
+            eprintln!("{program} is not installed: cluster test skipped");
             return None;
         }
         Some(server)
@@ -44,9 +73,35 @@ impl NatsServer {
 
     /// Starts the server (again) on its port; `false` when the binary is missing.
     fn run(&mut self) -> bool {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(&self.args)
+        let port = self.port.to_string();
+        let mut cmd = Command::new(self.kind.program());
+        match self.kind {
+            EngineKind::Nats => {
+                cmd.args(["-a", "127.0.0.1", "-p", &port]);
+                if let Some((user, pass)) = &self.credentials {
+                    cmd.args(["--user", user, "--pass", pass]);
+                }
+            }
+            EngineKind::Redis => {
+                // In memory only: nothing written to disk, nothing read back on a restart.
+                cmd.args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                if let Some((user, pass)) = &self.credentials {
+                    let (user, pass) = (user.as_str(), format!(">{pass}"));
+                    cmd.args(["--user", "default", "off"]);
+                    cmd.args(["--user", user, "on", &pass, "~*", "&*", "+@all"]);
+                }
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -57,7 +112,8 @@ impl NatsServer {
         while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not start on port {}",
+                "{} did not start on port {}",
+                self.kind.program(),
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -69,9 +125,24 @@ impl NatsServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// Which engine it is.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:PORT` or `redis://127.0.0.1:PORT`, without credentials.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.url_with("")
+    }
+
+    /// The URL with `userinfo@` (`fed:s3cret@`) before the address.
+    pub fn url_with(&self, userinfo: &str) -> String {
+        format!("{}://{userinfo}127.0.0.1:{}", self.kind.scheme(), self.port)
     }
 
     /// Stops the server (the engine goes down).
@@ -85,11 +156,11 @@ impl NatsServer {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.run(), "nats-server vanished");
+        assert!(self.run(), "{} vanished", self.kind.program());
     }
 }
 
-impl Drop for NatsServer {
+impl Drop for EngineServer {
     fn drop(&mut self) {
         self.stop();
     }

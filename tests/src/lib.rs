@@ -34,7 +34,7 @@ mod ws;
 pub use adapter::Adapter;
 pub use broker::{run_cli, wait_child, Broker, BrokerBuilder, CliOutput, TempDir};
 pub use data::random_bytes;
-pub use engine::NatsServer;
+pub use engine::{EngineKind, EngineServer};
 pub use envelope::{Envelope, EnvelopeListener, MAX_HEADER, SUBPROTOCOL};
 pub use http::{Conn, ReadError, Response, Stream, IO_TIMEOUT};
 pub use tls::{connect_tls, TestCert, TlsInfo, TlsStream};

@@ -1,7 +1,8 @@
-//! docs/cluster.md: brokers sharing one id space through NATS (`--cluster nats://…`), with a
-//! real `nats-server` started by each test — delivery across brokers, `404` when nobody listens
-//! anywhere, replacement across brokers (`4000`), backpressure crossing (`503`), and the engine
-//! going down and coming back.
+//! docs/cluster.md: brokers sharing one id space through an engine (`--cluster nats://…` and
+//! `--cluster redis://…`), with a real `nats-server` or `redis-server` started by each test —
+//! delivery across brokers, `404` when nobody listens anywhere, replacement across brokers
+//! (`4000`), backpressure crossing (`503`), the engine going down and coming back, a broker
+//! dying. Every test runs on both engines and every adapter.
 
 use std::time::Duration;
 
@@ -10,9 +11,9 @@ use fedbroker_tests::*;
 /// Bound on waiting for what the brokers do asynchronously (subscriptions, reconnects).
 const WAIT: Duration = Duration::from_secs(15);
 
-fn node(a: Adapter, nats: &NatsServer, extra: &[&str]) -> Broker {
-    let url = nats.url();
-    let mut args = vec!["--cluster", url.as_str()];
+fn node(a: Adapter, engine: &EngineServer, extra: &[&str]) -> Broker {
+    let url = engine.url();
+    let mut args = vec!["--cluster", url.as_str(), "--log-level", "debug"];
     args.extend_from_slice(extra);
     Broker::start(a, &args)
 }
@@ -37,205 +38,292 @@ fn post_until(broker: &Broker, id: u32, body: &[u8], status: u16) -> Response {
     }
 }
 
-adapter_tests! {
-    /// A POST to one broker reaches the listener on another; an id nobody listens on anywhere is
-    /// `404` on every broker; a multi-target send mixes local and remote ids.
-    fn delivery_across_brokers(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &[]);
-        let two = node(a, &nats, &[]);
-        let mut on_one = one.listen(5);
-        post_until(&two, 5, b"first", 204);
-        assert_eq!(on_one.recv(), b"first");
-        for i in 0..20u32 {
-            two.post(5, format!("m{i}").as_bytes()).assert_status(204);
-        }
-        for i in 0..20u32 {
-            assert_eq!(on_one.recv(), format!("m{i}").into_bytes(), "in order across brokers");
-        }
-        two.post(6, b"x").assert_error(404);
-        one.post(6, b"x").assert_error(404);
-        assert_eq!((one.stat("cluster"), one.stat("cluster_connected")), (1, 1));
-        assert_eq!(one.stat("cluster_subscriptions"), 1, "id 5");
-        assert_eq!(two.stat("cluster_subscriptions"), 0);
-        assert_eq!(Broker::start(a, &[]).stat("cluster"), 0, "a broker alone");
-        let mut on_two = two.listen(9);
-        post_until(&one, 9, b"warm", 204);
-        assert_eq!(on_two.recv(), b"warm");
-        two.connect().post("/5,9", b"both").assert_status(204);
-        assert_eq!(on_one.recv(), b"both");
-        assert_eq!(on_two.recv(), b"both");
-    }
+/// The cluster tests, on each engine and every adapter: `engine()` starts the engine of the
+/// module they are in; tests of one engine only follow its name.
+macro_rules! engine_tests {
+    ($engine:ident, $kind:expr, $($only:tt)*) => {
+        mod $engine {
+            use super::*;
 
-    /// A listener taking an id on another broker replaces the first one there (`4000`), and
-    /// messages follow it.
-    fn replacement_across_brokers(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &[]);
-        let two = node(a, &nats, &[]);
-        let mut first = one.listen(7);
-        post_until(&two, 7, b"to first", 204);
-        assert_eq!(first.recv(), b"to first");
-        let mut second = two.listen(7);
-        first.set_read_timeout(WAIT);
-        assert_eq!(first.expect_close().0, 4000, "replaced from the other broker");
-        post_until(&one, 7, b"to second", 204);
-        assert_eq!(second.recv(), b"to second");
-    }
+            const KIND: EngineKind = $kind;
 
-    /// A full listener queue on one broker answers `503` to a POST on another.
-    fn backpressure_crosses_brokers(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &["--queue-limit", "2"]);
-        let two = node(a, &nats, &[]);
-        let _slow = one.listen(3);
-        post_until(&two, 3, b"hello", 204);
-        let mut conn = two.connect();
-        let refused = (0..200u64).find_map(|seed| {
-            let r = conn.post("/3", &random_bytes(seed, 256 * 1024));
-            (r.status != 204).then_some(r)
-        });
-        let r = refused.expect("a listener that does not read fills up");
-        r.assert_error(503);
-        assert!(r.header("retry-after").is_some(), "{r:?}");
-    }
-
-    /// With the engine down, ids listened on locally keep working and others get `503`; when it
-    /// is back, the brokers reconnect and subscribe again by themselves.
-    fn engine_down_and_back(a: Adapter) {
-        let Some(mut nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &[]);
-        let two = node(a, &nats, &[]);
-        let mut remote = one.listen(5);
-        let mut local = two.listen(9);
-        post_until(&two, 5, b"up", 204);
-        assert_eq!(remote.recv(), b"up");
-        nats.stop();
-        eventually(WAIT, "cluster_connected 0", || (two.stat("cluster_connected") == 0).then_some(()));
-        two.post(9, b"local").assert_status(204);
-        assert_eq!(local.recv(), b"local");
-        let down = post_until(&two, 5, b"down", 503);
-        assert!(
-            String::from_utf8_lossy(&down.body).contains("could not be routed"),
-            "{down:?}"
-        );
-        nats.restart();
-        post_until(&two, 5, b"back", 204);
-        assert_eq!(two.stat("cluster_connected"), 1);
-        // A message whose request was cut by the outage may still arrive (its sender was told
-        // 503, as for any request whose answer was lost): only those may come first.
-        let mut got = remote.recv();
-        while got == b"down" {
-            got = remote.recv();
-        }
-        assert_eq!(got, b"back");
-    }
-
-    /// A request-reply crosses brokers: the envelope listener on one answers a `POST ?reply=` sent
-    /// to another; a listener that leaves before answering is `502`.
-    fn request_reply_across_brokers(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &[]);
-        let two = node(a, &nats, &[]);
-        let mut l = EnvelopeListener::new(one.listen_with("/6", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
-        post_until(&two, 6, b"warm", 204);
-        l.recv_kind("message");
-        let addr = two.addr();
-        let asker = std::thread::spawn(move || Conn::connect(addr).post("/6?reply=5000", b"ping"));
-        let request = l.recv_kind("request");
-        assert_eq!(request.payload, b"ping");
-        let seq = request.uint("seq");
-        l.reply(seq, 200, Some("text/plain"), serde_json::json!(1), b"pong")
-            .assert_ack(&serde_json::json!(1), 200);
-        let answered = asker.join().unwrap();
-        answered.assert_status(200);
-        assert_eq!(answered.body, b"pong");
-        assert_eq!(answered.header("content-type"), Some("text/plain"));
-
-        let asker = std::thread::spawn(move || Conn::connect(addr).post("/6?reply=5000", b"ping"));
-        l.recv_kind("request");
-        drop(l);
-        let gone = asker.join().unwrap();
-        gone.assert_error(502);
-    }
-
-    /// A topic's message reaches its listeners on every broker, and `Fedbroker-Recipients` counts
-    /// them all; a broker whose listeners left is no longer counted.
-    fn topics_fan_out_across_brokers(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &["--topics", "1000-1999"]);
-        let two = node(a, &nats, &["--topics", "1000-1999"]);
-        let mut here = one.listen(1500);
-        let mut there = [two.listen(1500), two.listen(1500)];
-        let r = eventually(WAIT, "three recipients", || {
-            let r = one.post(1500, b"t");
-            (r.header("fedbroker-recipients") == Some("3")).then_some(r)
-        });
-        r.assert_status(204);
-        one.post(1500, b"u").assert_status(204);
-        // Earlier attempts may have reached some of them: only those come before "u".
-        for l in std::iter::once(&mut here).chain(there.iter_mut()) {
-            let mut got = l.recv();
-            while got == b"t" {
-                got = l.recv();
+            fn engine() -> Option<EngineServer> {
+                EngineServer::start(KIND)
             }
-            assert_eq!(got, b"u");
+
+            adapter_tests! {
+
+            /// A POST to one broker reaches the listener on another; an id nobody listens on anywhere is
+            /// `404` on every broker; a multi-target send mixes local and remote ids.
+            fn delivery_across_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &[]);
+                let two = node(a, &engine, &[]);
+                let mut on_one = one.listen(5);
+                post_until(&two, 5, b"first", 204);
+                assert_eq!(on_one.recv(), b"first");
+                for i in 0..20u32 {
+                    two.post(5, format!("m{i}").as_bytes()).assert_status(204);
+                }
+                for i in 0..20u32 {
+                    assert_eq!(on_one.recv(), format!("m{i}").into_bytes(), "in order across brokers");
+                }
+                two.post(6, b"x").assert_error(404);
+                one.post(6, b"x").assert_error(404);
+                assert_eq!((one.stat("cluster"), one.stat("cluster_connected")), (1, 1));
+                assert_eq!(one.stat("cluster_subscriptions"), 1, "id 5");
+                assert_eq!(two.stat("cluster_subscriptions"), 0);
+                assert_eq!(Broker::start(a, &[]).stat("cluster"), 0, "a broker alone");
+                let mut on_two = two.listen(9);
+                post_until(&one, 9, b"warm", 204);
+                assert_eq!(on_two.recv(), b"warm");
+                two.connect().post("/5,9", b"both").assert_status(204);
+                assert_eq!(on_one.recv(), b"both");
+                assert_eq!(on_two.recv(), b"both");
+            }
+
+            /// A listener taking an id on another broker replaces the first one there (`4000`), and
+            /// messages follow it.
+            fn replacement_across_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &[]);
+                let two = node(a, &engine, &[]);
+                let mut first = one.listen(7);
+                post_until(&two, 7, b"to first", 204);
+                assert_eq!(first.recv(), b"to first");
+                let mut second = two.listen(7);
+                first.set_read_timeout(WAIT);
+                assert_eq!(first.expect_close().0, 4000, "replaced from the other broker");
+                post_until(&one, 7, b"to second", 204);
+                assert_eq!(second.recv(), b"to second");
+            }
+
+            /// A full listener queue on one broker answers `503` to a POST on another.
+            fn backpressure_crosses_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &["--queue-limit", "2"]);
+                let two = node(a, &engine, &[]);
+                let _slow = one.listen(3);
+                post_until(&two, 3, b"hello", 204);
+                let mut conn = two.connect();
+                let refused = (0..200u64).find_map(|seed| {
+                    let r = conn.post("/3", &random_bytes(seed, 256 * 1024));
+                    (r.status != 204).then_some(r)
+                });
+                let r = refused.expect("a listener that does not read fills up");
+                r.assert_error(503);
+                assert!(r.header("retry-after").is_some(), "{r:?}");
+            }
+
+            /// With the engine down, ids listened on locally keep working and others get `503`; when it
+            /// is back, the brokers reconnect and subscribe again by themselves.
+            fn engine_down_and_back(a: Adapter) {
+                let Some(mut engine) = engine() else { return };
+                let one = node(a, &engine, &[]);
+                let two = node(a, &engine, &[]);
+                let mut remote = one.listen(5);
+                let mut local = two.listen(9);
+                post_until(&two, 5, b"up", 204);
+                assert_eq!(remote.recv(), b"up");
+                engine.stop();
+                eventually(WAIT, "cluster_connected 0", || (two.stat("cluster_connected") == 0).then_some(()));
+                two.post(9, b"local").assert_status(204);
+                assert_eq!(local.recv(), b"local");
+                let down = post_until(&two, 5, b"down", 503);
+                assert!(
+                    String::from_utf8_lossy(&down.body).contains("could not be routed"),
+                    "{down:?}"
+                );
+                engine.restart();
+                post_until(&two, 5, b"back", 204);
+                assert_eq!(two.stat("cluster_connected"), 1);
+                // A message whose request was cut by the outage may still arrive (its sender was told
+                // 503, as for any request whose answer was lost): only those may come first.
+                let mut got = remote.recv();
+                while got == b"down" {
+                    got = remote.recv();
+                }
+                assert_eq!(got, b"back");
+            }
+
+            /// A request-reply crosses brokers: the envelope listener on one answers a `POST ?reply=` sent
+            /// to another; a listener that leaves before answering is `502`.
+            fn request_reply_across_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &[]);
+                let two = node(a, &engine, &[]);
+                let mut l = EnvelopeListener::new(one.listen_with("/6", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
+                post_until(&two, 6, b"warm", 204);
+                l.recv_kind("message");
+                let addr = two.addr();
+                let asker = std::thread::spawn(move || Conn::connect(addr).post("/6?reply=5000", b"ping"));
+                let request = l.recv_kind("request");
+                assert_eq!(request.payload, b"ping");
+                let seq = request.uint("seq");
+                l.reply(seq, 200, Some("text/plain"), serde_json::json!(1), b"pong")
+                    .assert_ack(&serde_json::json!(1), 200);
+                let answered = asker.join().unwrap();
+                answered.assert_status(200);
+                assert_eq!(answered.body, b"pong");
+                assert_eq!(answered.header("content-type"), Some("text/plain"));
+
+                let asker = std::thread::spawn(move || Conn::connect(addr).post("/6?reply=5000", b"ping"));
+                l.recv_kind("request");
+                drop(l);
+                let gone = asker.join().unwrap();
+                gone.assert_error(502);
+            }
+
+            /// A topic's message reaches its listeners on every broker, and `Fedbroker-Recipients` counts
+            /// them all; a broker whose listeners left is no longer counted.
+            fn topics_fan_out_across_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &["--topics", "1000-1999"]);
+                let two = node(a, &engine, &["--topics", "1000-1999"]);
+                let mut here = one.listen(1500);
+                let mut there = [two.listen(1500), two.listen(1500)];
+                let r = eventually(WAIT, "three recipients", || {
+                    let r = one.post(1500, b"t");
+                    (r.header("fedbroker-recipients") == Some("3")).then_some(r)
+                });
+                r.assert_status(204);
+                one.post(1500, b"u").assert_status(204);
+                // Earlier attempts may have reached some of them: only those come before "u".
+                for l in std::iter::once(&mut here).chain(there.iter_mut()) {
+                    let mut got = l.recv();
+                    while got == b"t" {
+                        got = l.recv();
+                    }
+                    assert_eq!(got, b"u");
+                }
+                let from_two = two.post(1500, b"v");
+                assert_eq!(from_two.header("fedbroker-recipients"), Some("3"), "{from_two:?}");
+                drop(here);
+                eventually(WAIT, "two recipients", || {
+                    (two.post(1500, b"w").header("fedbroker-recipients") == Some("2")).then_some(())
+                });
+                drop(there);
+                eventually(WAIT, "nobody", || (one.post(1500, b"x").status == 404).then_some(()));
+            }
+
+            /// A mailbox id's message reaches its listener on another broker (`204`); with nobody
+            /// listening anywhere it is kept by the broker it reached (`202`), for a listener there.
+            fn mailbox_ids_in_a_cluster(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &["--mailbox", "1-100"]);
+                let two = node(a, &engine, &["--mailbox", "1-100"]);
+                let mut l = one.listen(20);
+                post_until(&two, 20, b"live", 204);
+                assert_eq!(l.recv(), b"live");
+                drop(l);
+                let kept = post_until(&two, 21, b"kept", 202);
+                assert_eq!(kept.header("fedbroker-seq"), Some("1"));
+                let mut later = two.listen_with("/21?since=0", &[]);
+                assert_eq!(later.recv(), b"kept");
+            }
+
+            /// Presence crosses brokers: a watcher on one broker sees an id come online when it is
+            /// listened on at another, and offline when that listener leaves; a replacement across
+            /// brokers is no event.
+            fn presence_across_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let one = node(a, &engine, &[]);
+                let two = node(a, &engine, &[]);
+                let mut watcher = EnvelopeListener::new(one.listen_with("/1", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
+                watcher.watch(&[5], serde_json::json!("w")).assert_ack(&serde_json::json!("w"), 200);
+                assert_eq!(watcher.recv_kind("offline").uint("id"), 5);
+                let there = two.listen(5);
+                assert_eq!(watcher.recv_kind("online").uint("id"), 5, "listened on the other broker");
+                let here = one.listen(5);
+                drop(there);
+                post_until(&two, 5, b"moved", 204);
+                drop(here);
+                assert_eq!(
+                    watcher.recv_kind("offline").uint("id"),
+                    5,
+                    "no event for the move, offline when the last listener left"
+                );
+            }
+
+            /// A broker that dies (SIGKILL) takes its listeners with it; they reconnect to another broker
+            /// and messages reach them there, sent through any broker; a watcher elsewhere sees the id
+            /// online again.
+            fn a_broker_dies_and_its_listeners_move(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let mut one = node(a, &engine, &[]);
+                let two = node(a, &engine, &[]);
+                let three = node(a, &engine, &[]);
+                let mut l = one.listen(8);
+                post_until(&three, 8, b"before", 204);
+                assert_eq!(l.recv(), b"before");
+                one.signal(libc::SIGKILL);
+                one.wait_exit(WAIT);
+                l.set_read_timeout(WAIT);
+                drop(l);
+                // The listener comes back on another broker.
+                let mut moved = two.listen(8);
+                post_until(&three, 8, b"after", 204);
+                assert_eq!(moved.recv(), b"after");
+                two.post(8, b"local").assert_status(204);
+                assert_eq!(moved.recv(), b"local");
+            }
+
+            /// A broker that dies says nothing: the others notice its silence (it sent a heartbeat
+        /// every 2 s) and a watcher sees its ids go offline without any message sent to them.
+        fn a_dead_brokers_ids_go_offline(a: Adapter) {
+            let Some(engine) = engine() else { return };
+            let mut one = node(a, &engine, &[]);
+            let two = node(a, &engine, &[]);
+            let mut watcher = EnvelopeListener::new(two.listen_with("/1", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
+            watcher.watch(&[8], serde_json::json!("w")).assert_ack(&serde_json::json!("w"), 200);
+            assert_eq!(watcher.recv_kind("offline").uint("id"), 8);
+            let _l = one.listen(8);
+            assert_eq!(watcher.recv_kind("online").uint("id"), 8);
+            one.signal(libc::SIGKILL);
+            one.wait_exit(WAIT);
+            watcher.inner().set_read_timeout(WAIT);
+            assert_eq!(watcher.recv_kind("offline").uint("id"), 8, "noticed without a message");
         }
-        let from_two = two.post(1500, b"v");
-        assert_eq!(from_two.header("fedbroker-recipients"), Some("3"), "{from_two:?}");
-        drop(here);
-        eventually(WAIT, "two recipients", || {
-            (two.post(1500, b"w").header("fedbroker-recipients") == Some("2")).then_some(())
-        });
-        drop(there);
-        eventually(WAIT, "nobody", || (one.post(1500, b"x").status == 404).then_some(()));
-    }
 
-    /// A mailbox id's message reaches its listener on another broker (`204`); with nobody
-    /// listening anywhere it is kept by the broker it reached (`202`), for a listener there.
-    fn mailbox_ids_in_a_cluster(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &["--mailbox", "1-100"]);
-        let two = node(a, &nats, &["--mailbox", "1-100"]);
-        let mut l = one.listen(20);
-        post_until(&two, 20, b"live", 204);
-        assert_eq!(l.recv(), b"live");
-        drop(l);
-        let kept = post_until(&two, 21, b"kept", 202);
-        assert_eq!(kept.header("fedbroker-seq"), Some("1"));
-        let mut later = two.listen_with("/21?since=0", &[]);
-        assert_eq!(later.recv(), b"kept");
-    }
+        /// An engine that requires credentials: brokers given them in the URL share ids; a broker
+            /// with wrong ones stays disconnected (its remote messages get `503`), ids listened on it
+            /// still work.
+            fn engine_with_credentials(a: Adapter) {
+                let Some(engine) = EngineServer::start_with_credentials(KIND, "fed", "s3cret") else { return };
+                let good = engine.url_with("fed:s3cret@");
+                let bad = engine.url_with("fed:b4dpass@");
+                let one = Broker::start(a, &["--cluster", good.as_str()]);
+                // Debug logs too: the engine client's own lines name the address it dials.
+                let two = Broker::start(a, &["--cluster", good.as_str(), "--log-level", "debug"]);
+                let intruder = Broker::start(a, &["--cluster", bad.as_str(), "--log-level", "debug"]);
+                let mut l = one.listen(4);
+                post_until(&two, 4, b"ok", 204);
+                assert_eq!(l.recv(), b"ok");
+                intruder.post(4, b"x").assert_error(503);
+                assert_eq!(intruder.stat("cluster_connected"), 0);
+                let mut own = intruder.listen(9);
+                intruder.post(9, b"local").assert_status(204);
+                assert_eq!(own.recv(), b"local");
+                let logs = intruder.stderr() + &two.stderr();
+                assert!(logs.contains("127.0.0.1"), "the debug log names the engine's address");
+                assert!(!logs.contains("s3cret") && !logs.contains("b4dpass"), "no password in the logs");
+            }
 
-    /// Presence crosses brokers: a watcher on one broker sees an id come online when it is
-    /// listened on at another, and offline when that listener leaves; a replacement across
-    /// brokers is no event.
-    fn presence_across_brokers(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &[]);
-        let two = node(a, &nats, &[]);
-        let mut watcher = EnvelopeListener::new(one.listen_with("/1", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
-        watcher.watch(&[5], serde_json::json!("w")).assert_ack(&serde_json::json!("w"), 200);
-        assert_eq!(watcher.recv_kind("offline").uint("id"), 5);
-        let there = two.listen(5);
-        assert_eq!(watcher.recv_kind("online").uint("id"), 5, "listened on the other broker");
-        let here = one.listen(5);
-        drop(there);
-        post_until(&two, 5, b"moved", 204);
-        drop(here);
-        assert_eq!(
-            watcher.recv_kind("offline").uint("id"),
-            5,
-            "no event for the move, offline when the last listener left"
-        );
-    }
 
+
+                $($only)*
+            }
+        }
+    };
+}
+
+engine_tests! { nats, EngineKind::Nats,
     /// A message larger than the engine takes (nats-server's max_payload, 1 MiB by default) is
     /// `413` when it must cross brokers; the same message to a local listener is delivered.
     fn larger_than_the_engine_takes(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let one = node(a, &nats, &[]);
-        let two = node(a, &nats, &["--max-message-size", "4194304"]);
+        let Some(engine) = engine() else { return };
+        let one = node(a, &engine, &[]);
+        let two = node(a, &engine, &["--max-message-size", "4194304"]);
         let _remote = one.listen(5);
         let mut local = two.listen(6);
         post_until(&two, 5, b"small", 204);
@@ -245,61 +333,25 @@ adapter_tests! {
         two.connect().post("/6", &big).assert_status(204);
         assert_eq!(local.recv().len(), big.len());
     }
+}
 
-    /// A broker that dies (SIGKILL) takes its listeners with it; they reconnect to another broker
-    /// and messages reach them there, sent through any broker; a watcher elsewhere sees the id
-    /// online again.
-    fn a_broker_dies_and_its_listeners_move(a: Adapter) {
-        let Some(nats) = NatsServer::start() else { return };
-        let mut one = node(a, &nats, &[]);
-        let two = node(a, &nats, &[]);
-        let three = node(a, &nats, &[]);
-        let mut l = one.listen(8);
-        post_until(&three, 8, b"before", 204);
-        assert_eq!(l.recv(), b"before");
-        one.signal(libc::SIGKILL);
-        one.wait_exit(WAIT);
-        l.set_read_timeout(WAIT);
-        drop(l);
-        // The listener comes back on another broker.
-        let mut moved = two.listen(8);
-        post_until(&three, 8, b"after", 204);
-        assert_eq!(moved.recv(), b"after");
-        two.post(8, b"local").assert_status(204);
-        assert_eq!(moved.recv(), b"local");
-    }
+engine_tests! { redis, EngineKind::Redis, }
 
-    /// An engine that requires credentials: brokers given them in the URL share ids; a broker
-    /// with wrong ones stays disconnected (its remote messages get `503`), ids listened on it
-    /// still work.
-    fn engine_with_credentials(a: Adapter) {
-        let Some(nats) = NatsServer::start_with(&["--user", "fed", "--pass", "s3cret"]) else { return };
-        let port = nats.url().rsplit(':').next().unwrap().to_owned();
-        let good = format!("nats://fed:s3cret@127.0.0.1:{port}");
-        let bad = format!("nats://fed:b4dpass@127.0.0.1:{port}");
-        let one = Broker::start(a, &["--cluster", good.as_str()]);
-        // Debug logs too: the engine client's own lines name the address it dials.
-        let two = Broker::start(a, &["--cluster", good.as_str(), "--log-level", "debug"]);
-        let intruder = Broker::start(a, &["--cluster", bad.as_str(), "--log-level", "debug"]);
-        let mut l = one.listen(4);
-        post_until(&two, 4, b"ok", 204);
-        assert_eq!(l.recv(), b"ok");
-        intruder.post(4, b"x").assert_error(503);
-        assert_eq!(intruder.stat("cluster_connected"), 0);
-        let mut own = intruder.listen(9);
-        intruder.post(9, b"local").assert_status(204);
-        assert_eq!(own.recv(), b"local");
-        let logs = intruder.stderr() + &two.stderr();
-        assert!(logs.contains("127.0.0.1"), "the debug log names the engine's address");
-        assert!(!logs.contains("s3cret") && !logs.contains("b4dpass"), "no password in the logs");
-    }
-
-    /// `--cluster` takes nats:// URLs; anything else stops the broker with one line.
+adapter_tests! {
+    /// `--cluster` takes nats:// and redis:// URLs; anything else stops the broker with one line
+    /// that names the problem and never the credentials.
     fn cluster_url_checked(a: Adapter) {
-        for (url, needle) in [("redis://127.0.0.1:6379", "Redis"), ("127.0.0.1:4222", "nats://")] {
+        for (url, needle) in [
+            ("127.0.0.1:4222", "expected nats://"),
+            ("http://127.0.0.1:4222", "not an engine"),
+            ("rediss://u:hidden@127.0.0.1:6379", "not an engine"),
+            ("nats://", "without a host"),
+            ("redis://u:hidden@127.0.0.1:99999", "port"),
+        ] {
             let out = run_cli(a, &["--cluster", url]);
             assert_eq!(out.code(), 2, "{url}: {out:?}");
             assert!(out.stderr.contains(needle), "{url}: {}", out.stderr);
+            assert!(!out.stderr.contains("hidden"), "{url}: {}", out.stderr);
         }
     }
 }

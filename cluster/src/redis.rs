@@ -1,0 +1,384 @@
+//! The Redis engine (Redis ≥ 7): sharded pub/sub. A subject is a shard channel (`SSUBSCRIBE`,
+//! `SPUBLISH`), so that under Redis Cluster each id's channel lives on the shard that owns its
+//! slot and a message costs only that shard; `SPUBLISH`'s receiver count tells "no responders".
+//!
+//! Redis carries bytes only: a message is framed by [`crate::engine::encode`]. Inboxes are one
+//! shard channel per broker (`fedbroker.inbox.{node}`); an inbox's name is that channel and a
+//! number (`fedbroker.inbox.{node}#17`), and answers carry the number back.
+//!
+//! Two connections: redis-rs's connection manager publishes (it reconnects when a command finds
+//! its connection lost), and a subscriber connection of this module's own (see `resp.rs` for
+//! why) takes `SSUBSCRIBE`/`SUNSUBSCRIBE` in order and reads the messages. When the subscriber
+//! connection is lost, it connects again and subscribes again to every channel it had, by
+//! itself; the engine counts as connected while it is up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OnceCell};
+
+use crate::engine::{decode, encode, Answers, Engine, EngineError, Msg, Subscription};
+use crate::resp::{self, Frame};
+use crate::{lock, ClusterError};
+
+/// Messages waiting for one subscription's reader, at most; beyond, they are dropped (their
+/// senders get no answer, so `503`, never a false `204`).
+const PER_SUBSCRIPTION: usize = 4_096;
+
+/// Subscription changes waiting for the subscriber connection, at most.
+const CHANGES: usize = 65_536;
+
+/// The header that carries an inbox's number back to its broker.
+const INBOX_NUMBER: &str = "Fedbroker-Inbox";
+
+/// How often the subscriber connection is checked with a `PING`; silent for three of these,
+/// it is taken as lost.
+const PING: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub(crate) struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    /// Made on first use, then kept: it reconnects by itself.
+    publisher: OnceCell<ConnectionManager>,
+    host: String,
+    port: u16,
+    credentials: Option<(Option<String>, String)>,
+    connected: AtomicBool,
+    notify: Arc<dyn Fn(bool) + Send + Sync>,
+    /// This broker's inbox channel.
+    inbox_channel: String,
+    /// Each channel's reader, with the number of the subscription it belongs to.
+    channels: Mutex<HashMap<String, (u64, mpsc::Sender<Msg>)>>,
+    inboxes: Mutex<HashMap<u64, mpsc::Sender<Result<Msg, EngineError>>>>,
+    next_number: AtomicU64,
+    /// `SSUBSCRIBE` (true) or `SUNSUBSCRIBE` (false) for the subscriber connection, in order.
+    changes: mpsc::Sender<(String, bool)>,
+}
+
+impl Redis {
+    /// Starts connecting to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`) in the background;
+    /// `notify` is told each time the connection is made or lost.
+    pub fn connect(url: &str, node: &str, notify: Arc<dyn Fn(bool) + Send + Sync>) -> Result<Redis, ClusterError> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| ClusterError(format!("not a Redis address: {e}")))?;
+        let ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            return Err(ClusterError("only redis://HOST:PORT is supported".into()));
+        };
+        let settings = info.redis_settings();
+        let credentials = settings
+            .password()
+            .map(|p| (settings.username().map(str::to_owned), p.to_owned()));
+        let client = redis::Client::open(info).map_err(|e| ClusterError(format!("not a Redis address: {e}")))?;
+        let (changes, changed) = mpsc::channel(CHANGES);
+        let redis = Redis {
+            inner: Arc::new(Inner {
+                client,
+                publisher: OnceCell::new(),
+                host,
+                port,
+                credentials,
+                connected: AtomicBool::new(false),
+                notify,
+                inbox_channel: format!("fedbroker.inbox.{node}"),
+                channels: Mutex::new(HashMap::new()),
+                inboxes: Mutex::new(HashMap::new()),
+                next_number: AtomicU64::new(1),
+                changes,
+            }),
+        };
+        let subscriber = redis.clone();
+        tokio::spawn(async move { subscriber.subscriber(changed).await });
+        Ok(redis)
+    }
+
+    async fn publisher(&self) -> Result<ConnectionManager, EngineError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            // Failures come back at once: the sender is answered 503 rather than held.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        self.inner
+            .publisher
+            .get_or_try_init(|| self.inner.client.get_connection_manager_with_config(config))
+            .await
+            .cloned()
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
+    }
+
+    /// The subscriber connection, made again whenever it is lost, for as long as the broker
+    /// runs.
+    async fn subscriber(&self, mut changed: mpsc::Receiver<(String, bool)>) {
+        let mut delay = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            let session = self.subscribe_session(&mut changed).await;
+            if self.inner.connected.swap(false, Ordering::SeqCst) {
+                tracing::warn!("cluster engine: connection to Redis lost: {}", session.unwrap_err());
+                (self.inner.notify)(false);
+                delay = Duration::from_millis(100);
+                warned = false;
+            } else if !warned {
+                tracing::warn!("cluster engine: cannot reach Redis, retrying: {}", session.unwrap_err());
+                warned = true;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One subscriber connection: authenticates, subscribes to every channel wanted, then
+    /// reads messages and takes subscription changes until it fails.
+    async fn subscribe_session(&self, changed: &mut mpsc::Receiver<(String, bool)>) -> Result<(), String> {
+        let connect = TcpStream::connect((self.inner.host.as_str(), self.inner.port));
+        let mut socket = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| "timed out connecting".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let _ = socket.set_nodelay(true);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        if let Some((user, password)) = &self.inner.credentials {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = user {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            socket
+                .write_all(&resp::command(&args))
+                .await
+                .map_err(|e| e.to_string())?;
+            match read_frame(&mut socket, &mut buf).await? {
+                Frame::Simple(_) => {}
+                Frame::Error(e) => return Err(format!("authentication refused: {e}")),
+                _ => return Err("unexpected answer to AUTH".into()),
+            }
+        }
+        // The changes queued so far are all in the map: subscribe to what it holds now.
+        while changed.try_recv().is_ok() {}
+        let mut wanted: Vec<String> = lock(&self.inner.channels).keys().cloned().collect();
+        wanted.push(self.inner.inbox_channel.clone());
+        for channel in &wanted {
+            socket
+                .write_all(&resp::command(&[b"SSUBSCRIBE", channel.as_bytes()]))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        // Connected once the inbox's subscription is confirmed (it was sent last).
+        loop {
+            match read_frame(&mut socket, &mut buf).await? {
+                Frame::Array(items) if is_confirmation(&items, b"ssubscribe", &self.inner.inbox_channel) => break,
+                Frame::Error(e) => return Err(format!("refused: {e}")),
+                Frame::Array(items) => self.dispatch(items),
+                _ => {}
+            }
+        }
+        self.inner.connected.store(true, Ordering::SeqCst);
+        tracing::info!("cluster engine: connected to Redis");
+        (self.inner.notify)(true);
+        let (mut reader, mut writer) = socket.into_split();
+        let mut ping = tokio::time::interval(PING);
+        let mut silent = 0u32;
+        loop {
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => {
+                    match read {
+                        Ok(0) => return Err("closed by the server".into()),
+                        Ok(_) => silent = 0,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                    while let Some(frame) = resp::take(&mut buf).map_err(|e| e.0.to_owned())? {
+                        match frame {
+                            Frame::Array(items) => self.dispatch(items),
+                            Frame::Error(e) => tracing::warn!("cluster engine: Redis refused a subscription: {e}"),
+                            _ => {}
+                        }
+                    }
+                }
+                change = changed.recv() => {
+                    let Some((channel, subscribe)) = change else { return Ok(()) };
+                    let verb: &[u8] = if subscribe { b"SSUBSCRIBE" } else { b"SUNSUBSCRIBE" };
+                    tracing::debug!(%channel, subscribe, "cluster engine: subscription change");
+                    writer.write_all(&resp::command(&[verb, channel.as_bytes()])).await.map_err(|e| e.to_string())?;
+                }
+                _ = ping.tick() => {
+                    silent += 1;
+                    if silent > 3 {
+                        return Err("no answer to PING".into());
+                    }
+                    writer.write_all(&resp::command(&[b"PING"])).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+
+    /// A message pushed on the subscriber connection, to its subscription or inbox.
+    fn dispatch(&self, items: Vec<Frame>) {
+        let [Frame::Bulk(Some(kind)), Frame::Bulk(Some(channel)), Frame::Bulk(Some(payload))] = &items[..] else {
+            return;
+        };
+        if kind.as_ref() != b"smessage" {
+            return;
+        }
+        let Some(mut msg) = decode(payload.clone()) else {
+            tracing::debug!("cluster engine: a message not from a broker was ignored");
+            return;
+        };
+        if channel.as_ref() == self.inner.inbox_channel.as_bytes() {
+            let Some(number) = msg.number(INBOX_NUMBER) else { return };
+            msg.headers.retain(|(n, _)| n != INBOX_NUMBER);
+            if let Some(tx) = lock(&self.inner.inboxes).get(&number) {
+                let _ = tx.try_send(Ok(msg));
+            }
+            return;
+        }
+        let channel = String::from_utf8_lossy(channel);
+        if let Some((_, tx)) = lock(&self.inner.channels).get(channel.as_ref()) {
+            if tx.try_send(msg).is_err() {
+                tracing::warn!(%channel, "cluster engine: a message was dropped (its reader is behind)");
+            }
+        }
+    }
+}
+
+fn is_confirmation(items: &[Frame], kind: &[u8], channel: &str) -> bool {
+    matches!(items, [Frame::Bulk(Some(k)), Frame::Bulk(Some(c)), Frame::Integer(_)]
+        if k.as_ref() == kind && c.as_ref() == channel.as_bytes())
+}
+
+/// Reads one whole frame (while connecting).
+async fn read_frame(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(frame) = resp::take(buf).map_err(|e| e.0.to_owned())? {
+            return Ok(frame);
+        }
+        match tokio::time::timeout_at(deadline, socket.read_buf(buf)).await {
+            Err(_) => return Err("no answer in time".into()),
+            Ok(Ok(0)) => return Err("closed by the server".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+impl Engine for Redis {
+    fn connected(&self) -> bool {
+        self.inner.connected.load(Ordering::SeqCst)
+    }
+
+    async fn publish(&self, subject: String, mut msg: Msg) -> Result<(), EngineError> {
+        // An inbox: its broker's channel, and the number that tells which.
+        let channel = match subject.split_once('#') {
+            Some((channel, number)) => {
+                msg.headers.push((INBOX_NUMBER.to_owned(), number.to_owned()));
+                channel.to_owned()
+            }
+            None => subject,
+        };
+        let bytes = encode(&msg).ok_or_else(|| EngineError::Unavailable("headers too long".into()))?;
+        if !self.connected() {
+            return Err(EngineError::Unavailable("not connected to the engine".into()));
+        }
+        let mut manager = self.publisher().await?;
+        let receivers: i64 = redis::cmd("SPUBLISH")
+            .arg(&channel)
+            .arg(bytes)
+            .query_async(&mut manager)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        if receivers == 0 {
+            tracing::debug!(%channel, "cluster engine: no receivers");
+            return Err(EngineError::NoResponders);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: String) -> Result<Subscription, EngineError> {
+        let (tx, rx) = mpsc::channel(PER_SUBSCRIPTION);
+        let number = self.inner.next_number.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.channels).insert(subject.clone(), (number, tx));
+        let unsubscribe = Unsubscribe {
+            engine: self.clone(),
+            channel: subject.clone(),
+            number,
+        };
+        // Not connected: the subscriber connection subscribes to the whole map when it is.
+        self.inner
+            .changes
+            .send((subject, true))
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine's subscriber stopped".into()))?;
+        let stream = futures_util::stream::unfold((rx, unsubscribe), |(mut rx, guard)| async move {
+            rx.recv().await.map(|m| (m, (rx, guard)))
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn inbox(&self) -> Result<(String, Answers), EngineError> {
+        let number = self.inner.next_number.fetch_add(1, Ordering::Relaxed);
+        // Two answers at most (queued, then the reply).
+        let (tx, rx) = mpsc::channel(4);
+        lock(&self.inner.inboxes).insert(number, tx);
+        let guard = FreeInbox {
+            engine: self.clone(),
+            number,
+        };
+        let stream = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|m| (m, (rx, guard)))
+        });
+        Ok((format!("{}#{number}", self.inner.inbox_channel), Box::pin(stream)))
+    }
+}
+
+/// Unsubscribes when a subscription is dropped.
+struct Unsubscribe {
+    engine: Redis,
+    channel: String,
+    number: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let mut channels = lock(&self.engine.inner.channels);
+        // A newer subscription to the same channel is left alone.
+        if channels.get(&self.channel).is_none_or(|(n, _)| *n != self.number) {
+            return;
+        }
+        channels.remove(&self.channel);
+        // In order after the SSUBSCRIBE; a full queue leaves the subscription in place, where
+        // its messages find no listener (404) rather than none at all.
+        if self
+            .engine
+            .inner
+            .changes
+            .try_send((std::mem::take(&mut self.channel), false))
+            .is_err()
+        {
+            tracing::warn!("cluster engine: an unsubscription was not sent (queue full)");
+        }
+    }
+}
+
+/// Frees an inbox's number when its answers are dropped.
+struct FreeInbox {
+    engine: Redis,
+    number: u64,
+}
+
+impl Drop for FreeInbox {
+    fn drop(&mut self) {
+        lock(&self.engine.inner.inboxes).remove(&self.number);
+    }
+}
