@@ -77,9 +77,9 @@ impl Redis {
             return Err(ClusterError("only redis://HOST:PORT is supported".into()));
         };
         let settings = info.redis_settings();
-        let credentials = settings
-            .password()
-            .map(|p| (settings.username().map(str::to_owned), p.to_owned()));
+        // `redis://:PASSWORD@…` (requirepass) has no user: AUTH with the password alone.
+        let user = settings.username().filter(|u| !u.is_empty()).map(str::to_owned);
+        let credentials = settings.password().map(|p| (user, p.to_owned()));
         let client = redis::Client::open(info).map_err(|e| ClusterError(format!("not a Redis address: {e}")))?;
         let (changes, changed) = mpsc::channel(CHANGES);
         let redis = Redis {

@@ -35,21 +35,28 @@ pub struct EngineServer {
     child: Option<Child>,
     /// The user and password it requires, if any.
     credentials: Option<(String, String)>,
+    /// More arguments for the server.
+    extra: Vec<String>,
 }
 
 impl EngineServer {
     /// Starts one on a free port, or `None` (with a note) when the server is not installed;
     /// under `CI=true` a missing server fails the test instead of skipping it.
     pub fn start(kind: EngineKind) -> Option<EngineServer> {
-        EngineServer::start_inner(kind, None)
+        EngineServer::start_inner(kind, None, &[])
     }
 
     /// As [`EngineServer::start`], requiring `user` and `password` of its clients.
     pub fn start_with_credentials(kind: EngineKind, user: &str, password: &str) -> Option<EngineServer> {
-        EngineServer::start_inner(kind, Some((user.to_owned(), password.to_owned())))
+        EngineServer::start_inner(kind, Some((user.to_owned(), password.to_owned())), &[])
     }
 
-    fn start_inner(kind: EngineKind, credentials: Option<(String, String)>) -> Option<EngineServer> {
+    /// As [`EngineServer::start`], with more arguments for the server (`--requirepass p`).
+    pub fn start_with_args(kind: EngineKind, args: &[&str]) -> Option<EngineServer> {
+        EngineServer::start_inner(kind, None, args)
+    }
+
+    fn start_inner(kind: EngineKind, credentials: Option<(String, String)>, extra: &[&str]) -> Option<EngineServer> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -59,6 +66,7 @@ impl EngineServer {
             port,
             child: None,
             credentials,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         if !server.run() {
             let program = kind.program();
@@ -96,12 +104,15 @@ impl EngineServer {
                 ]);
                 if let Some((user, pass)) = &self.credentials {
                     let (user, pass) = (user.as_str(), format!(">{pass}"));
+                    // The least a broker needs, as docs/security.md advises.
                     cmd.args(["--user", "default", "off"]);
-                    cmd.args(["--user", user, "on", &pass, "~*", "&*", "+@all"]);
+                    cmd.args(["--user", user, "on", &pass, "resetchannels", "&fedbroker.*"]);
+                    cmd.args(["+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+auth"]);
                 }
             }
         }
         let child = cmd
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -335,7 +335,20 @@ engine_tests! { nats, EngineKind::Nats,
     }
 }
 
-engine_tests! { redis, EngineKind::Redis, }
+engine_tests! { redis, EngineKind::Redis,
+    /// A Redis with only a password (`requirepass`, no ACL user): `redis://:PASSWORD@…`.
+    fn redis_with_a_password_only(a: Adapter) {
+        let Some(engine) = EngineServer::start_with_args(KIND, &["--requirepass", "s3cret"]) else { return };
+        let one = Broker::start(a, &["--cluster", engine.url_with(":s3cret@").as_str()]);
+        let two = Broker::start(a, &["--cluster", engine.url_with(":s3cret@").as_str()]);
+        let wrong = Broker::start(a, &["--cluster", engine.url_with(":nope@").as_str()]);
+        let mut l = one.listen(4);
+        post_until(&two, 4, b"ok", 204);
+        assert_eq!(l.recv(), b"ok");
+        wrong.post(4, b"x").assert_error(503);
+        assert_eq!(wrong.stat("cluster_connected"), 0);
+    }
+}
 
 adapter_tests! {
     /// `--cluster` takes nats:// and redis:// URLs; anything else stops the broker with one line
