@@ -190,3 +190,76 @@ mod tests {
         assert_eq!(all(&command(&[b"x", b""])).unwrap().len(), 1);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        let leaf = prop_oneof![
+            "[a-zA-Z ]{0,20}".prop_map(Frame::Simple),
+            "[a-zA-Z ]{0,20}".prop_map(Frame::Error),
+            any::<i64>().prop_map(Frame::Integer),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|b| Frame::Bulk(b.map(Bytes::from))),
+        ];
+        prop_oneof![
+            leaf.clone(),
+            proptest::collection::vec(leaf, 0..MAX_ARRAY).prop_map(Frame::Array)
+        ]
+    }
+
+    fn write(frame: &Frame, out: &mut Vec<u8>) {
+        match frame {
+            Frame::Simple(s) => out.extend_from_slice(format!("+{s}\r\n").as_bytes()),
+            Frame::Error(s) => out.extend_from_slice(format!("-{s}\r\n").as_bytes()),
+            Frame::Integer(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Frame::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+            Frame::Bulk(Some(b)) => {
+                out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Frame::Array(items) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                items.iter().for_each(|i| write(i, out));
+            }
+        }
+    }
+
+    proptest! {
+        /// Any bytes: an answer, never a panic, and nothing taken when more bytes are needed.
+        #[test]
+        fn any_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let before = buf.len();
+            if let Ok(None) = take(&mut buf) {
+                prop_assert_eq!(buf.len(), before);
+            }
+        }
+
+        /// Frames written one after another come back the same, however the bytes arrive.
+        #[test]
+        fn frames_come_back_whole(frames in proptest::collection::vec(frame(), 1..8), chunk in 1usize..64) {
+            let mut bytes = Vec::new();
+            frames.iter().for_each(|f| write(f, &mut bytes));
+            let (mut buf, mut got) = (BytesMut::new(), Vec::new());
+            for piece in bytes.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = take(&mut buf).expect("well formed") {
+                    got.push(f);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            // A null array reads as an empty one; none is written here.
+            prop_assert_eq!(got, frames);
+        }
+
+        /// The engine's message framing: any bytes decode or are refused, never a panic.
+        #[test]
+        fn any_message_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = crate::engine::decode(Bytes::from(bytes));
+        }
+    }
+}
