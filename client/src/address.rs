@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// Largest id (SPEC §2: 2^31 − 1).
-pub const MAX_ID: u32 = 2_147_483_647;
+pub const MAX_ID: u32 = fedbroker_core::Id::MAX;
 
 /// The SRV service label prefixed to the domain of `ID@DOMAIN`.
 pub const SRV_PREFIX: &str = "_fedbroker._tcp.";
@@ -56,12 +56,11 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, AddressError> {
     Err(AddressError(msg.into()))
 }
 
-/// Parses a canonical id (SPEC §2): digits only, no leading zero, 1 ..= 2^31 − 1.
+/// Parses a canonical id (SPEC §2): digits only, no leading zero, 1 ..= 2^31 − 1; the
+/// broker's own rule (`fedbroker_core::Id::parse`), so the client refuses exactly what a broker
+/// would answer `400` to.
 pub fn parse_id(s: &str) -> Option<u32> {
-    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
-        return None;
-    }
-    s.parse::<u64>().ok().filter(|&n| n <= MAX_ID as u64).map(|n| n as u32)
+    fedbroker_core::Id::parse(s.as_bytes()).map(fedbroker_core::Id::get)
 }
 
 impl Address {
