@@ -164,14 +164,20 @@ fn kind(url: &str) -> Result<Kind, ClusterError> {
             "{scheme}:// without a host; expected {scheme}://HOST:PORT"
         )));
     }
-    if let Some((_, port)) = host
-        .rsplit_once(':')
-        .filter(|(h, _)| !h.ends_with(']') || host.starts_with('['))
-    {
-        if !port.is_empty() && port.parse::<u16>().is_err() {
+    // `[::1]:4222`, `[::1]`, `host:4222`, `host`.
+    let port = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .map(|(_, rest)| rest.strip_prefix(':').unwrap_or(rest)),
+        None => Some(host.rsplit_once(':').map_or("", |(_, p)| p)),
+    };
+    match port {
+        Some("") => {}
+        Some(p) if p.parse::<u16>().is_ok() => {}
+        _ => {
             return Err(ClusterError(format!(
                 "{scheme}://{host}: the port is not a number 0-65535"
-            )));
+            )))
         }
     }
     Ok(kind)
@@ -870,6 +876,33 @@ fn wall_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_urls_are_checked() {
+        for good in [
+            "nats://127.0.0.1:4222",
+            "nats://h",
+            "redis://u:p@h:6379/0",
+            "redis://:p@[::1]:6379",
+            "nats://[::1]",
+            "nats://[::1]:4222",
+        ] {
+            assert!(check_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "h:4222",
+            "http://h",
+            "rediss://h",
+            "nats://",
+            "redis://u:p@",
+            "nats://h:99999",
+            "nats://[::1]x",
+            "nats://h:x",
+        ] {
+            let e = check_url(bad).expect_err(bad);
+            assert!(!e.0.contains(":p@"), "{e}");
+        }
+    }
 
     #[test]
     fn credentials_are_kept_out_of_the_address() {
