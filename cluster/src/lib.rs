@@ -73,7 +73,7 @@ fn subject(id: Id) -> String {
 }
 
 /// The subject on which brokers announce the ids they start listening on (`ID NODE TS`: a plain
-/// id is taken from whoever held it, TS being when its listener started), stop listening on
+/// id is taken from whoever held it, TS being when its listener started, in wall-clock µs), stop listening on
 /// (`ID NODE -`), or listen on already (`ID NODE +`, the answer to `? NODE`, which a broker
 /// sends when it (re)connects); and say they are alive (`! NODE`).
 const CLAIMS: &str = "fedbroker.claim";
@@ -88,12 +88,45 @@ fn topic_subject(node: &str) -> String {
 /// presence).
 type Members = Arc<std::sync::Mutex<HashMap<Id, BTreeSet<String>>>>;
 
-/// The ids listened on this broker, with when they started to be (wall-clock ms): the newer of
-/// two listeners of a plain id on two brokers is the one that stays.
+/// The ids listened on this broker, with when they started to be (wall-clock µs): the newer of
+/// two listeners of a plain id on two brokers is the one that stays. Microseconds, not
+/// milliseconds: two listeners a few hundred µs apart were found tied (and the tie, broken by
+/// node, kept the older one).
 type Mine = Arc<std::sync::Mutex<BTreeMap<Id, u64>>>;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Listener changes and (re)connections for the engine's thread: kept apart from the messages'
+/// queue, coalesced per id, so that none is lost when that queue is full (a change not acted on
+/// would leave an id unsubscribed, or another broker's listener not replaced, for good).
+#[derive(Default)]
+struct Control {
+    pending: std::sync::Mutex<(BTreeSet<Id>, bool)>,
+    wake: tokio::sync::Notify,
+}
+
+impl Control {
+    fn changed(&self, id: Id) {
+        lock(&self.pending).0.insert(id);
+        self.wake.notify_one();
+    }
+
+    fn connected(&self) {
+        lock(&self.pending).1 = true;
+        self.wake.notify_one();
+    }
+
+    /// What is pending, the (re)connection first.
+    fn take(&self) -> Vec<Work> {
+        let (ids, connected) = std::mem::take(&mut *lock(&self.pending));
+        connected
+            .then_some(Work::Connected)
+            .into_iter()
+            .chain(ids.into_iter().map(Work::Changed))
+            .collect()
+    }
 }
 
 /// Work for the engine's thread.
@@ -147,14 +180,22 @@ pub fn check_url(url: &str) -> Result<(), ClusterError> {
 fn kind(url: &str) -> Result<Kind, ClusterError> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| ClusterError(format!("{url:?}: expected nats://HOST:PORT or redis://HOST:PORT")))?;
+        // Not echoed: it may hold credentials.
+        .ok_or_else(|| ClusterError("expected nats://HOST:PORT or redis://HOST:PORT".into()))?;
     let kind = match scheme {
         "nats" => Kind::Nats,
         "redis" => Kind::Redis,
-        _ => {
+        // A scheme is letters (RFC 3986 adds digits, +, - and .); anything else is not
+        // echoed, as it may be credentials.
+        _ if scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) => {
             return Err(ClusterError(format!(
                 "{scheme}:// is not an engine; expected nats://HOST:PORT or redis://HOST:PORT"
             )))
+        }
+        _ => {
+            return Err(ClusterError(
+                "not an engine's address; expected nats://HOST:PORT or redis://HOST:PORT".into(),
+            ))
         }
     };
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
@@ -200,7 +241,9 @@ impl ClusterRouter {
         let node = format!("{:016x}", node_id());
         let mine = Mine::default();
         let state = Arc::new(State::default());
+        let control = Arc::new(Control::default());
         let shared = Shared {
+            control: control.clone(),
             node: node.clone(),
             registry: registry.clone(),
             local: LocalRouter::new(registry.clone()),
@@ -209,13 +252,13 @@ impl ClusterRouter {
             seen: Default::default(),
             state: state.clone(),
         };
-        let to_self = tx.clone();
+        let to_self = control.clone();
         let events = state.clone();
         let notify: Arc<dyn Fn(bool) + Send + Sync> = Arc::new(move |connected| {
             events.connected.store(connected, Ordering::Relaxed);
             if connected {
                 // Announcements made while disconnected were lost: make them again.
-                let _ = to_self.try_send(Work::Connected);
+                to_self.connected();
             }
         });
         std::thread::Builder::new()
@@ -235,7 +278,7 @@ impl ClusterRouter {
                 })
             })
             .map_err(|e| ClusterError(format!("cannot start the cluster's thread: {e}")))?;
-        let changes = tx.clone();
+        let changes = control;
         // The registry holds its observer and the observer a handle of the registry: both live
         // as long as the broker, which is the process.
         let observed = registry.clone();
@@ -243,14 +286,13 @@ impl ClusterRouter {
             // When, recorded at once: a claim from another broker is compared with it.
             let mut mine = lock(&mine);
             if observed.is_listened(id) {
-                mine.entry(id).or_insert_with(wall_ms);
+                mine.entry(id).or_insert_with(wall_us);
             } else {
                 mine.remove(&id);
             }
             drop(mine);
-            // Subscriptions are reconciled with the registry's state by the engine's thread; a
-            // change that does not fit now is picked up by the next one for the id.
-            let _ = changes.try_send(Work::Changed(id));
+            // Subscriptions are reconciled with the registry's state by the engine's thread.
+            changes.changed(id);
         });
         Ok(ClusterRouter {
             local: LocalRouter::new(registry.clone()),
@@ -334,6 +376,7 @@ fn node_id() -> u64 {
 /// What the engine's thread and its tasks share.
 #[derive(Clone)]
 struct Shared {
+    control: Arc<Control>,
     node: String,
     registry: Registry,
     local: LocalRouter,
@@ -363,7 +406,9 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
         ..
     } = shared.clone();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut subscribed: HashMap<Id, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Each subscribed id's reader, stopped (after the message it is answering, if any) by
+    // dropping its sender.
+    let mut subscribed: HashMap<Id, tokio::sync::oneshot::Sender<()>> = HashMap::new();
     let mut announced: BTreeSet<Id> = BTreeSet::new();
     // Claims of the other brokers: an id taken elsewhere is closed here (4000); who listens
     // where, for topics' fan-out and for presence.
@@ -394,100 +439,121 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
     }
     // Alive, every HEARTBEAT; brokers not heard for three are gone.
     tokio::spawn(heartbeat(engine.clone(), shared.clone()));
-    while let Some(w) = work.recv().await {
-        match w {
-            Work::Route(request, reply) => {
-                // Not connected: answer 503 now rather than hold the request and deliver it
-                // after the sender was told to retry.
-                if !engine.connected() {
-                    reply.answer(Err(HttpError::RouteUnavailable));
-                    continue;
-                }
-                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    reply.answer(Err(HttpError::RouteUnavailable));
-                    continue;
-                };
-                let (engine, shared) = (engine.clone(), shared.clone());
-                tokio::spawn(async move {
-                    remote(engine, shared, request, reply).await;
-                    drop(permit);
-                });
-            }
-            Work::Connected => {
-                // Those not heard while this broker was away are not gone for that.
-                let now = Instant::now();
-                lock(&shared.seen).values_mut().for_each(|t| *t = now);
-                publish_claim(&engine, format!("? {node}")).await;
-                let ids: Vec<Id> = lock(&mine).keys().copied().collect();
-                for id in ids {
-                    publish_claim(&engine, format!("{id} {node} +")).await;
-                }
-            }
-            Work::Topic(request, reply) => {
-                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    reply.answer(Err(HttpError::RouteUnavailable));
-                    continue;
-                };
-                let others: Vec<String> = lock(&members)
-                    .get(&request.id)
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default();
-                let connected = engine.connected();
-                let (engine, shared) = (engine.clone(), shared.clone());
-                tokio::spawn(async move {
-                    let others = if connected { others } else { Vec::new() };
-                    topic(engine, shared, others, request, reply, connected).await;
-                    drop(permit);
-                });
-            }
-            Work::Changed(id) => {
-                let listened = registry.is_listened(id);
-                tracing::debug!(%id, listened, "cluster: listened changed");
-                // A leave goes out whenever the id is not listened on here, even if this loop
-                // never saw it listened: it may have been announced already (to a broker that
-                // asked, or on reconnecting), from `mine`.
-                let changed = if listened {
-                    announced.insert(id)
-                } else {
-                    announced.remove(&id);
-                    true
-                };
-                if changed && (registry.is_topic(id) || !listened) {
-                    // A topic's members, and any id's last listener here gone (presence); a
-                    // plain id's claim goes out once it is subscribed, below.
-                    let text = if listened {
-                        format!("{id} {node}")
-                    } else {
-                        format!("{id} {node} -")
-                    };
-                    publish_claim(&engine, text).await;
-                }
-                if registry.is_topic(id) {
-                    continue;
-                }
-                match (listened, subscribed.contains_key(&id)) {
-                    (true, false) => match engine.subscribe(subject(id)).await {
-                        Ok(sub) => {
-                            let task = tokio::spawn(serve(engine.clone(), sub, id, local.clone()));
-                            subscribed.insert(id, task);
-                            state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
-                            // Claimed with the listener's own start: none if it left while
-                            // the subscription was being made (its leave follows; a claim
-                            // stamped now would wrongly beat a newer listener elsewhere).
-                            let since = lock(&mine).get(&id).copied();
-                            if let Some(since) = since {
-                                publish_claim(&engine, format!("{id} {node} {since}")).await;
-                            }
-                        }
-                        Err(e) => tracing::warn!(%id, "cluster engine: cannot subscribe: {e}"),
-                    },
-                    (false, true) => {
-                        if let Some(task) = subscribed.remove(&id) {
-                            task.abort();
-                        }
-                        state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shared.control.wake.notified() => None,
+            w = work.recv() => match w {
+                Some(w) => Some(w),
+                None => break,
+            },
+        };
+        let items = match next {
+            Some(w) => vec![w],
+            None => shared.control.take(),
+        };
+        for w in items {
+            match w {
+                Work::Route(request, reply) => {
+                    // Not connected: answer 503 now rather than hold the request and deliver it
+                    // after the sender was told to retry.
+                    if !engine.connected() {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
                     }
-                    _ => {}
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
+                    };
+                    let (engine, shared) = (engine.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        remote(engine, shared, request, reply).await;
+                        drop(permit);
+                    });
+                }
+                Work::Connected => {
+                    // Those not heard while this broker was away are not gone for that.
+                    let now = Instant::now();
+                    lock(&shared.seen).values_mut().for_each(|t| *t = now);
+                    publish_claim(&engine, format!("? {node}")).await;
+                    // Claimed again with each listener's start: a plain id listened on here and on
+                    // another broker during the outage is settled as any two claims are (the newer
+                    // listener stays).
+                    let ids: Vec<(Id, u64)> = lock(&mine).iter().map(|(id, t)| (*id, *t)).collect();
+                    for (id, since) in ids {
+                        let text = if registry.is_topic(id) {
+                            format!("{id} {node} +")
+                        } else {
+                            format!("{id} {node} {since}")
+                        };
+                        publish_claim(&engine, text).await;
+                    }
+                }
+                Work::Topic(request, reply) => {
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
+                    };
+                    let others: Vec<String> = lock(&members)
+                        .get(&request.id)
+                        .map(|s| s.iter().cloned().collect())
+                        .unwrap_or_default();
+                    let connected = engine.connected();
+                    let (engine, shared) = (engine.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        let others = if connected { others } else { Vec::new() };
+                        topic(engine, shared, others, request, reply, connected).await;
+                        drop(permit);
+                    });
+                }
+                Work::Changed(id) => {
+                    let listened = registry.is_listened(id);
+                    tracing::debug!(%id, listened, "cluster: listened changed");
+                    // A leave goes out whenever the id is not listened on here, even if this loop
+                    // never saw it listened: it may have been announced already (to a broker that
+                    // asked, or on reconnecting), from `mine`.
+                    let changed = if listened {
+                        announced.insert(id)
+                    } else {
+                        announced.remove(&id);
+                        true
+                    };
+                    if changed && (registry.is_topic(id) || !listened) {
+                        // A topic's members, and any id's last listener here gone (presence); a
+                        // plain id's claim goes out once it is subscribed, below.
+                        let text = if listened {
+                            format!("{id} {node}")
+                        } else {
+                            format!("{id} {node} -")
+                        };
+                        publish_claim(&engine, text).await;
+                    }
+                    if registry.is_topic(id) {
+                        continue;
+                    }
+                    match (listened, subscribed.contains_key(&id)) {
+                        (true, false) => match engine.subscribe(subject(id)).await {
+                            Ok(sub) => {
+                                let (stop, stopped) = tokio::sync::oneshot::channel();
+                                tokio::spawn(serve(engine.clone(), sub, id, local.clone(), stopped));
+                                subscribed.insert(id, stop);
+                                state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
+                                // Claimed with the listener's own start: none if it left while
+                                // the subscription was being made (its leave follows; a claim
+                                // stamped now would wrongly beat a newer listener elsewhere).
+                                let since = lock(&mine).get(&id).copied();
+                                if let Some(since) = since {
+                                    publish_claim(&engine, format!("{id} {node} {since}")).await;
+                                }
+                            }
+                            Err(e) => tracing::warn!(%id, "cluster engine: cannot subscribe: {e}"),
+                        },
+                        (false, true) => {
+                            subscribed.remove(&id);
+                            state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -516,15 +582,25 @@ async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine:
             continue;
         }
         tracing::debug!(claim = %text, "cluster: claim");
-        lock(&seen).insert(from.to_owned(), Instant::now());
+        let new = lock(&seen).insert(from.to_owned(), Instant::now()).is_none();
+        if new && what == "!" {
+            // A broker not heard of (or taken as gone, and back): ask it what it listens on.
+            publish_claim(&engine, format!("? {node} {from}")).await;
+        }
         if what == "!" {
             continue;
         }
         if what == "?" {
-            // Announced again, without taking anything from anyone ("+").
-            let ids: Vec<Id> = lock(&mine).keys().copied().collect();
-            for id in ids {
-                publish_claim(&engine, format!("{id} {node} +")).await;
+            // Asked of everyone, or of this broker: announced again, without taking anything
+            // from anyone ("+"), on the side, so that heartbeats keep being read meanwhile.
+            if words.next().is_none_or(|to| to == node) {
+                let ids: Vec<Id> = lock(&mine).keys().copied().collect();
+                let (engine, node) = (engine.clone(), node.clone());
+                tokio::spawn(async move {
+                    for id in ids {
+                        publish_claim(&engine, format!("{id} {node} +")).await;
+                    }
+                });
             }
             continue;
         }
@@ -544,7 +620,7 @@ async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine:
             let ours = lock(&mine)
                 .get(&id)
                 .copied()
-                .or_else(|| registry.is_listened(id).then(wall_ms));
+                .or_else(|| registry.is_listened(id).then(wall_us));
             if ours.is_some_and(|t| (t, node.as_str()) > (theirs, from)) {
                 continue;
             }
@@ -727,7 +803,7 @@ async fn topic<E: Engine>(
     poll_fn(|cx| pending.poll_ready(cx)).await;
     let mine = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
     let answers = futures_util::future::join_all(asks).await;
-    let (mut recipients, mut slow) = (0u32, false);
+    let (mut recipients, mut slow, mut unanswered) = (0u32, false, false);
     match &mine {
         Ok(Delivered::Topic { recipients: n }) => recipients += n,
         Err(HttpError::QueueFull(_)) => slow = true,
@@ -745,12 +821,16 @@ async fn topic<E: Engine>(
                     set.remove(node);
                 }
             }
-            Err(e) => tracing::debug!(%id, node, "cluster engine: topic message not answered: {e}"),
+            Err(e) => {
+                tracing::debug!(%id, node, "cluster engine: topic message not answered: {e}");
+                unanswered = true;
+            }
         }
     }
-    reply.answer(match (recipients, slow, connected) {
+    reply.answer(match (recipients, slow, connected && !unanswered) {
         (n, _, _) if n > 0 => Ok(Delivered::Topic { recipients: n }),
         (_, true, _) => Err(HttpError::QueueFull(id)),
+        // Not connected, or a broker with listeners did not answer: not "nobody listens".
         (_, _, false) => Err(HttpError::RouteUnavailable),
         _ => Err(HttpError::NoTopicListener(id)),
     });
@@ -781,9 +861,26 @@ fn outcome(id: Id, m: &Msg) -> Result<Delivered, HttpError> {
 
 /// Takes the engine's messages for `id` and routes each into this broker, answering with the
 /// outcome. One at a time, so that messages between two brokers keep their order.
-async fn serve<E: Engine>(engine: E, mut sub: engine::Subscription, id: Id, local: LocalRouter) {
-    while let Some(m) = sub.next().await {
-        answer(&engine, &local, id, m).await;
+///
+/// Stopped when `stop`'s sender is dropped, between two messages: a message being answered is
+/// answered (cancelled midway, a delivered message would be answered `503` for want of an
+/// answer, and a retry would deliver it twice).
+async fn serve<E: Engine>(
+    engine: E,
+    mut sub: engine::Subscription,
+    id: Id,
+    local: LocalRouter,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            m = sub.next() => match m {
+                Some(m) => answer(&engine, &local, id, m).await,
+                None => return,
+            },
+        }
     }
 }
 
@@ -866,6 +963,13 @@ async fn answer<E: Engine>(engine: &E, local: &LocalRouter, id: Id, m: Msg) {
     }
 }
 
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -898,6 +1002,9 @@ mod tests {
             "nats://h:99999",
             "nats://[::1]x",
             "nats://h:x",
+            "u:p@h:4222",
+            "u:p@h://x",
+            "nats:/u:p@h",
         ] {
             let e = check_url(bad).expect_err(bad);
             assert!(!e.0.contains(":p@"), "{e}");

@@ -28,9 +28,12 @@ use crate::engine::{decode, encode, Answers, Engine, EngineError, Msg, Subscript
 use crate::resp::{self, Frame};
 use crate::{lock, ClusterError};
 
-/// Messages waiting for one subscription's reader, at most; beyond, they are dropped (their
-/// senders get no answer, so `503`, never a false `204`).
-const PER_SUBSCRIPTION: usize = 4_096;
+/// Messages waiting for one subscription's reader, at most (as async-nats's default); beyond,
+/// they are dropped (their senders get no answer, so `503`, never a false `204`).
+const PER_SUBSCRIPTION: usize = 65_536;
+
+/// How long a write to the subscriber connection may take before it is taken as lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Subscription changes waiting for the subscriber connection, at most.
 const CHANGES: usize = 65_536;
@@ -41,6 +44,16 @@ const INBOX_NUMBER: &str = "Fedbroker-Inbox";
 /// How often the subscriber connection is checked with a `PING`; silent for three of these,
 /// it is taken as lost.
 const PING: Duration = Duration::from_secs(5);
+
+/// The channels wanted, and whether the subscriber connection takes changes now.
+#[derive(Default)]
+struct Channels {
+    /// Each channel's reader, with the number of the subscription it belongs to.
+    map: HashMap<String, (u64, mpsc::Sender<Msg>)>,
+    /// While false (not connected), changes are not queued: the next connection subscribes to
+    /// the whole map. Read and written under the same lock as `map`, so no change falls between.
+    accepting: bool,
+}
 
 #[derive(Clone)]
 pub(crate) struct Redis {
@@ -58,8 +71,10 @@ struct Inner {
     notify: Arc<dyn Fn(bool) + Send + Sync>,
     /// This broker's inbox channel.
     inbox_channel: String,
-    /// Each channel's reader, with the number of the subscription it belongs to.
-    channels: Mutex<HashMap<String, (u64, mpsc::Sender<Msg>)>>,
+    channels: Mutex<Channels>,
+    /// Set when an unsubscription could not be queued: the subscriber connection is made
+    /// again, with the channels of the map only.
+    resync: AtomicBool,
     inboxes: Mutex<HashMap<u64, mpsc::Sender<Result<Msg, EngineError>>>>,
     next_number: AtomicU64,
     /// `SSUBSCRIBE` (true) or `SUNSUBSCRIBE` (false) for the subscriber connection, in order.
@@ -92,7 +107,8 @@ impl Redis {
                 connected: AtomicBool::new(false),
                 notify,
                 inbox_channel: format!("fedbroker.inbox.{node}"),
-                channels: Mutex::new(HashMap::new()),
+                channels: Mutex::new(Channels::default()),
+                resync: AtomicBool::new(false),
                 inboxes: Mutex::new(HashMap::new()),
                 next_number: AtomicU64::new(1),
                 changes,
@@ -125,13 +141,16 @@ impl Redis {
         let mut warned = false;
         loop {
             let session = self.subscribe_session(&mut changed).await;
+            lock(&self.inner.channels).accepting = false;
+            // Ok: the engine is gone (its queue closed), and with it the broker's cluster.
+            let Err(why) = session else { return };
             if self.inner.connected.swap(false, Ordering::SeqCst) {
-                tracing::warn!("cluster engine: connection to Redis lost: {}", session.unwrap_err());
+                tracing::warn!("cluster engine: connection to Redis lost: {why}");
                 (self.inner.notify)(false);
                 delay = Duration::from_millis(100);
                 warned = false;
             } else if !warned {
-                tracing::warn!("cluster engine: cannot reach Redis, retrying: {}", session.unwrap_err());
+                tracing::warn!("cluster engine: cannot reach Redis, retrying: {why}");
                 warned = true;
             }
             tokio::time::sleep(delay).await;
@@ -155,25 +174,25 @@ impl Redis {
                 args.push(user.as_bytes());
             }
             args.push(password.as_bytes());
-            socket
-                .write_all(&resp::command(&args))
-                .await
-                .map_err(|e| e.to_string())?;
+            write(&mut socket, &resp::command(&args)).await?;
             match read_frame(&mut socket, &mut buf).await? {
                 Frame::Simple(_) => {}
                 Frame::Error(e) => return Err(format!("authentication refused: {e}")),
                 _ => return Err("unexpected answer to AUTH".into()),
             }
         }
-        // The changes queued so far are all in the map: subscribe to what it holds now.
-        while changed.try_recv().is_ok() {}
-        let mut wanted: Vec<String> = lock(&self.inner.channels).keys().cloned().collect();
+        // The changes queued so far are all in the map: subscribe to what it holds now, and
+        // take the changes made from now on from the queue.
+        let mut wanted: Vec<String> = {
+            let mut channels = lock(&self.inner.channels);
+            while changed.try_recv().is_ok() {}
+            channels.accepting = true;
+            self.inner.resync.store(false, Ordering::SeqCst);
+            channels.map.keys().cloned().collect()
+        };
         wanted.push(self.inner.inbox_channel.clone());
         for channel in &wanted {
-            socket
-                .write_all(&resp::command(&[b"SSUBSCRIBE", channel.as_bytes()]))
-                .await
-                .map_err(|e| e.to_string())?;
+            write(&mut socket, &resp::command(&[b"SSUBSCRIBE", channel.as_bytes()])).await?;
         }
         // Connected once the inbox's subscription is confirmed (it was sent last).
         loop {
@@ -210,15 +229,18 @@ impl Redis {
                     let Some((channel, subscribe)) = change else { return Ok(()) };
                     let verb: &[u8] = if subscribe { b"SSUBSCRIBE" } else { b"SUNSUBSCRIBE" };
                     tracing::debug!(%channel, subscribe, "cluster engine: subscription change");
-                    writer.write_all(&resp::command(&[verb, channel.as_bytes()])).await.map_err(|e| e.to_string())?;
+                    write(&mut writer, &resp::command(&[verb, channel.as_bytes()])).await?;
                 }
                 _ = ping.tick() => {
                     silent += 1;
                     if silent > 3 {
                         return Err("no answer to PING".into());
                     }
-                    writer.write_all(&resp::command(&[b"PING"])).await.map_err(|e| e.to_string())?;
+                    write(&mut writer, &resp::command(&[b"PING"])).await?;
                 }
+            }
+            if self.inner.resync.load(Ordering::SeqCst) {
+                return Err("an unsubscription was not queued: subscribing again from the start".into());
             }
         }
     }
@@ -244,11 +266,19 @@ impl Redis {
             return;
         }
         let channel = String::from_utf8_lossy(channel);
-        if let Some((_, tx)) = lock(&self.inner.channels).get(channel.as_ref()) {
+        if let Some((_, tx)) = lock(&self.inner.channels).map.get(channel.as_ref()) {
             if tx.try_send(msg).is_err() {
                 tracing::warn!(%channel, "cluster engine: a message was dropped (its reader is behind)");
             }
         }
+    }
+}
+
+/// Writes all of `bytes`, or fails after [`WRITE_TIMEOUT`] (a server that stopped reading).
+async fn write(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("a write to Redis timed out".into()),
     }
 }
 
@@ -308,18 +338,24 @@ impl Engine for Redis {
     async fn subscribe(&self, subject: String) -> Result<Subscription, EngineError> {
         let (tx, rx) = mpsc::channel(PER_SUBSCRIPTION);
         let number = self.inner.next_number.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.channels).insert(subject.clone(), (number, tx));
+        let accepting = {
+            let mut channels = lock(&self.inner.channels);
+            channels.map.insert(subject.clone(), (number, tx));
+            channels.accepting
+        };
         let unsubscribe = Unsubscribe {
             engine: self.clone(),
             channel: subject.clone(),
             number,
         };
-        // Not connected: the subscriber connection subscribes to the whole map when it is.
-        self.inner
-            .changes
-            .send((subject, true))
-            .await
-            .map_err(|_| EngineError::Unavailable("the engine's subscriber stopped".into()))?;
+        // Not connected: the next connection subscribes to the whole map.
+        if accepting {
+            self.inner
+                .changes
+                .send((subject, true))
+                .await
+                .map_err(|_| EngineError::Unavailable("the engine's subscriber stopped".into()))?;
+        }
         let stream = futures_util::stream::unfold((rx, unsubscribe), |(mut rx, guard)| async move {
             rx.recv().await.map(|m| (m, (rx, guard)))
         });
@@ -351,22 +387,24 @@ struct Unsubscribe {
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        let mut channels = lock(&self.engine.inner.channels);
+        let inner = &self.engine.inner;
+        let mut channels = lock(&inner.channels);
         // A newer subscription to the same channel is left alone.
-        if channels.get(&self.channel).is_none_or(|(n, _)| *n != self.number) {
+        if channels.map.get(&self.channel).is_none_or(|(n, _)| *n != self.number) {
             return;
         }
-        channels.remove(&self.channel);
-        // In order after the SSUBSCRIBE; a full queue leaves the subscription in place, where
-        // its messages find no listener (404) rather than none at all.
-        if self
-            .engine
-            .inner
-            .changes
-            .try_send((std::mem::take(&mut self.channel), false))
-            .is_err()
+        channels.map.remove(&self.channel);
+        // In order after the SSUBSCRIBE. A full queue would leave the subscription in place
+        // (its messages taken and dropped, so their senders answered 503 after a wait): the
+        // connection is made again instead, with the map's channels only.
+        if channels.accepting
+            && inner
+                .changes
+                .try_send((std::mem::take(&mut self.channel), false))
+                .is_err()
         {
-            tracing::warn!("cluster engine: an unsubscription was not sent (queue full)");
+            tracing::warn!("cluster engine: unsubscription queue full; subscribing again from the start");
+            inner.resync.store(true, Ordering::SeqCst);
         }
     }
 }
