@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317 # cleanup and port_open are called through the traps and wait_until
-# A fedbroker cluster on this machine, on loopback: nats-server, three brokers sharing one id space
-# through it (--cluster, docs/cluster.md) and nginx as the one address in front of them
-# (deploy/cluster/nginx.conf, round robin). It prints that address and runs until Ctrl-C (or
-# SIGTERM), then stops everything it started.
+# shellcheck disable=SC2317 # cleanup, port_open and redis_ping are called through the traps and wait_until
+# A fedbroker cluster on this machine, on loopback: an engine (nats-server, or redis-server with
+# --engine redis), three brokers sharing one id space through it (--cluster, docs/cluster.md) and
+# nginx as the one address in front of them (deploy/cluster/nginx.conf, round robin, the same file
+# for both engines). It prints that address and runs until Ctrl-C (or SIGTERM), then stops
+# everything it started.
 #
 #   deploy/cluster/run.sh                        # nginx on 127.0.0.1:8080, brokers on 8081-8083,
 #                                                # NATS on 4222 (the ports of nginx.conf)
+#   deploy/cluster/run.sh --engine redis         # the same with redis-server on 6379 in place of NATS
 #   deploy/cluster/run.sh --free-ports           # free ports picked for all five
 #   deploy/cluster/run.sh --port 9000            # nginx on 9000, brokers on 9001-9003, NATS on 4222
 #   deploy/cluster/run.sh --bin-dir target/release   # the broker binary from there
@@ -16,19 +18,27 @@
 #   --bin-dir DIR     where fedbroker-tokio (or --broker NAME) is (default: target/debug of this
 #                     repository; build it with `cargo build -p fedbroker-tokio`)
 #   --broker NAME     fedbroker-tokio (default), fedbroker-smol or fedbroker-std
+#   --engine ENGINE   nats (default: nats-server, brokers with --cluster nats://127.0.0.1:PORT) or
+#                     redis (redis-server >= 7, in memory only, brokers with
+#                     --cluster redis://127.0.0.1:PORT: sharded pub/sub)
 #   --port PORT       nginx's port (default 8080); the brokers take the next three
-#   --nats-port PORT  nats-server's client port (default 4222)
+#   --nats-port PORT  nats-server's client port (default 4222; with --engine nats)
+#   --redis-port PORT redis-server's port (default 6379; with --engine redis)
 #   --free-ports      pick free ports for everything instead
 #   --dir DIR         configs, logs and pid files here (default: a new temp dir, removed at exit
 #                     unless something failed or --keep is given)
 #   --keep            keep the temp dir
 #   --ready FILE      once everything answers, write the addresses there as shell assignments
-#                     (NGINX_URL, BROKER_URLS, BROKER_PIDS, NATS_URL, NGINX_PID, NATS_PID, DIR);
+#                     (NGINX_URL, BROKER_URLS, BROKER_PIDS, NGINX_PID, DIR; ENGINE (nats or redis),
+#                     ENGINE_URL, ENGINE_PID; with NATS also NATS_URL and NATS_PID, as before);
 #                     used by deploy/cluster/test.sh
 #
-# Needs nats-server and nginx (Debian: apt-get install nats-server nginx; nothing is installed here)
-# and python3 for --free-ports. Nothing listens on anything but 127.0.0.1. If any of the five
-# processes exits, the others are stopped too and the script exits 1.
+# Needs nginx and the engine's server: nats-server (Debian package nats-server) or redis-server 7
+# or later (Debian package redis-server; only its binary is used, never its system service):
+# apt-get install nginx nats-server redis-server; nothing is installed here. Also curl, perl, and
+# python3 for --free-ports. Nothing listens on anything but 127.0.0.1, and redis-server keeps
+# nothing on disk (--save "" --appendonly no). If any of the five processes exits, the others are
+# stopped too and the script exits 1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -36,7 +46,9 @@ HERE=$ROOT/deploy/cluster
 BIN_DIR=$ROOT/target/debug
 BROKER=fedbroker-tokio
 PORT=8080
+ENGINE=nats
 NATS_PORT=4222
+REDIS_PORT=6379
 FREE=0
 DIR=
 KEEP=0
@@ -47,7 +59,9 @@ while (($#)); do
     --bin-dir) BIN_DIR=$2 && shift ;;
     --broker) BROKER=$2 && shift ;;
     --port) PORT=$2 && shift ;;
+    --engine) ENGINE=$2 && shift ;;
     --nats-port) NATS_PORT=$2 && shift ;;
+    --redis-port) REDIS_PORT=$2 && shift ;;
     --free-ports) FREE=1 ;;
     --dir) DIR=$2 && KEEP=1 && shift ;;
     --keep) KEEP=1 ;;
@@ -78,12 +92,32 @@ die() {
 PATH=$PATH:/usr/sbin:/usr/local/sbin
 BIN=$BIN_DIR/$BROKER
 [[ -x $BIN ]] || die "no executable $BIN (build it: cargo build -p $BROKER, or give --bin-dir)"
-NATS=$(command -v nats-server) || die "nats-server is not installed (Debian: apt-get install nats-server)"
+case $ENGINE in
+nats)
+    ENGINE_NAME=NATS
+    ENGINE_PORT=$NATS_PORT
+    ENGINE_BIN=$(command -v nats-server) || die "nats-server is not installed (Debian: apt-get install nats-server)"
+    ;;
+redis)
+    ENGINE_NAME=Redis
+    ENGINE_PORT=$REDIS_PORT
+    ENGINE_BIN=$(command -v redis-server) || die "redis-server is not installed (Debian: apt-get install redis-server)"
+    # Sharded pub/sub (SSUBSCRIBE, SPUBLISH) is Redis 7.0 or later.
+    v=$("$ENGINE_BIN" --version 2>/dev/null | sed -n 's/.* v=\([0-9][0-9]*\)\..*/\1/p')
+    if [[ -z $v ]] || ((v < 7)); then
+        die "$ENGINE_BIN is not Redis 7 or later: $("$ENGINE_BIN" --version 2>&1)"
+    fi
+    ;;
+*)
+    echo "run.sh: --engine nats or --engine redis, not '$ENGINE' (try --help)" >&2
+    exit 2
+    ;;
+esac
 NGINX=$(command -v nginx) || die "nginx is not installed (Debian: apt-get install nginx)"
 command -v curl >/dev/null || die "curl is not installed"
 
 if ((FREE)); then
-    read -r PORT NATS_PORT B1 B2 B3 < <(python3 -c '
+    read -r PORT ENGINE_PORT B1 B2 B3 < <(python3 -c '
 import socket
 ss = [socket.socket() for _ in range(5)]
 for s in ss: s.bind(("127.0.0.1", 0))
@@ -109,7 +143,7 @@ cleanup() {
     local rc=$? i p
     trap - EXIT INT TERM
     # nginx first (no new requests), then the brokers (they close their listeners with 1001),
-    # NATS last.
+    # the engine (NATS or Redis) last.
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         kill -TERM "${PIDS[$i]}" 2>/dev/null || true
     done
@@ -162,21 +196,40 @@ wait_until() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# ---- NATS ------------------------------------------------------------------------------------
-spawn nats "$NATS" -a 127.0.0.1 -p "$NATS_PORT"
-wait_until 10 "no client port 127.0.0.1:$NATS_PORT" port_open "$NATS_PORT"
-NATS_PID=${PIDS[-1]}
-NATS_URL=nats://127.0.0.1:$NATS_PORT
+# redis_ping PORT: Redis answers PING with +PONG (not only accepts the connection).
+redis_ping() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1"
+        printf 'PING\r\n' >&3
+        IFS= read -r -t 1 line <&3
+        [[ $line == +PONG* ]]
+    ) 2>/dev/null
+}
+
+# ---- the engine: NATS or Redis -----------------------------------------------------------------
+case $ENGINE in
+nats)
+    spawn nats "$ENGINE_BIN" -a 127.0.0.1 -p "$ENGINE_PORT"
+    wait_until 10 "no client port 127.0.0.1:$ENGINE_PORT" port_open "$ENGINE_PORT"
+    ;;
+redis)
+    # In memory only (no RDB snapshot, no AOF), on loopback only, in the foreground.
+    spawn redis "$ENGINE_BIN" --bind 127.0.0.1 --port "$ENGINE_PORT" --save "" --appendonly no
+    wait_until 10 "no PONG on 127.0.0.1:$ENGINE_PORT" redis_ping "$ENGINE_PORT"
+    ;;
+esac
+ENGINE_PID=${PIDS[-1]}
+ENGINE_URL=$ENGINE://127.0.0.1:$ENGINE_PORT
 
 # ---- three brokers ---------------------------------------------------------------------------
 BROKER_URLS=()
 BROKER_PIDS=()
 for i in 0 1 2; do
     p=${BROKER_PORTS[$i]}
-    spawn "broker-$((i + 1))" "$BIN" --listen "127.0.0.1:$p" --cluster "$NATS_URL" "${EXTRA[@]}"
+    spawn "broker-$((i + 1))" "$BIN" --listen "127.0.0.1:$p" --cluster "$ENGINE_URL" "${EXTRA[@]}"
     wait_until 10 "no 'listening on' line" grep -q "^listening on http://127.0.0.1:$p\$" "$DIR/broker-$((i + 1)).log"
-    # Until its NATS client is connected, a broker answers 503 for ids it does not hold itself.
-    wait_until 10 "not connected to NATS" grep -q 'cluster engine: connected' "$DIR/broker-$((i + 1)).log"
+    # Until its engine client is connected, a broker answers 503 for ids it does not hold itself.
+    wait_until 10 "not connected to $ENGINE_NAME" grep -q 'cluster engine: connected' "$DIR/broker-$((i + 1)).log"
     BROKER_URLS+=("http://127.0.0.1:$p")
     BROKER_PIDS+=("${PIDS[-1]}")
 done
@@ -210,8 +263,12 @@ wait_until 10 "no answer on $NGINX_URL/healthz" curl -sf -o /dev/null --max-time
 
 if [[ -n $READY ]]; then
     {
-        printf 'NGINX_URL=%q\nNGINX_PID=%q\nNATS_URL=%q\nNATS_PID=%q\nDIR=%q\n' \
-            "$NGINX_URL" "$NGINX_PID" "$NATS_URL" "$NATS_PID" "$DIR"
+        printf 'NGINX_URL=%q\nNGINX_PID=%q\nENGINE=%q\nENGINE_URL=%q\nENGINE_PID=%q\nDIR=%q\n' \
+            "$NGINX_URL" "$NGINX_PID" "$ENGINE" "$ENGINE_URL" "$ENGINE_PID" "$DIR"
+        # The names of before --engine, for NATS.
+        if [[ $ENGINE == nats ]]; then
+            printf 'NATS_URL=%q\nNATS_PID=%q\n' "$ENGINE_URL" "$ENGINE_PID"
+        fi
         printf 'BROKER_URLS=(%s)\nBROKER_PIDS=(%s)\n' "${BROKER_URLS[*]}" "${BROKER_PIDS[*]}"
     } >"$READY.part"
     mv "$READY.part" "$READY"
@@ -220,7 +277,7 @@ fi
 cat <<EOF
 fedbroker cluster: $NGINX_URL
   nginx (round robin) -> ${BROKER_URLS[*]}
-  ${BROKER} --cluster $NATS_URL; logs and configs in $DIR
+  ${BROKER} --cluster $ENGINE_URL ($ENGINE_NAME); logs and configs in $DIR
   try: websocat -b ws://127.0.0.1:$PORT/42   and   curl -i --data-binary hi $NGINX_URL/42
 Ctrl-C stops it.
 EOF

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317 # the c_* functions are called through `check`
-# The test of deploy/cluster/: run.sh starts nats-server, three brokers with --cluster and nginx in
-# front of them (deploy/cluster/nginx.conf) on free loopback ports; then, through nginx only:
+# The test of deploy/cluster/, once per engine (NATS, then Redis): run.sh --engine ENGINE starts the
+# engine's server (nats-server or redis-server), three brokers with --cluster and nginx in front of
+# them (deploy/cluster/nginx.conf, the same for both) on free loopback ports; then, through nginx
+# only:
 #   - N listeners (ids 1..N, N = 12 by default) connect; nginx's round robin spreads them over the
 #     three brokers, and each broker's GET / must count some (their sum is N);
 #   - one POST to every id (each lands on whichever broker nginx picks, mostly not the listener's):
@@ -9,16 +11,21 @@
 #   - 20 POSTs one after the other to one id, spread over all three brokers by the round robin,
 #     arrive in the order sent;
 #   - a POST to an id nobody listens on: 404 "no listener on id ...";
-#   - every broker received POSTs, and nginx logged no error.
+#   - every broker received POSTs, and nginx logged no error;
+#   - SIGTERM to run.sh stops nginx, the brokers and the engine's server.
+# Each engine has its own run.sh (its own free ports and directory), stopped before the next starts.
 #
 #   deploy/cluster/test.sh                        # builds fedbroker-tokio (debug) first
 #   deploy/cluster/test.sh --bin-dir target/debug # a binary already built (scripts/test-all)
+#   deploy/cluster/test.sh --engine redis         # one engine only: nats, redis or both (default)
 #   LISTENERS=30 deploy/cluster/test.sh           # more listeners
 #   KEEP_TMP=1 deploy/cluster/test.sh             # keep configs and logs (always kept on failure)
 #
-# nginx, nats-server, curl, python3 and perl are installed with apt-get when missing; a tool that
-# cannot be installed fails the test (never a skip). One PASS/FAIL line per check; the last line is
-# "N passed, M failed"; the exit status is 0 only if nothing failed. Everything is stopped on exit.
+# nginx, nats-server, redis-server, curl, python3 and perl are installed with apt-get when missing
+# (the engines' only when tested); a tool that cannot be installed fails the test (never a skip).
+# One PASS/FAIL line per check, named [nats] or [redis]; a failure to start one engine's cluster
+# fails that engine and the test goes on with the next. The last line is "N passed, M failed" (both
+# engines); the exit status is 0 only if nothing failed. Everything is stopped on exit.
 set -euo pipefail
 # shellcheck source=scripts/lib/harness.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/harness.sh"
@@ -26,13 +33,23 @@ trap cleanup EXIT
 
 LISTENERS=${LISTENERS:-12}
 BIN_DIR=
+ENGINES=(nats redis)
+usage() {
+    echo "usage: deploy/cluster/test.sh [--bin-dir DIR] [--engine nats|redis|both]" >&2
+    exit 2
+}
 while (($#)); do
     case $1 in
-    --bin-dir) BIN_DIR=$2 && shift ;;
-    *)
-        echo "usage: deploy/cluster/test.sh [--bin-dir DIR]" >&2
-        exit 2
+    --bin-dir) BIN_DIR=${2:-} && shift ;;
+    --engine)
+        case ${2:-} in
+        nats | redis) ENGINES=("$2") ;;
+        both) ENGINES=(nats redis) ;;
+        *) usage ;;
+        esac
+        shift
         ;;
+    *) usage ;;
     esac
     shift
 done
@@ -46,7 +63,12 @@ need python3 python3
 need curl curl
 need perl perl
 need nginx nginx
-need nats-server nats-server
+for engine in "${ENGINES[@]}"; do
+    case $engine in
+    nats) need nats-server nats-server ;;
+    redis) need redis-server redis-server ;;
+    esac
+done
 if [[ -n $BIN_DIR ]]; then
     BIN_DIR=$(cd "$BIN_DIR" && pwd)
     BROKER_BIN=$BIN_DIR/$BROKER
@@ -59,25 +81,15 @@ fi
 make_tmp cluster-deploy
 # nginx's workers (nobody, when started as root) must reach their directories under it.
 chmod 711 "$TMP"
-echo "$("$(cmd_path nginx)" -v 2>&1 | sed 's/^nginx version: //'); $("$(cmd_path nats-server)" --version); temp dir: $TMP"
-
-CURRENT_STEP=start
-start_bg cluster "$ROOT/deploy/cluster/run.sh" --bin-dir "$BIN_DIR" --broker "$BROKER" --free-ports \
-    --dir "$TMP/cluster" --ready "$TMP/ready"
-RUN_PID=$BG_PID
-for ((i = 0; i < 600; i++)); do
-    [[ -e $TMP/ready ]] && break
-    gone "$RUN_PID" && die "deploy/cluster/run.sh exited: $(tail -n 5 "$TMP/cluster.err")"
-    sleep 0.05
+BASE_TMP=$TMP
+VERSIONS="$("$(cmd_path nginx)" -v 2>&1 | sed 's/^nginx version: //')"
+for engine in "${ENGINES[@]}"; do
+    case $engine in
+    nats) VERSIONS+="; $("$(cmd_path nats-server)" --version)" ;;
+    redis) VERSIONS+="; redis-server $("$(cmd_path redis-server)" --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')" ;;
+    esac
 done
-[[ -e $TMP/ready ]] || die "deploy/cluster/run.sh was not ready within 30 s: $(tail -n 5 "$TMP/cluster.err")"
-# NGINX_URL, BROKER_URLS (3), BROKER_PIDS, NATS_URL, ...
-# shellcheck disable=SC1091
-source "$TMP/ready"
-WS=ws://${NGINX_URL#http://}
-pass "deploy/cluster/run.sh started nats-server, 3 brokers with --cluster $NATS_URL and nginx" \
-    "$NGINX_URL -> ${BROKER_URLS[*]}"
-CURRENT_STEP=
+echo "$VERSIONS; engines: ${ENGINES[*]}; temp dir: $TMP"
 
 # broker_stat URL KEY: one number from a broker's GET / (JSON).
 broker_stat() {
@@ -91,16 +103,6 @@ c_healthz() {
     expect_eq body "$(cat "$TMP/last.body")" ok
     echo "200 ok"
 }
-check "GET /healthz through nginx" c_healthz
-
-# Listeners on ids 1..N through nginx, one after the other (so that the round robin places them in
-# id order); each waits for one message and saves it.
-for ((id = 1; id <= LISTENERS; id++)); do
-    mkdir -p "$TMP/l$id"
-    start_bg "l$id" python3 "$WSPROBE" listen "$WS/$id" --ready "$TMP/l$id.ready" --save "$TMP/l$id" \
-        --until count --count 1 --timeout 30 --status "$TMP/l$id.rc"
-    wait_for_file "$TMP/l$id.ready" 15 || break
-done
 
 c_listeners() {
     local id
@@ -112,7 +114,6 @@ c_listeners() {
     done
     echo "101 for ids 1..$LISTENERS"
 }
-check "$LISTENERS WebSocket listeners (ids 1..$LISTENERS) connect through nginx" c_listeners
 
 c_spread() {
     local counts=() n total=0 i
@@ -128,7 +129,6 @@ c_spread() {
     }
     expect_eq "sum of listeners" "$total" "$LISTENERS"
 }
-check "nginx's round robin spread the listeners over all 3 brokers" c_spread
 
 c_send_all() {
     local id s
@@ -146,7 +146,6 @@ c_send_all() {
     done
     echo "$LISTENERS × 204"
 }
-check "one POST to every id through nginx → 204" c_send_all
 
 c_received() {
     local id rc
@@ -164,7 +163,6 @@ c_received() {
     done
     echo "$LISTENERS listeners, one message each, byte-exact, then Close 1000"
 }
-check "every listener received its own message, byte for byte" c_received
 
 # Which broker each listener and each POST of c_send_all went to, from nginx's access log
 # ($upstream_addr last; a WebSocket's line is written when it closes, as the listeners now have).
@@ -177,16 +175,12 @@ c_crossed() {
             c = 0; for (id in post) if ((id in listen) && post[id] != listen[id]) c++
             print c
         }' "$TMP/cluster/access.log")
-    echo "$crossed of $LISTENERS POSTs reached another broker than their listener's, and crossed through NATS"
+    echo "$crossed of $LISTENERS POSTs reached another broker than their listener's, and crossed through $ENGINE_NAME"
     ((crossed * 2 >= LISTENERS))
 }
-check "the POSTs crossed brokers (nginx's access log: \$upstream_addr of each upgrade and POST)" c_crossed
 
 ORDER_ID=$((LISTENERS + 1))
 ORDER_N=20
-mkdir -p "$TMP/order"
-start_bg order python3 "$WSPROBE" listen "$WS/$ORDER_ID" --ready "$TMP/order.ready" --save "$TMP/order" \
-    --until count --count "$ORDER_N" --timeout 30 --status "$TMP/order.rc"
 
 c_order() {
     wait_for_file "$TMP/order.ready" 15 || {
@@ -218,7 +212,6 @@ c_order() {
     done
     echo "$ORDER_N in order; POSTs received per broker: ${got[*]}"
 }
-check "$ORDER_N POSTs one after the other to one id, through all 3 brokers, arrive in order" c_order
 
 c_404() {
     local s id=$((LISTENERS + 100))
@@ -227,7 +220,6 @@ c_404() {
     expect_eq body "$(cat "$TMP/last.body")" "no listener on id $id"
     echo "404 'no listener on id $id'"
 }
-check "POST to an id nobody listens on, on any broker: 404" c_404
 
 c_error_log() {
     local bad
@@ -238,6 +230,124 @@ c_error_log() {
     fi
     echo "no error in nginx's error.log; $(wc -l <"$TMP/cluster/access.log") requests in access.log"
 }
-check "nginx logged no error" c_error_log
 
+# c_stop: SIGTERM to run.sh; it exits and every process it started (from its --ready file) is gone.
+c_stop() {
+    local p left=()
+    kill -TERM "$RUN_PID"
+    wait_gone "$RUN_PID" 15 || {
+        echo "run.sh still runs 15 s after SIGTERM"
+        return 1
+    }
+    for p in "$NGINX_PID" "${BROKER_PIDS[@]}" "$ENGINE_PID"; do
+        wait_gone "$p" 5 || left+=("$p")
+    done
+    ((${#left[@]} == 0)) || {
+        echo "still running after run.sh exited: ${left[*]}"
+        return 1
+    }
+    echo "nginx, 3 brokers and ${ENGINE}-server stopped"
+}
+
+# stop_from INDEX: stops the background processes started from PIDS[INDEX] on (by pid), and forgets
+# them.
+stop_from() {
+    local first=$1 pid
+    for pid in "${PIDS[@]:first}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]:first}"; do
+        wait_gone "$pid" 10 || kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=("${PIDS[@]:0:first}")
+}
+
+# run_engine ENGINE: run.sh --engine ENGINE in $BASE_TMP/ENGINE, then every check through it. The
+# checks' names start with [ENGINE]; a cluster that does not start fails this engine only.
+run_engine() {
+    local engine=$1 first=${#PIDS[@]} i id
+    local passed0=$PASSED failed0=$FAILED
+    ENGINE_NAME=$engine
+    [[ $engine == nats ]] && ENGINE_NAME=NATS
+    [[ $engine == redis ]] && ENGINE_NAME=Redis
+    TMP=$BASE_TMP/$engine
+    mkdir -p "$TMP"
+    chmod 711 "$TMP"
+    echo
+    echo "== engine: $engine (temp dir: $TMP)"
+
+    start_bg cluster "$ROOT/deploy/cluster/run.sh" --engine "$engine" --bin-dir "$BIN_DIR" --broker "$BROKER" \
+        --free-ports --dir "$TMP/cluster" --ready "$TMP/ready"
+    RUN_PID=$BG_PID
+    for ((i = 0; i < 600; i++)); do
+        [[ -e $TMP/ready ]] && break
+        gone "$RUN_PID" && break
+        sleep 0.05
+    done
+    if [[ ! -e $TMP/ready ]]; then
+        if gone "$RUN_PID"; then
+            fail "[$engine] start" "deploy/cluster/run.sh --engine $engine exited: $(tail -n 5 "$TMP/cluster.err" | tr '\n' ' ')"
+        else
+            fail "[$engine] start" "deploy/cluster/run.sh --engine $engine was not ready within 30 s: $(tail -n 5 "$TMP/cluster.err" | tr '\n' ' ')"
+        fi
+        stop_from "$first"
+        ENGINE_RESULTS+=("$engine: $((PASSED - passed0)) passed, $((FAILED - failed0)) failed (did not start)")
+        TMP=$BASE_TMP
+        return 0
+    fi
+    # NGINX_URL, NGINX_PID, BROKER_URLS (3), BROKER_PIDS, ENGINE, ENGINE_URL, ENGINE_PID, ...
+    NGINX_URL='' NGINX_PID='' ENGINE='' ENGINE_URL='' ENGINE_PID='' BROKER_URLS=() BROKER_PIDS=()
+    # shellcheck disable=SC1091
+    source "$TMP/ready"
+    WS=ws://${NGINX_URL#http://}
+    if [[ $ENGINE == "$engine" && $ENGINE_URL == "$engine://127.0.0.1:"* && -n $ENGINE_PID ]] &&
+        ((${#BROKER_URLS[@]} == 3 && ${#BROKER_PIDS[@]} == 3)); then
+        pass "[$engine] deploy/cluster/run.sh started ${engine}-server, 3 brokers with --cluster $ENGINE_URL and nginx" \
+            "$NGINX_URL -> ${BROKER_URLS[*]}"
+    else
+        fail "[$engine] deploy/cluster/run.sh --engine $engine" \
+            "ready file: ENGINE=$ENGINE ENGINE_URL=$ENGINE_URL ENGINE_PID=$ENGINE_PID BROKER_URLS=${BROKER_URLS[*]}"
+    fi
+
+    check "[$engine] GET /healthz through nginx" c_healthz
+
+    # Listeners on ids 1..N through nginx, one after the other (so that the round robin places them
+    # in id order); each waits for one message and saves it.
+    for ((id = 1; id <= LISTENERS; id++)); do
+        mkdir -p "$TMP/l$id"
+        start_bg "l$id" python3 "$WSPROBE" listen "$WS/$id" --ready "$TMP/l$id.ready" --save "$TMP/l$id" \
+            --until count --count 1 --timeout 30 --status "$TMP/l$id.rc"
+        wait_for_file "$TMP/l$id.ready" 15 || break
+    done
+
+    check "[$engine] $LISTENERS WebSocket listeners (ids 1..$LISTENERS) connect through nginx" c_listeners
+    check "[$engine] nginx's round robin spread the listeners over all 3 brokers" c_spread
+    check "[$engine] one POST to every id through nginx → 204" c_send_all
+    check "[$engine] every listener received its own message, byte for byte" c_received
+    check "[$engine] the POSTs crossed brokers (nginx's access log: \$upstream_addr of each upgrade and POST)" c_crossed
+
+    mkdir -p "$TMP/order"
+    start_bg order python3 "$WSPROBE" listen "$WS/$ORDER_ID" --ready "$TMP/order.ready" --save "$TMP/order" \
+        --until count --count "$ORDER_N" --timeout 30 --status "$TMP/order.rc"
+    check "[$engine] $ORDER_N POSTs one after the other to one id, through all 3 brokers, arrive in order" c_order
+    check "[$engine] POST to an id nobody listens on, on any broker: 404" c_404
+    check "[$engine] nginx logged no error" c_error_log
+    check "[$engine] SIGTERM to run.sh stops nginx, the 3 brokers and ${engine}-server" c_stop
+
+    stop_from "$first"
+    ENGINE_RESULTS+=("$engine: $((PASSED - passed0)) passed, $((FAILED - failed0)) failed")
+    TMP=$BASE_TMP
+}
+
+# Set by run_engine from run.sh's --ready file (and reset before each engine).
+NGINX_URL='' NGINX_PID='' ENGINE='' ENGINE_URL='' ENGINE_PID='' ENGINE_NAME='' RUN_PID='' WS=''
+BROKER_URLS=() BROKER_PIDS=()
+CURRENT_STEP=
+ENGINE_RESULTS=()
+for engine in "${ENGINES[@]}"; do
+    run_engine "$engine"
+done
+echo
+printf '%s\n' "${ENGINE_RESULTS[@]}"
 summary
