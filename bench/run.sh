@@ -3,9 +3,9 @@
 #
 #   bench/run.sh                 # full run (~25 min on 2 cores): results in bench/results/
 #   bench/run.sh --smoke         # every scenario with a few hundred messages against
-#                                # fedbroker-tokio only (and two of them through nats-server),
-#                                # no peers, no charts, results in target/bench-smoke/ (what CI
-#                                # runs)
+#                                # fedbroker-tokio only (and two relays through nats-server, two
+#                                # through redis-server), no peers, no charts, results in
+#                                # target/bench-smoke/ (what CI runs)
 #   bench/run.sh --rounds 5      # more rounds per relay figure (medians are reported)
 #   bench/run.sh --pin           # servers on CPU 1, the load generator on CPU 0 (taskset), so
 #                                # they never compete for a core; results in bench/results-pinned/
@@ -37,18 +37,21 @@
 #      with SIGKILL and restarted 3 times; every acknowledged message must arrive once, in seq
 #      order. Then the cost of the store: the same load without faults, no store / always /
 #      batch, window 16 and 1, interleaved over the rounds.
-#   8. cluster (fedbroker-tokio only, docs/cluster.md): one nats-server and fedbroker-tokio brokers
-#      with --cluster; the relay (16 listeners, 16 senders, 64 B, window 16 and 1) with
-#        1-node          one broker without --cluster (the baseline),
-#        1-node-cluster  one broker with --cluster, listeners and senders on it (all local),
-#        2-nodes         listeners on broker A, senders on broker B (every message crosses NATS),
-#        3-nodes         listeners on A and B (alternating), senders on C (every message crosses),
-#      interleaved and rotated over the rounds; then the POST→frame latency of each at a fixed
-#      moderate pace (5000 msgs/s, window 16). CPU per message is the sum over every server process
-#      of the run (brokers and nats-server). Its own table: OUT/cluster/table.md (raw lines in
-#      OUT/cluster.jsonl), ratios to 1-node. All of it shares the machine's cores with the load
-#      generator: more brokers cannot show more throughput on one machine; what it shows is the
-#      cost of the hop through the engine (BENCHMARKS.md "Cluster (NATS)").
+#   8. cluster (fedbroker-tokio only, docs/cluster.md): fedbroker-tokio brokers with --cluster,
+#      through each engine in turn: one nats-server and one redis-server (Redis >= 7, sharded
+#      pub/sub; `--save "" --appendonly no`), both on 127.0.0.1 only and stopped at the end; the
+#      relay (16 listeners, 16 senders, 64 B, window 16 and 1) with
+#        1-node              one broker without --cluster (the baseline, measured once),
+#        1-node-cluster-E    one broker with --cluster, listeners and senders on it (all local),
+#        2-nodes-E           listeners on broker A, senders on broker B (every message crosses E),
+#        3-nodes-E           listeners on A and B (alternating), senders on C (every message crosses),
+#      for E = nats and redis (seven configurations), interleaved and rotated over the rounds; then
+#      the POST→frame latency of each at a fixed moderate pace (5000 msgs/s, window 16). CPU per
+#      message is the sum over every server process of the run (brokers and the engine's server).
+#      Its own table: OUT/cluster/table.md (raw lines in OUT/cluster.jsonl), ratios to 1-node. All
+#      of it shares the machine's cores with the load generator: more brokers cannot show more
+#      throughput on one machine; what it shows is the cost of the hop through each engine
+#      (BENCHMARKS.md "Cluster (NATS and Redis)"). The smoke runs 2-nodes through each engine.
 # Then one table with ratios to the best peer (bench/results/table.md), raw JSON lines
 # (raw.jsonl), aggregates (results.json), machine facts (machine.txt) and SVG charts.
 # Any lost, duplicated, reordered or corrupted message fails the run (non-zero exit).
@@ -192,8 +195,8 @@ ADAPTERS=()
 for s in "${SYSTEMS[@]}"; do
     case $s in tokio | smol | std) ADAPTERS+=("$s") ;; esac
 done
-# The cluster phase runs fedbroker-tokio brokers (and nats-server), whatever --systems says; the
-# smoke runs two small relays through it.
+# The cluster phase runs fedbroker-tokio brokers (and nats-server and redis-server), whatever
+# --systems says; the smoke runs two small relays through each engine.
 CLUSTER=0
 if want cluster; then
     CLUSTER=1
@@ -233,11 +236,16 @@ if [[ " ${SYSTEMS[*]} " == *" mosquitto "* || " ${SYSTEMS[*]} " == *" nats "* ]]
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto nats-server >/dev/null
     fi
 fi
-if ((CLUSTER)) && ! command -v nats-server >/dev/null; then
-    log "installing nats-server (Debian package) for the cluster phase"
-    as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nats-server >/dev/null
+if ((CLUSTER)); then
+    missing=()
+    command -v nats-server >/dev/null || missing+=(nats-server)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]} (Debian packages) for the cluster phase"
+        as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
 fi
 
 free_port() {
@@ -283,10 +291,10 @@ start_once() {
     local sys=$1 port port2 p bin
     shift
     case $sys in
-    tokio | smol | std | node[0-9])
-        # nodeN: a fedbroker-tokio of the cluster phase.
+    tokio | smol | std | node[0-9] | nats-node[0-9] | redis-node[0-9])
+        # node0, nats-nodeN, redis-nodeN: a fedbroker-tokio of the cluster phase.
         bin=fedbroker-$sys
-        [[ $sys == node[0-9] ]] && bin=fedbroker-tokio
+        [[ $sys == *node[0-9] ]] && bin=fedbroker-tokio
         # Emptied here, not by the redirection below: that one runs in the background child, and
         # the wait loop could read the previous instance's line first.
         : >"$WORK/$sys.out"
@@ -354,13 +362,23 @@ EOF
         wait_port "$port2" "$p" nats || return 1
         ADDR[$sys]=nats-ws://127.0.0.1:$port2
         ;;
-    engine)
+    engine-nats)
         # The cluster phase's NATS server: its client port only.
         port=$(free_port)
-        "${SRV[@]}" nats-server -a 127.0.0.1 -p "$port" >>"$WORK/engine.log" 2>&1 &
+        "${SRV[@]}" nats-server -a 127.0.0.1 -p "$port" >>"$WORK/$sys.log" 2>&1 &
         p=$!
-        wait_port "$port" "$p" engine || return 1
+        wait_port "$port" "$p" "$sys" || return 1
         ADDR[$sys]=nats://127.0.0.1:$port
+        ;;
+    engine-redis)
+        # The cluster phase's Redis server (sharded pub/sub needs Redis 7): loopback only, nothing
+        # written to disk.
+        port=$(free_port)
+        "${SRV[@]}" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+            >>"$WORK/$sys.log" 2>&1 &
+        p=$!
+        wait_port "$port" "$p" "$sys" || return 1
+        ADDR[$sys]=redis://127.0.0.1:$port
         ;;
     esac
     PID[$sys]=$p
@@ -480,6 +498,9 @@ machine() {
             echo "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
             echo "nats-server: $(nats-server --version 2>/dev/null)"
         fi
+        if ((CLUSTER)); then
+            echo "cluster engines: $(nats-server --version 2>/dev/null); $(redis-server --version 2>/dev/null)"
+        fi
     } >"$OUT/machine.txt"
 }
 ARGS="${ORIG_ARGS[*]}"
@@ -525,21 +546,24 @@ if ((SMOKE)); then
         fi
     done
     if ((CLUSTER)); then
-        # Two brokers sharing ids through nats-server: every message crosses the engine.
-        start engine
-        for k in 1 2; do start "node$k" --cluster "${ADDR[engine]}"; done
-        for k in 1 2; do
-            for ((i = 0; i < 100; i++)); do
-                [[ $(post_status "${ADDR[node$k]#fedbroker://}" 2147483647) == 404 ]] && break
-                sleep 0.1
+        # Two brokers sharing ids through each engine in turn: every message crosses it.
+        : >"$OUT/cluster.jsonl"
+        for e in nats redis; do
+            start "engine-$e"
+            for k in 1 2; do start "$e-node$k" --cluster "${ADDR[engine-$e]}"; done
+            for k in 1 2; do
+                for ((i = 0; i < 100; i++)); do
+                    [[ $(post_status "${ADDR[$e-node$k]#fedbroker://}" 2147483647) == 404 ]] && break
+                    sleep 0.1
+                done
             done
+            for w in 16 1; do
+                "$BENCH" relay --target "${ADDR[$e-node1]}" --send-target "${ADDR[$e-node2]}" \
+                    --pid "${PID[$e-node1]},${PID[$e-node2]},${PID[engine-$e]}" --listeners 16 --senders 16 \
+                    --payload 64 --window "$w" --messages 800 --label "2-nodes-$e" --json "$OUT/cluster.jsonl"
+            done
+            for s in "$e-node1" "$e-node2" "engine-$e"; do stop "$s"; done
         done
-        for w in 16 1; do
-            "$BENCH" relay --target "${ADDR[node1]}" --send-target "${ADDR[node2]}" \
-                --pid "${PID[node1]},${PID[node2]},${PID[engine]}" --listeners 16 --senders 16 --payload 64 \
-                --window "$w" --messages 800 --label 2-nodes --json "$OUT/cluster.jsonl"
-        done
-        for s in node1 node2 engine; do stop "$s"; done
     fi
     "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
     if ((${#FAILED[@]})); then
@@ -728,37 +752,47 @@ fi
 
 # ---- 8. cluster ---------------------------------------------------------------------------
 if ((CLUSTER)); then
-    log "cluster: fedbroker-tokio brokers sharing ids through nats-server; 1 node, 1 node with --cluster, 2 and 3 nodes"
+    ENGINES=(nats redis)
+    log "cluster: fedbroker-tokio brokers sharing ids through nats-server and through redis-server; 1 node, 1 node with --cluster, 2 and 3 nodes"
     CRAW=$OUT/cluster.jsonl
     : >"$CRAW"
-    start engine
-    # node0 alone (no --cluster); node1..3 share the id space through the engine. The relay's
-    # large queue, as in phase 1.
+    # node0 alone (no --cluster); E-node1..3 share the id space through engine E. The relay's
+    # large queue, as in phase 1. Every broker and both engines run for the whole phase (the idle
+    # ones only send a heartbeat every 2 s), so that the configurations can be interleaved.
     start node0 --queue-limit 65536
-    for k in 1 2 3; do start "node$k" --queue-limit 65536 --cluster "${ADDR[engine]}"; done
-    # A broker answers 503 for remote ids until its NATS client is connected; 404 (no responders)
-    # once it is.
-    for k in 1 2 3; do
-        for ((i = 0; i < 100; i++)); do
-            [[ $(post_status "${ADDR[node$k]#fedbroker://}" 2147483647) == 404 ]] && break
-            sleep 0.1
+    for e in "${ENGINES[@]}"; do
+        start "engine-$e"
+        for k in 1 2 3; do start "$e-node$k" --queue-limit 65536 --cluster "${ADDR[engine-$e]}"; done
+    done
+    # A broker answers 503 for remote ids until its engine client is connected; 404 (no
+    # responders) once it is. At most 10 s per broker.
+    for e in "${ENGINES[@]}"; do
+        for k in 1 2 3; do
+            for ((i = 0; i < 100; i++)); do
+                [[ $(post_status "${ADDR[$e-node$k]#fedbroker://}" 2147483647) == 404 ]] && break
+                sleep 0.1
+            done
         done
     done
-    log "servers: engine=${ADDR[engine]} $(for k in 0 1 2 3; do printf 'node%s=%s ' "$k" "${ADDR[node$k]}"; done)"
-    CONFIGS=(1-node 1-node-cluster 2-nodes 3-nodes)
+    log "servers: node0=${ADDR[node0]} $(for e in "${ENGINES[@]}"; do
+        printf 'engine-%s=%s ' "$e" "${ADDR[engine-$e]}"
+        for k in 1 2 3; do printf '%s-node%s=%s ' "$e" "$k" "${ADDR[$e-node$k]}"; done
+    done)"
+    CONFIGS=(1-node)
+    for e in "${ENGINES[@]}"; do CONFIGS+=("1-node-cluster-$e" "2-nodes-$e" "3-nodes-$e"); done
     # cluster_relay CONFIG WINDOW MESSAGES [extra args]: one relay run of a configuration; a
     # failure is recorded (a "cluster-failure" line in cluster.jsonl, and a non-zero exit at the
     # end) and the run goes on.
     cluster_relay() {
-        local cfg=$1 window=$2 messages=$3 err args
+        local cfg=$1 window=$2 messages=$3 err args e=${1##*-}
         shift 3
         case $cfg in
         1-node) args=(--target "${ADDR[node0]}" --pid "${PID[node0]}") ;;
-        1-node-cluster) args=(--target "${ADDR[node1]}" --pid "${PID[node1]},${PID[engine]}") ;;
-        2-nodes) args=(--target "${ADDR[node1]}" --send-target "${ADDR[node2]}"
-            --pid "${PID[node1]},${PID[node2]},${PID[engine]}") ;;
-        3-nodes) args=(--target "${ADDR[node1]},${ADDR[node2]}" --send-target "${ADDR[node3]}"
-            --pid "${PID[node1]},${PID[node2]},${PID[node3]},${PID[engine]}") ;;
+        1-node-cluster-*) args=(--target "${ADDR[$e-node1]}" --pid "${PID[$e-node1]},${PID[engine-$e]}") ;;
+        2-nodes-*) args=(--target "${ADDR[$e-node1]}" --send-target "${ADDR[$e-node2]}"
+            --pid "${PID[$e-node1]},${PID[$e-node2]},${PID[engine-$e]}") ;;
+        3-nodes-*) args=(--target "${ADDR[$e-node1]},${ADDR[$e-node2]}" --send-target "${ADDR[$e-node3]}"
+            --pid "${PID[$e-node1]},${PID[$e-node2]},${PID[$e-node3]},${PID[engine-$e]}") ;;
         esac
         err=$WORK/cluster-$cfg-$window.err
         if ! "${GEN[@]}" "$BENCH" relay "${args[@]}" --listeners 16 --senders 16 --payload 64 --window "$window" \
@@ -776,7 +810,7 @@ if ((CLUSTER)); then
         quiet
         for window in 16 1; do
             for ((k = 0; k < n; k++)); do
-                # About 1–2 s on one broker, cut at 10 s through the engine (the result says so).
+                # About 1–2 s on one broker, cut at 10 s through an engine (the result says so).
                 cluster_relay "${CONFIGS[$(((k + round) % n))]}" "$window" $((window == 16 ? 1000000 : 200000)) --max-seconds 10
             done
         done
@@ -785,7 +819,11 @@ if ((CLUSTER)); then
             cluster_relay "${CONFIGS[$(((k + round) % n))]}" 16 20000 --rate 5000 --max-seconds 10
         done
     done
-    for s in node0 node1 node2 node3 engine; do stop "$s"; done
+    for e in "${ENGINES[@]}"; do
+        for k in 1 2 3; do stop "$e-node$k"; done
+    done
+    stop node0
+    for e in "${ENGINES[@]}"; do stop "engine-$e"; done
     "$BENCH" report --input "$CRAW" --out "$OUT/cluster" --peers 1-node --no-charts
     echo "cluster table: $OUT/cluster/table.md (ratios are to 1-node)"
 fi
