@@ -396,8 +396,8 @@ pub struct Flags {
             listener taking an id on one broker replaces the one on another (4000). \
             nats://[USER:PASSWORD@]HOST:PORT (NATS) or redis://[USER:PASSWORD@]HOST:PORT[/DB] (Redis 7 \
             or later, sharded pub/sub); the engine is reconnected to by itself when it goes away.\n\
-            Default: none (this broker alone). Config key: cluster. Examples: --cluster \
-            nats://127.0.0.1:4222, --cluster redis://127.0.0.1:6379\n\
+            Default: none (this broker alone). Config key: cluster. Example: --cluster \
+            nats://127.0.0.1:4222 (or: --cluster redis://127.0.0.1:6379)\n\
             Statuses: 503 with Retry-After: 1 for ids listened on no broker reachable now; 404 when \
             no broker has a listener."
     )]

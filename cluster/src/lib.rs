@@ -476,18 +476,7 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                     let now = Instant::now();
                     lock(&shared.seen).values_mut().for_each(|t| *t = now);
                     publish_claim(&engine, format!("? {node}")).await;
-                    // Claimed again with each listener's start: a plain id listened on here and on
-                    // another broker during the outage is settled as any two claims are (the newer
-                    // listener stays).
-                    let ids: Vec<(Id, u64)> = lock(&mine).iter().map(|(id, t)| (*id, *t)).collect();
-                    for (id, since) in ids {
-                        let text = if registry.is_topic(id) {
-                            format!("{id} {node} +")
-                        } else {
-                            format!("{id} {node} {since}")
-                        };
-                        publish_claim(&engine, text).await;
-                    }
+                    announce_all(&engine, &shared).await;
                 }
                 Work::Topic(request, reply) => {
                     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -560,6 +549,23 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
     }
 }
 
+/// Announces every id listened on here: a plain id claimed with its listener's start (so that
+/// two listeners of one id on two brokers that did not hear of each other, during an outage or
+/// a broker's start, are settled as any two claims are: the newer stays), a topic as a member
+/// (`+`).
+async fn announce_all<E: Engine>(engine: &E, shared: &Shared) {
+    let ids: Vec<(Id, u64)> = lock(&shared.mine).iter().map(|(id, t)| (*id, *t)).collect();
+    for (id, since) in ids {
+        let node = &shared.node;
+        let text = if shared.registry.is_topic(id) {
+            format!("{id} {node} +")
+        } else {
+            format!("{id} {node} {since}")
+        };
+        publish_claim(engine, text).await;
+    }
+}
+
 /// Follows the other brokers' claims, leaves and heartbeats.
 async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine::Subscription) {
     let Shared {
@@ -569,7 +575,7 @@ async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine:
         mine,
         seen,
         ..
-    } = shared;
+    } = shared.clone();
     // Ask the others what they listen on (again on every reconnection: Work::Connected).
     publish_claim(&engine, format!("? {node}")).await;
     while let Some(m) = claims.next().await {
@@ -591,16 +597,11 @@ async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine:
             continue;
         }
         if what == "?" {
-            // Asked of everyone, or of this broker: announced again, without taking anything
-            // from anyone ("+"), on the side, so that heartbeats keep being read meanwhile.
+            // Asked of everyone, or of this broker: announced again, on the side, so that
+            // heartbeats keep being read meanwhile.
             if words.next().is_none_or(|to| to == node) {
-                let ids: Vec<Id> = lock(&mine).keys().copied().collect();
-                let (engine, node) = (engine.clone(), node.clone());
-                tokio::spawn(async move {
-                    for id in ids {
-                        publish_claim(&engine, format!("{id} {node} +")).await;
-                    }
-                });
+                let (engine, shared) = (engine.clone(), shared.clone());
+                tokio::spawn(async move { announce_all(&engine, &shared).await });
             }
             continue;
         }

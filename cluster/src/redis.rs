@@ -134,6 +134,23 @@ impl Redis {
             .map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 
+    /// Whether the publisher answers a `PING`, trying three times (its connection manager
+    /// connects again after a failed command).
+    async fn publisher_ready(&self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.publisher().await {
+                Ok(mut manager) => match redis::cmd("PING").query_async::<()>(&mut manager).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("the publishing connection does not answer: {last}"))
+    }
+
     /// The subscriber connection, made again whenever it is lost, for as long as the broker
     /// runs.
     async fn subscriber(&self, mut changed: mpsc::Receiver<(String, bool)>) {
@@ -203,6 +220,10 @@ impl Redis {
                 _ => {}
             }
         }
+        // The publisher too, before saying so: after Redis restarted, its first command finds
+        // the old connection dead (and reconnects), and the announcements made on connecting
+        // must not be that command.
+        self.publisher_ready().await?;
         self.inner.connected.store(true, Ordering::SeqCst);
         tracing::info!("cluster engine: connected to Redis");
         (self.inner.notify)(true);

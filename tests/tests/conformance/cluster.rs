@@ -146,7 +146,28 @@ macro_rules! engine_tests {
                 assert_eq!(got, b"back");
             }
 
-            /// A request-reply crosses brokers: the envelope listener on one answers a `POST ?reply=` sent
+            /// Two listeners of one id made on two brokers while the engine was down are settled
+        /// when it is back: the newer stays, the older is closed with `4000`.
+        fn listeners_made_during_an_outage_are_settled(a: Adapter) {
+            let Some(mut engine) = engine() else { return };
+            let one = node(a, &engine, &[]);
+            let two = node(a, &engine, &[]);
+            let mut older = one.listen(7);
+            post_until(&two, 7, b"up", 204);
+            assert_eq!(older.recv(), b"up");
+            engine.stop();
+            eventually(WAIT, "both disconnected", || {
+                (one.stat("cluster_connected") == 0 && two.stat("cluster_connected") == 0).then_some(())
+            });
+            let mut newer = two.listen(7);
+            engine.restart();
+            older.set_read_timeout(WAIT);
+            assert_eq!(older.expect_close().0, 4000, "the older listener yields");
+            post_until(&one, 7, b"after", 204);
+            assert_eq!(newer.recv(), b"after");
+        }
+
+        /// A request-reply crosses brokers: the envelope listener on one answers a `POST ?reply=` sent
             /// to another; a listener that leaves before answering is `502`.
             fn request_reply_across_brokers(a: Adapter) {
                 let Some(engine) = engine() else { return };
