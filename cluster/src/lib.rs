@@ -837,8 +837,82 @@ async fn topic<E: Engine>(
     });
 }
 
+/// The refusals a broker's local routing can answer, by a name that crosses the engine: the
+/// broker the `POST` reached answers the same refusal (status and sentence), not only the same
+/// status.
+const REFUSALS: [&str; 7] = [
+    "queue-full",
+    "store-unavailable",
+    "too-many-pending-replies",
+    "mailbox-full",
+    "cannot-reply",
+    "no-listener",
+    "no-topic-listener",
+];
+
+fn refusal_name(e: &HttpError) -> Option<&'static str> {
+    let i = match e {
+        HttpError::QueueFull(_) => 0,
+        HttpError::StoreUnavailable => 1,
+        HttpError::TooManyPendingReplies => 2,
+        HttpError::MailboxFull(_) => 3,
+        HttpError::CannotReply(_) => 4,
+        HttpError::NoListener(_) => 5,
+        HttpError::NoTopicListener(_) => 6,
+        _ => return None,
+    };
+    Some(REFUSALS[i])
+}
+
+fn refusal(id: Id, name: &str) -> Option<HttpError> {
+    Some(match REFUSALS.iter().position(|n| *n == name)? {
+        0 => HttpError::QueueFull(id),
+        1 => HttpError::StoreUnavailable,
+        2 => HttpError::TooManyPendingReplies,
+        3 => HttpError::MailboxFull(id),
+        4 => HttpError::CannotReply(id),
+        5 => HttpError::NoListener(id),
+        _ => HttpError::NoTopicListener(id),
+    })
+}
+
+/// A local routing's outcome as the answer sent back through the engine ([`outcome`] reads it).
+fn answer_of(result: &Result<Delivered, HttpError>) -> Msg {
+    let mut answer = Msg::default();
+    let status = match result {
+        Ok(Delivered::AwaitingReply) => {
+            answer = answer.with("Fedbroker-Awaiting", 1);
+            204
+        }
+        Ok(Delivered::Listener) => 204,
+        Ok(Delivered::Topic { recipients }) => {
+            answer = answer.with("Fedbroker-Recipients", recipients);
+            204
+        }
+        Ok(Delivered::Mailbox { seq, live }) => {
+            answer = answer.with("Fedbroker-Seq", seq);
+            if *live {
+                204
+            } else {
+                202
+            }
+        }
+        Err(e) => {
+            if let Some(name) = refusal_name(e) {
+                answer = answer.with("Fedbroker-Error", name);
+            }
+            answer.payload = Bytes::from(e.to_string());
+            e.status()
+        }
+    };
+    answer.with("Fedbroker-Status", status)
+}
+
 /// The outcome a remote broker answered, as this broker's answer.
 fn outcome(id: Id, m: &Msg) -> Result<Delivered, HttpError> {
+    if let Some(e) = m.header("Fedbroker-Error").and_then(|name| refusal(id, name)) {
+        return Err(e);
+    }
     match m.number("Fedbroker-Status") {
         Some(204) if m.number("Fedbroker-Awaiting") == Some(1) => Ok(Delivered::AwaitingReply),
         Some(204) => match (m.number("Fedbroker-Recipients"), m.number("Fedbroker-Seq")) {
@@ -854,7 +928,8 @@ fn outcome(id: Id, m: &Msg) -> Result<Delivered, HttpError> {
         }),
         Some(404) => Err(HttpError::NoListener(id)),
         Some(409) => Err(HttpError::CannotReply(id)),
-        Some(503) => Err(HttpError::QueueFull(id)),
+        // A 503 not named above (a broker shutting down, for instance): retry later.
+        Some(503) => Err(HttpError::RouteUnavailable),
         Some(507) => Err(HttpError::MailboxFull(id)),
         _ => Err(HttpError::RouteUnavailable),
     }
@@ -910,30 +985,8 @@ async fn answer<E: Engine>(engine: &E, local: &LocalRouter, id: Id, m: Msg) {
     poll_fn(|cx| pending.poll_ready(cx)).await;
     let result = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
     let Some(reply_to) = m.reply else { return };
-    let mut answer = Msg::default();
-    let status = match &result {
-        Ok(Delivered::AwaitingReply) => {
-            answer = answer.with("Fedbroker-Awaiting", 1);
-            204
-        }
-        Ok(Delivered::Listener) => 204,
-        Ok(Delivered::Topic { recipients }) => {
-            answer = answer.with("Fedbroker-Recipients", recipients);
-            204
-        }
-        Ok(Delivered::Mailbox { seq, live }) => {
-            answer = answer.with("Fedbroker-Seq", seq);
-            if *live {
-                204
-            } else {
-                202
-            }
-        }
-        Err(e) => e.status(),
-    };
-    answer = answer.with("Fedbroker-Status", status);
+    let answer = answer_of(&result);
     let queued = matches!(result, Ok(Delivered::AwaitingReply));
-    answer.payload = result.err().map(|e| Bytes::from(e.to_string())).unwrap_or_default();
     if let Err(e) = engine.publish(reply_to.clone(), answer).await {
         tracing::debug!(%id, "cluster engine: answer not sent: {e}");
     }
@@ -981,6 +1034,33 @@ fn wall_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_cross_the_engine_as_they_were() {
+        let id = Id::new(9).unwrap();
+        let outcomes = [
+            Ok(Delivered::Listener),
+            Ok(Delivered::AwaitingReply),
+            Ok(Delivered::Topic { recipients: 3 }),
+            Ok(Delivered::Mailbox { seq: 7, live: true }),
+            Ok(Delivered::Mailbox { seq: 8, live: false }),
+            Err(HttpError::QueueFull(id)),
+            Err(HttpError::StoreUnavailable),
+            Err(HttpError::TooManyPendingReplies),
+            Err(HttpError::MailboxFull(id)),
+            Err(HttpError::CannotReply(id)),
+            Err(HttpError::NoListener(id)),
+            Err(HttpError::NoTopicListener(id)),
+        ];
+        for o in outcomes {
+            let bytes = engine::encode(&answer_of(&o)).unwrap();
+            let back = outcome(id, &engine::decode(Bytes::from(bytes)).unwrap());
+            assert_eq!(back, o);
+        }
+        // Any other refusal: its status, as a routing failure.
+        let other = answer_of(&Err(HttpError::ShuttingDown));
+        assert_eq!(outcome(id, &other), Err(HttpError::RouteUnavailable));
+    }
 
     #[test]
     fn engine_urls_are_checked() {
