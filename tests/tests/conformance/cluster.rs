@@ -146,7 +146,27 @@ macro_rules! engine_tests {
                 assert_eq!(got, b"back");
             }
 
-            /// Two listeners of one id made on two brokers while the engine was down are settled
+            /// Brokers started before their engine is up keep trying, and share ids once it is;
+        /// until then, ids listened on elsewhere are `503` and local ones work.
+        fn brokers_started_before_the_engine(a: Adapter) {
+            let Some(mut engine) = engine() else { return };
+            engine.stop();
+            let one = node(a, &engine, &[]);
+            let two = node(a, &engine, &[]);
+            let mut here = two.listen(3);
+            two.post(3, b"local").assert_status(204);
+            assert_eq!(here.recv(), b"local");
+            let mut there = one.listen(4);
+            two.post(4, b"x").assert_error(503);
+            assert_eq!(two.stat("cluster_connected"), 0);
+            engine.restart();
+            post_until(&two, 4, b"up", 204);
+            assert_eq!(there.recv(), b"up");
+            post_until(&one, 3, b"both ways", 204);
+            assert_eq!(here.recv(), b"both ways");
+        }
+
+        /// Two listeners of one id made on two brokers while the engine was down are settled
         /// when it is back: the newer stays, the older is closed with `4000`.
         fn listeners_made_during_an_outage_are_settled(a: Adapter) {
             let Some(mut engine) = engine() else { return };
