@@ -67,6 +67,10 @@ impl std::fmt::Display for EngineError {
 /// The messages of one subscription; dropping it unsubscribes.
 pub(crate) type Subscription = Pin<Box<dyn Stream<Item = Msg> + Send>>;
 
+/// Done once the engine has a subscription in place (or gave up waiting for it), so that what
+/// is announced about it is not read elsewhere before messages can reach it.
+pub(crate) type InPlace = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The answers arriving on one inbox: `Err(NoResponders)` when the engine tells that nobody took
 /// the message sent with it. Dropping it frees the inbox.
 pub(crate) type Answers = Pin<Box<dyn Stream<Item = Result<Msg, EngineError>> + Send>>;
@@ -81,8 +85,12 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// engine knows that nobody took it (Redis counts receivers; NATS tells on the inbox).
     fn publish(&self, subject: String, msg: Msg) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Subscribes to `subject`; kept across reconnections.
-    fn subscribe(&self, subject: String) -> impl Future<Output = Result<Subscription, EngineError>> + Send;
+    /// Subscribes to `subject`; kept across reconnections. The second half is done once the
+    /// subscription is in place: at once where the engine keeps a connection's order (NATS: a
+    /// publication after the subscription on the same connection cannot overtake it), after
+    /// the server confirmed it otherwise (Redis: subscriptions and publications go on two
+    /// connections).
+    fn subscribe(&self, subject: String) -> impl Future<Output = Result<(Subscription, InPlace), EngineError>> + Send;
 
     /// A private inbox: its name, to put in a message's `reply`, and its answers.
     fn inbox(&self) -> impl Future<Output = Result<(String, Answers), EngineError>> + Send;

@@ -413,14 +413,14 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
     // Claims of the other brokers: an id taken elsewhere is closed here (4000); who listens
     // where, for topics' fan-out and for presence.
     match engine.subscribe(CLAIMS.to_owned()).await {
-        Ok(claims) => {
+        Ok((claims, _)) => {
             tokio::spawn(follow_claims(engine.clone(), shared.clone(), claims));
         }
         Err(e) => tracing::error!("cluster engine: cannot subscribe to claims: {e}"),
     }
     // Topic messages sent to this broker by name: delivered to its own listeners.
     match engine.subscribe(topic_subject(&node)).await {
-        Ok(mut topics) => {
+        Ok((mut topics, _)) => {
             let (engine, local) = (engine.clone(), local.clone());
             tokio::spawn(async move {
                 while let Some(m) = topics.next().await {
@@ -522,18 +522,25 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                     }
                     match (listened, subscribed.contains_key(&id)) {
                         (true, false) => match engine.subscribe(subject(id)).await {
-                            Ok(sub) => {
+                            Ok((sub, in_place)) => {
                                 let (stop, stopped) = tokio::sync::oneshot::channel();
                                 tokio::spawn(serve(engine.clone(), sub, id, local.clone(), stopped));
                                 subscribed.insert(id, stop);
                                 state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
-                                // Claimed with the listener's own start: none if it left while
-                                // the subscription was being made (its leave follows; a claim
-                                // stamped now would wrongly beat a newer listener elsewhere).
-                                let since = lock(&mine).get(&id).copied();
-                                if let Some(since) = since {
-                                    publish_claim(&engine, format!("{id} {node} {since}")).await;
-                                }
+                                // Claimed once the subscription is in place (a broker reading
+                                // the claim closes its listener, and messages must then reach
+                                // this one), on the side, so that other work goes on meanwhile;
+                                // with the listener's own start, and not at all if it left
+                                // meanwhile (its leave follows; a claim stamped now would wrongly
+                                // beat a newer listener elsewhere).
+                                let (engine, mine, node) = (engine.clone(), mine.clone(), node.clone());
+                                tokio::spawn(async move {
+                                    in_place.await;
+                                    let since = lock(&mine).get(&id).copied();
+                                    if let Some(since) = since {
+                                        publish_claim(&engine, format!("{id} {node} {since}")).await;
+                                    }
+                                });
                             }
                             Err(e) => tracing::warn!(%id, "cluster engine: cannot subscribe: {e}"),
                         },

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::{HeaderMap, PublishErrorKind, Request, RequestErrorKind, StatusCode};
 use futures_util::StreamExt;
 
-use crate::engine::{Answers, Engine, EngineError, Msg, Subscription};
+use crate::engine::{Answers, Engine, EngineError, InPlace, Msg, Subscription};
 use crate::ClusterError;
 
 #[derive(Clone)]
@@ -90,13 +90,14 @@ impl Engine for Nats {
         })
     }
 
-    async fn subscribe(&self, subject: String) -> Result<Subscription, EngineError> {
+    async fn subscribe(&self, subject: String) -> Result<(Subscription, InPlace), EngineError> {
         let sub = self
             .client
             .subscribe(subject)
             .await
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        Ok(Box::pin(sub.map(from_nats)))
+        // In place for anything published after it on this connection.
+        Ok((Box::pin(sub.map(from_nats)), Box::pin(std::future::ready(()))))
     }
 
     async fn inbox(&self) -> Result<(String, Answers), EngineError> {

@@ -20,11 +20,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo};
+use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use crate::engine::{decode, encode, Answers, Engine, EngineError, Msg, Subscription};
+use crate::engine::{decode, encode, Answers, Engine, EngineError, InPlace, Msg, Subscription};
 use crate::resp::{self, Frame};
 use crate::{lock, ClusterError};
 
@@ -44,6 +45,12 @@ const INBOX_NUMBER: &str = "Fedbroker-Inbox";
 /// How often the subscriber connection is checked with a `PING`; silent for three of these,
 /// it is taken as lost.
 const PING: Duration = Duration::from_secs(5);
+
+/// A subscription change for the subscriber connection.
+type Change = (String, bool, Option<oneshot::Sender<()>>);
+
+/// How long a new subscription's announcement waits for Redis to confirm it, at most.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 
 /// The channels wanted, and whether the subscriber connection takes changes now.
 #[derive(Default)]
@@ -77,8 +84,9 @@ struct Inner {
     resync: AtomicBool,
     inboxes: Mutex<HashMap<u64, mpsc::Sender<Result<Msg, EngineError>>>>,
     next_number: AtomicU64,
-    /// `SSUBSCRIBE` (true) or `SUNSUBSCRIBE` (false) for the subscriber connection, in order.
-    changes: mpsc::Sender<(String, bool)>,
+    /// `SSUBSCRIBE` (true) or `SUNSUBSCRIBE` (false) for the subscriber connection, in order,
+    /// with who waits for the server's confirmation.
+    changes: mpsc::Sender<Change>,
 }
 
 impl Redis {
@@ -153,7 +161,7 @@ impl Redis {
 
     /// The subscriber connection, made again whenever it is lost, for as long as the broker
     /// runs.
-    async fn subscriber(&self, mut changed: mpsc::Receiver<(String, bool)>) {
+    async fn subscriber(&self, mut changed: mpsc::Receiver<Change>) {
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
         loop {
@@ -177,7 +185,7 @@ impl Redis {
 
     /// One subscriber connection: authenticates, subscribes to every channel wanted, then
     /// reads messages and takes subscription changes until it fails.
-    async fn subscribe_session(&self, changed: &mut mpsc::Receiver<(String, bool)>) -> Result<(), String> {
+    async fn subscribe_session(&self, changed: &mut mpsc::Receiver<Change>) -> Result<(), String> {
         let connect = TcpStream::connect((self.inner.host.as_str(), self.inner.port));
         let mut socket = tokio::time::timeout(Duration::from_secs(2), connect)
             .await
@@ -230,6 +238,9 @@ impl Redis {
         let (mut reader, mut writer) = socket.into_split();
         let mut ping = tokio::time::interval(PING);
         let mut silent = 0u32;
+        // The replies awaited, in the order the commands went (Redis answers in that order), each
+        // with who waits for it; pushed messages are not replies.
+        let mut expected: VecDeque<Option<oneshot::Sender<()>>> = VecDeque::new();
         loop {
             tokio::select! {
                 read = reader.read_buf(&mut buf) => {
@@ -240,17 +251,24 @@ impl Redis {
                     }
                     while let Some(frame) = resp::take(&mut buf).map_err(|e| e.0.to_owned())? {
                         match frame {
-                            Frame::Array(items) => self.dispatch(items),
-                            Frame::Error(e) => tracing::warn!("cluster engine: Redis refused a subscription: {e}"),
-                            _ => {}
+                            Frame::Array(items) if is_message(&items) => self.dispatch(items),
+                            reply => {
+                                if let Frame::Error(e) = reply {
+                                    tracing::warn!("cluster engine: Redis refused a subscription: {e}");
+                                }
+                                if let Some(Some(waiting)) = expected.pop_front() {
+                                    let _ = waiting.send(());
+                                }
+                            }
                         }
                     }
                 }
                 change = changed.recv() => {
-                    let Some((channel, subscribe)) = change else { return Ok(()) };
+                    let Some((channel, subscribe, waiting)) = change else { return Ok(()) };
                     let verb: &[u8] = if subscribe { b"SSUBSCRIBE" } else { b"SUNSUBSCRIBE" };
                     tracing::debug!(%channel, subscribe, "cluster engine: subscription change");
                     write(&mut writer, &resp::command(&[verb, channel.as_bytes()])).await?;
+                    expected.push_back(waiting);
                 }
                 _ = ping.tick() => {
                     silent += 1;
@@ -258,7 +276,11 @@ impl Redis {
                         return Err("no answer to PING".into());
                     }
                     write(&mut writer, &resp::command(&[b"PING"])).await?;
+                    expected.push_back(None);
                 }
+            }
+            if expected.len() > CHANGES {
+                return Err("Redis stopped answering subscriptions".into());
             }
             if self.inner.resync.load(Ordering::SeqCst) {
                 return Err("an unsubscription was not queued: subscribing again from the start".into());
@@ -301,6 +323,11 @@ async fn write(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Result<(),
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("a write to Redis timed out".into()),
     }
+}
+
+/// A message pushed on a shard channel (`smessage`), not a reply.
+fn is_message(items: &[Frame]) -> bool {
+    matches!(items.first(), Some(Frame::Bulk(Some(kind))) if kind.as_ref() == b"smessage")
 }
 
 fn is_confirmation(items: &[Frame], kind: &[u8], channel: &str) -> bool {
@@ -356,7 +383,7 @@ impl Engine for Redis {
         Ok(())
     }
 
-    async fn subscribe(&self, subject: String) -> Result<Subscription, EngineError> {
+    async fn subscribe(&self, subject: String) -> Result<(Subscription, InPlace), EngineError> {
         let (tx, rx) = mpsc::channel(PER_SUBSCRIPTION);
         let number = self.inner.next_number.fetch_add(1, Ordering::Relaxed);
         let accepting = {
@@ -369,18 +396,25 @@ impl Engine for Redis {
             channel: subject.clone(),
             number,
         };
-        // Not connected: the next connection subscribes to the whole map.
-        if accepting {
+        // Not connected: the next connection subscribes to the whole map (and nothing is
+        // announced meanwhile).
+        let in_place: InPlace = if accepting {
+            let (confirmed, in_place) = oneshot::channel();
             self.inner
                 .changes
-                .send((subject, true))
+                .send((subject, true, Some(confirmed)))
                 .await
                 .map_err(|_| EngineError::Unavailable("the engine's subscriber stopped".into()))?;
-        }
+            Box::pin(async move {
+                let _ = tokio::time::timeout(CONFIRM_WAIT, in_place).await;
+            })
+        } else {
+            Box::pin(std::future::ready(()))
+        };
         let stream = futures_util::stream::unfold((rx, unsubscribe), |(mut rx, guard)| async move {
             rx.recv().await.map(|m| (m, (rx, guard)))
         });
-        Ok(Box::pin(stream))
+        Ok((Box::pin(stream), in_place))
     }
 
     async fn inbox(&self) -> Result<(String, Answers), EngineError> {
@@ -421,7 +455,7 @@ impl Drop for Unsubscribe {
         if channels.accepting
             && inner
                 .changes
-                .try_send((std::mem::take(&mut self.channel), false))
+                .try_send((std::mem::take(&mut self.channel), false, None))
                 .is_err()
         {
             tracing::warn!("cluster engine: unsubscription queue full; subscribing again from the start");
