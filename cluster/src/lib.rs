@@ -670,11 +670,20 @@ async fn follow_claims<E: Engine>(engine: E, shared: Shared, mut claims: engine:
 async fn heartbeat<E: Engine>(engine: E, shared: Shared) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_connected = false;
     loop {
         tick.tick().await;
-        if !engine.connected() {
+        let connected = engine.connected();
+        if !connected {
             // Nothing is heard while away: nobody is taken as gone for it.
+            was_connected = false;
             continue;
+        }
+        if !was_connected {
+            // Back: the others are given three heartbeats from now, whatever ran first.
+            let now = Instant::now();
+            lock(&shared.seen).values_mut().for_each(|t| *t = now);
+            was_connected = true;
         }
         publish_claim(&engine, format!("! {}", shared.node)).await;
         let now = Instant::now();
