@@ -174,7 +174,11 @@ enum Kind {
 
 /// Checks a `--cluster` address: `nats://…` or `redis://…`, with a host and port.
 pub fn check_url(url: &str) -> Result<(), ClusterError> {
-    kind(url).map(|_| ())
+    match kind(url)? {
+        Kind::Nats => Ok(()),
+        // What the Redis client would refuse later, refused at start.
+        Kind::Redis => redis::Redis::check(url),
+    }
 }
 
 fn kind(url: &str) -> Result<Kind, ClusterError> {
@@ -1041,10 +1045,7 @@ fn wall_us() -> u64 {
 }
 
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    wall_us() / 1000
 }
 
 #[cfg(test)]
@@ -1102,6 +1103,7 @@ mod tests {
             "u:p@h:4222",
             "u:p@h://x",
             "nats:/u:p@h",
+            "redis://u:p@h:6379/notadb",
         ] {
             let e = check_url(bad).expect_err(bad);
             assert!(!e.0.contains(":p@"), "{e}");

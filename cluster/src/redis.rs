@@ -90,6 +90,18 @@ struct Inner {
 }
 
 impl Redis {
+    /// Checks `url` as [`Redis::connect`] reads it, without connecting; the error never holds the
+    /// credentials.
+    pub fn check(url: &str) -> Result<(), ClusterError> {
+        match url.into_connection_info() {
+            Ok(info) if matches!(info.addr(), ConnectionAddr::Tcp(..)) => Ok(()),
+            Ok(_) => Err(ClusterError("only redis://HOST:PORT is supported".into())),
+            Err(_) => Err(ClusterError(
+                "not a Redis address; expected redis://[USER:PASSWORD@]HOST:PORT[/DB]".into(),
+            )),
+        }
+    }
+
     /// Starts connecting to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`) in the background;
     /// `notify` is told each time the connection is made or lost.
     pub fn connect(url: &str, node: &str, notify: Arc<dyn Fn(bool) + Send + Sync>) -> Result<Redis, ClusterError> {
@@ -366,6 +378,13 @@ impl Engine for Redis {
             None => subject,
         };
         let bytes = encode(&msg).ok_or_else(|| EngineError::Unavailable("headers too long".into()))?;
+        // Larger than the subscriber connections read: refused here (413) rather than sent to
+        // make the receiving broker's connection start over.
+        if bytes.len() > resp::MAX_BULK {
+            return Err(EngineError::TooLarge(
+                resp::MAX_BULK - (bytes.len() - msg.payload.len()),
+            ));
+        }
         if !self.connected() {
             return Err(EngineError::Unavailable("not connected to the engine".into()));
         }

@@ -377,6 +377,21 @@ engine_tests! { nats, EngineKind::Nats,
 }
 
 engine_tests! { redis, EngineKind::Redis,
+    /// A message larger than a broker's Redis subscriber connection reads (64 MiB) is `413`
+    /// where it would cross brokers, and the brokers' connections carry on.
+    fn larger_than_the_subscriber_reads(a: Adapter) {
+        let Some(engine) = engine() else { return };
+        let one = node(a, &engine, &["--max-message-size", "80000000"]);
+        let two = node(a, &engine, &["--max-message-size", "80000000"]);
+        let mut l = one.listen(5);
+        post_until(&two, 5, b"small", 204);
+        assert_eq!(l.recv(), b"small");
+        let big = vec![1u8; 65 << 20];
+        two.connect().post("/5", &big).assert_error(413);
+        two.post(5, b"after").assert_status(204);
+        assert_eq!(l.recv(), b"after");
+    }
+
     /// A Redis with only a password (`requirepass`, no ACL user): `redis://:PASSWORD@…`.
     fn redis_with_a_password_only(a: Adapter) {
         let Some(engine) = EngineServer::start_with_args(KIND, &["--requirepass", "s3cret"]) else { return };
@@ -401,6 +416,7 @@ adapter_tests! {
             ("rediss://u:hidden@127.0.0.1:6379", "not an engine"),
             ("nats://", "without a host"),
             ("redis://u:hidden@127.0.0.1:99999", "port"),
+            ("redis://u:hidden@127.0.0.1:6379/notadb", "not a Redis address"),
         ] {
             let out = run_cli(a, &["--cluster", url]);
             assert_eq!(out.code(), 2, "{url}: {out:?}");
