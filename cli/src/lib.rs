@@ -677,6 +677,12 @@ impl Settings {
             if let Err(e) = fedbroker_cluster::check_url(url) {
                 return err(format!("--cluster: {e}"));
             }
+            if store.is_some() {
+                return err(
+                    "--store: with --cluster, the mailboxes are kept in the engine, shared by every broker; drop --store (and make the engine durable: docs/cluster.md)"
+                        .to_owned(),
+                );
+            }
         }
 
         Ok(Settings {
@@ -1007,6 +1013,13 @@ impl fedbroker_core::Router for AnyRouter {
         match self {
             AnyRouter::Local(r) => r.route(request, reply),
             AnyRouter::Cluster(r) => r.route(request, reply),
+        }
+    }
+
+    fn prepare_listen(&self, id: fedbroker_core::Id, since: Option<u64>, reply: fedbroker_core::ListenReply) {
+        match self {
+            AnyRouter::Local(r) => r.prepare_listen(id, since, reply),
+            AnyRouter::Cluster(r) => r.prepare_listen(id, since, reply),
         }
     }
 

@@ -50,6 +50,8 @@ pub(crate) enum EngineError {
     NoResponders,
     /// Larger than the engine takes (its own limit, in bytes).
     TooLarge(usize),
+    /// The id's mailbox is full and its policy refuses (`507`).
+    Full,
     /// Not connected, timed out, or refused: the message may be retried later.
     Unavailable(String),
 }
@@ -59,9 +61,34 @@ impl std::fmt::Display for EngineError {
         match self {
             EngineError::NoResponders => f.write_str("no responders"),
             EngineError::TooLarge(limit) => write!(f, "larger than the engine's limit of {limit} bytes"),
+            EngineError::Full => f.write_str("the mailbox is full"),
             EngineError::Unavailable(why) => f.write_str(why),
         }
     }
+}
+
+/// The bounds of the mailboxes an engine keeps (the brokers' `--mailbox-*` flags).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MailboxLimits {
+    /// Records kept per id; the oldest go first.
+    pub max_messages: usize,
+    /// Refuse a message rather than drop the oldest (`--mailbox-full refuse`).
+    pub refuse: bool,
+    /// How long a record is kept, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// What an id's mailbox holds after a seq, as read from the engine.
+#[derive(Debug, Default)]
+pub(crate) struct MailboxRead {
+    /// The last seq given on the id.
+    pub last: u64,
+    /// Everything up to this seq that is not in `records` is gone (trimmed, expired, or older
+    /// than a window keeps).
+    pub trimmed_through: u64,
+    /// The records after the seq read after, in seq order (`Fedbroker-At`, `Fedbroker-From`;
+    /// `Fedbroker-Reply-Ms` marks a request's seq, whose payload is not kept).
+    pub records: Vec<(u64, Msg)>,
 }
 
 /// The messages of one subscription; dropping it unsubscribes.
@@ -95,6 +122,37 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// A private inbox: its name, to put in a message's `reply`, and its answers.
     fn inbox(&self) -> impl Future<Output = Result<(String, Answers), EngineError>> + Send;
 
+    /// Appends `msg` to `id`'s mailbox as its next seq, and publishes it (with that seq in
+    /// `Fedbroker-Seq`) on `subject`, in one step: brokers holding a listener on the id take
+    /// the records in seq order. With `keep_payload` false (a request's), only the headers are
+    /// kept. Returns the seq and how many took the publication.
+    fn mailbox_append(
+        &self,
+        id: fedbroker_core::Id,
+        subject: String,
+        msg: Msg,
+        keep_payload: bool,
+        limits: MailboxLimits,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(u64, u64), EngineError>> + Send {
+        let _ = (id, subject, msg, keep_payload, limits, now_ms);
+        std::future::ready(Err(EngineError::Unavailable("this engine keeps no mailboxes".into())))
+    }
+
+    /// The records of `id`'s mailbox after seq `after`: the newest, as many as a window keeps
+    /// (`max_messages`, `max_bytes` of payloads plus [`fedbroker_core::mailbox::ENTRY_OVERHEAD`]
+    /// each); what is older counts as gone.
+    fn mailbox_read(
+        &self,
+        id: fedbroker_core::Id,
+        after: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> impl Future<Output = Result<MailboxRead, EngineError>> + Send {
+        let _ = (id, after, max_bytes, max_messages);
+        std::future::ready(Err(EngineError::Unavailable("this engine keeps no mailboxes".into())))
+    }
+
     /// Sends `msg` on `subject` and waits for the first answer.
     fn request(
         &self,
@@ -119,6 +177,18 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
 /// A message as bytes, for an engine that carries bytes only (Redis): `u16 BE length | headers
 /// | payload`, the headers as `name: value` lines (the first one `reply`'s, when there is one).
 pub(crate) fn encode(msg: &Msg) -> Option<Vec<u8>> {
+    let head = encode_head(msg);
+    let len = u16::try_from(head.len()).ok()?;
+    let mut out = Vec::with_capacity(2 + head.len() + msg.payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&msg.payload);
+    Some(out)
+}
+
+/// The header lines of [`encode`] (an engine that adds one of its own, as Redis's mailbox
+/// script adds the seq, frames them itself).
+pub(crate) fn encode_head(msg: &Msg) -> String {
     let mut head = String::new();
     if let Some(reply) = &msg.reply {
         head.push_str("Fedbroker-Reply-To: ");
@@ -131,12 +201,7 @@ pub(crate) fn encode(msg: &Msg) -> Option<Vec<u8>> {
         head.push_str(value);
         head.push('\n');
     }
-    let len = u16::try_from(head.len()).ok()?;
-    let mut out = Vec::with_capacity(2 + head.len() + msg.payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(&msg.payload);
-    Some(out)
+    head
 }
 
 /// The inverse of [`encode`]; `None` for bytes it did not make.

@@ -47,10 +47,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::{Engine, EngineError, Msg};
+use engine::{Engine, EngineError, MailboxLimits, Msg};
+use fedbroker_core::mailbox::Restored;
 use fedbroker_core::{
-    reply_channel, route_channel, Delivered, HttpError, Id, LocalRouter, Registry, ReplyMsg, ReplyOutcome, ReplySender,
-    RouteReply, RouteRequest, Router, RouterGauges,
+    reply_channel, route_channel, Delivered, FullPolicy, HttpError, Id, ListenReply, LocalRouter, MailboxSync,
+    MirrorItem, Mirrored, PendingReply, Registry, ReplyMsg, ReplyOutcome, ReplySender, RouteReply, RouteRequest,
+    Router, RouterGauges,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -132,6 +134,10 @@ impl Control {
 /// Work for the engine's thread.
 enum Work {
     Route(RouteRequest, RouteReply),
+    /// A message for a mailbox id, whose mailbox the engine keeps.
+    Mailbox(RouteRequest, RouteReply),
+    /// A listener is about to register on a mailbox id: read what its mailbox holds.
+    Prepare(Id, ListenReply),
     Topic(RouteRequest, RouteReply),
     Changed(Id),
     /// (Re)connected to the engine: announce what is listened on here, ask the others.
@@ -157,6 +163,8 @@ pub struct ClusterRouter {
     local: LocalRouter,
     work: mpsc::Sender<Work>,
     state: Arc<State>,
+    /// The engine keeps the mailboxes; this broker's are windows onto them.
+    windows: bool,
 }
 
 /// What the engine's thread tells the statistics.
@@ -243,6 +251,17 @@ impl ClusterRouter {
             .build()
             .map_err(|e| ClusterError(format!("cannot start the cluster's runtime: {e}")))?;
         let node = format!("{:016x}", node_id());
+        // The engine keeps the mailboxes, shared by every broker (Redis: a stream per id; NATS:
+        // a JetStream subject per id); this broker's are windows onto them.
+        let windows = registry.mailbox_config().is_some();
+        if windows {
+            registry.mirror_mailboxes();
+        }
+        let limits = registry.mailbox_config().map(|c| MailboxLimits {
+            max_messages: c.max_messages,
+            refuse: c.full == FullPolicy::Refuse,
+            ttl_ms: c.ttl_ms(),
+        });
         let mine = Mine::default();
         let state = Arc::new(State::default());
         let control = Arc::new(Control::default());
@@ -255,6 +274,8 @@ impl ClusterRouter {
             mine: mine.clone(),
             seen: Default::default(),
             state: state.clone(),
+            windows,
+            limits,
         };
         let to_self = control.clone();
         let events = state.clone();
@@ -303,6 +324,7 @@ impl ClusterRouter {
             registry,
             work: tx,
             state,
+            windows,
         })
     }
 }
@@ -314,11 +336,24 @@ impl Router for ClusterRouter {
             let _ = self.work.try_send(Work::Topic(request, reply));
             return;
         }
+        if self.windows && self.registry.has_mailbox(request.id) {
+            // Numbered and kept by the engine, wherever its listener is.
+            let _ = self.work.try_send(Work::Mailbox(request, reply));
+            return;
+        }
         if self.registry.is_listened(request.id) {
             return self.local.route(request, reply);
         }
         // Full or stopped: the reply is dropped with the work, which answers 503.
         let _ = self.work.try_send(Work::Route(request, reply));
+    }
+
+    fn prepare_listen(&self, id: Id, _since: Option<u64>, reply: ListenReply) {
+        if !self.windows {
+            return reply.answer(Ok(None));
+        }
+        // Full or stopped: dropped, which answers 503.
+        let _ = self.work.try_send(Work::Prepare(id, reply));
     }
 
     fn gauges(&self) -> RouterGauges {
@@ -389,6 +424,10 @@ struct Shared {
     /// When each other broker was last heard from.
     seen: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
     state: Arc<State>,
+    /// The engine keeps the mailboxes (see [`ClusterRouter`]).
+    windows: bool,
+    /// Their bounds, when the broker has mailbox ids.
+    limits: Option<MailboxLimits>,
 }
 
 async fn publish_claim<E: Engine>(engine: &E, text: String) {
@@ -475,7 +514,45 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                         drop(permit);
                     });
                 }
+                Work::Mailbox(request, reply) => {
+                    if !engine.connected() {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
+                    }
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
+                    };
+                    let (engine, shared) = (engine.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        mailbox_send(engine, shared, request, reply).await;
+                        drop(permit);
+                    });
+                }
+                Work::Prepare(id, reply) => {
+                    if !engine.connected() {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
+                    }
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        reply.answer(Err(HttpError::RouteUnavailable));
+                        continue;
+                    };
+                    let (engine, shared) = (engine.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        reply.answer(read_mailbox(&engine, &shared, id).await.map(Some));
+                        drop(permit);
+                    });
+                }
                 Work::Connected => {
+                    if shared.windows {
+                        // What was published while this broker was away reached no window here.
+                        let ids: Vec<Id> = lock(&mine).keys().copied().collect();
+                        for id in ids.into_iter().filter(|id| registry.has_mailbox(*id)) {
+                            let (engine, shared) = (engine.clone(), shared.clone());
+                            tokio::spawn(async move { catch_up(&engine, &shared, id).await });
+                        }
+                    }
                     // Those not heard while this broker was away are not gone for that.
                     let now = Instant::now();
                     lock(&shared.seen).values_mut().for_each(|t| *t = now);
@@ -528,7 +605,7 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                         (true, false) => match engine.subscribe(subject(id)).await {
                             Ok((sub, in_place)) => {
                                 let (stop, stopped) = tokio::sync::oneshot::channel();
-                                tokio::spawn(serve(engine.clone(), sub, id, local.clone(), stopped));
+                                tokio::spawn(serve(engine.clone(), sub, id, shared.clone(), stopped));
                                 subscribed.insert(id, stop);
                                 state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
                                 // Claimed once the subscription is in place (a broker reading
@@ -538,8 +615,15 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                                 // meanwhile (its leave follows; a claim stamped now would wrongly
                                 // beat a newer listener elsewhere).
                                 let (engine, mine, node) = (engine.clone(), mine.clone(), node.clone());
+                                let window = shared.windows && registry.has_mailbox(id);
+                                let shared = shared.clone();
                                 tokio::spawn(async move {
                                     in_place.await;
+                                    if window {
+                                        // Records appended between the window's read and now
+                                        // were published before this broker took them.
+                                        catch_up(&engine, &shared, id).await;
+                                    }
                                     let since = lock(&mine).get(&id).copied();
                                     if let Some(since) = since {
                                         publish_claim(&engine, format!("{id} {node} {since}")).await;
@@ -777,12 +861,29 @@ async fn remote_request<E: Engine>(engine: E, id: Id, mut msg: Msg, ms: u64, sen
             tracing::debug!(%id, "cluster engine: {e}");
             Err(HttpError::RouteUnavailable)
         }
-        Ok(()) => match tokio::time::timeout(REQUEST_TIMEOUT, answers.next()).await {
-            Ok(Some(Err(EngineError::NoResponders))) => Err(HttpError::NoListener(id)),
-            Ok(Some(Ok(m))) => outcome(id, &m),
-            _ => Err(HttpError::RouteUnavailable),
-        },
+        Ok(()) => first_answer(id, &mut answers).await,
     };
+    relay_reply(first, answers, ms, sender, route).await;
+}
+
+/// The first answer to a request: whether it was queued.
+async fn first_answer(id: Id, answers: &mut engine::Answers) -> Result<Delivered, HttpError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, answers.next()).await {
+        Ok(Some(Err(EngineError::NoResponders))) => Err(HttpError::NoListener(id)),
+        Ok(Some(Ok(m))) => outcome(id, &m),
+        _ => Err(HttpError::RouteUnavailable),
+    }
+}
+
+/// Answers a request's route with `first`, then, once queued, hands the listener's reply (the
+/// second answer) to the waiting `POST`.
+async fn relay_reply(
+    first: Result<Delivered, HttpError>,
+    mut answers: engine::Answers,
+    ms: u64,
+    sender: ReplySender,
+    route: RouteReply,
+) {
     let queued = matches!(first, Ok(Delivered::AwaitingReply));
     route.answer(first);
     if !queued {
@@ -965,7 +1066,7 @@ async fn serve<E: Engine>(
     engine: E,
     mut sub: engine::Subscription,
     id: Id,
-    local: LocalRouter,
+    shared: Shared,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
@@ -973,7 +1074,8 @@ async fn serve<E: Engine>(
             biased;
             _ = &mut stop => return,
             m = sub.next() => match m {
-                Some(m) => answer(&engine, &local, id, m).await,
+                Some(m) if shared.windows && m.header("Fedbroker-Seq").is_some() => mirror_record(&engine, &shared, id, m).await,
+                Some(m) => answer(&engine, &shared.local, id, m).await,
                 None => return,
             },
         }
@@ -1004,15 +1106,27 @@ async fn answer<E: Engine>(engine: &E, local: &LocalRouter, id: Id, m: Msg) {
     local.route(request, tx);
     poll_fn(|cx| pending.poll_ready(cx)).await;
     let result = pending.try_take().unwrap_or(Err(HttpError::RouteUnavailable));
-    let Some(reply_to) = m.reply else { return };
+    if let Some(reply_to) = m.reply {
+        respond(engine, id, reply_to, result, waiting).await;
+    }
+}
+
+/// Answers a message from another broker on its inbox with this broker's outcome; for a request
+/// queued to a listener here, then with the listener's reply (without holding up the id's next
+/// messages).
+async fn respond<E: Engine>(
+    engine: &E,
+    id: Id,
+    reply_to: String,
+    result: Result<Delivered, HttpError>,
+    waiting: Option<(PendingReply, u64)>,
+) {
     let answer = answer_of(&result);
     let queued = matches!(result, Ok(Delivered::AwaitingReply));
     if let Err(e) = engine.publish(reply_to.clone(), answer).await {
         tracing::debug!(%id, "cluster engine: answer not sent: {e}");
     }
     if let (true, Some((rx, ms))) = (queued, waiting) {
-        // The listener's reply goes back on the same inbox, without holding up the id's next
-        // messages.
         let engine = engine.clone();
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(Duration::from_millis(ms), async {
@@ -1034,6 +1148,150 @@ async fn answer<E: Engine>(engine: &E, local: &LocalRouter, id: Id, m: Msg) {
                 tracing::debug!(%id, "cluster engine: reply not sent: {e}");
             }
         });
+    }
+}
+
+/// A mailbox record as the core's window takes it.
+fn restored(seq: u64, m: Msg) -> Restored {
+    Restored {
+        seq,
+        at_ms: m.number("Fedbroker-At").unwrap_or(0),
+        from: m
+            .number("Fedbroker-From")
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(Id::new),
+        // A request's seq: taken, its body not kept.
+        payload: m.header("Fedbroker-Reply-Ms").is_none().then_some(m.payload),
+    }
+}
+
+/// Reads what `id`'s mailbox in the engine holds after this broker's window of it (everything,
+/// when it has none), as much as the window keeps.
+async fn read_mailbox<E: Engine>(engine: &E, shared: &Shared, id: Id) -> Result<MailboxSync, HttpError> {
+    let after = shared.registry.window_last(id).unwrap_or(0);
+    let (max_bytes, max_messages) = shared
+        .registry
+        .mailbox_config()
+        .map_or((usize::MAX, usize::MAX), |c| (c.max_bytes, c.max_messages));
+    let read = engine
+        .mailbox_read(id, after, max_bytes, max_messages)
+        .await
+        .map_err(|e| {
+            tracing::debug!(%id, "cluster engine: mailbox not read: {e}");
+            HttpError::RouteUnavailable
+        })?;
+    Ok(MailboxSync {
+        after,
+        trimmed_through: read.trimmed_through,
+        last: read.last,
+        records: read.records.into_iter().map(|(seq, m)| restored(seq, m)).collect(),
+    })
+}
+
+/// Brings `id`'s window here up to its mailbox in the engine (records published while this
+/// broker was not subscribed, or lost on the way).
+async fn catch_up<E: Engine>(engine: &E, shared: &Shared, id: Id) {
+    if shared.registry.window_last(id).is_none() {
+        return;
+    }
+    match read_mailbox(engine, shared, id).await {
+        Ok(sync) => {
+            shared.registry.sync_window(id, sync, wall_ms());
+        }
+        Err(_) => tracing::debug!(%id, "cluster engine: window not brought up to date"),
+    }
+}
+
+/// A record of `id`'s mailbox, published by the engine as it was appended: into the window here,
+/// after any records missed before it; a request's answer goes back on its inbox.
+async fn mirror_record<E: Engine>(engine: &E, shared: &Shared, id: Id, m: Msg) {
+    let Some(seq) = m.number("Fedbroker-Seq") else { return };
+    if shared.registry.window_last(id).is_some_and(|last| last + 1 < seq) {
+        catch_up(engine, shared, id).await;
+    }
+    let at_ms = m.number("Fedbroker-At").unwrap_or_else(wall_ms);
+    let from = m
+        .number("Fedbroker-From")
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(Id::new);
+    let (item, waiting) = match (m.number("Fedbroker-Reply-Ms"), &m.reply) {
+        (Some(ms), Some(_)) => {
+            let (tx, rx) = reply_channel();
+            let item = MirrorItem::Request {
+                payload: m.payload.clone(),
+                reply: tx,
+                timeout_ms: ms,
+            };
+            (item, Some((rx, ms)))
+        }
+        (Some(_), None) => (MirrorItem::Taken, None),
+        (None, _) => (MirrorItem::Message(m.payload.clone()), None),
+    };
+    let result = match shared.registry.mirror(id, seq, at_ms, from, item, wall_ms()) {
+        Mirrored::Done(result) => result,
+        Mirrored::NoWindow => Err(HttpError::NoListener(id)),
+        Mirrored::Behind => Err(HttpError::RouteUnavailable),
+        Mirrored::Ahead { last } => {
+            tracing::warn!(%id, seq, last, "cluster engine: mailbox records missing from the window");
+            Err(HttpError::RouteUnavailable)
+        }
+    };
+    if let Some(reply_to) = m.reply {
+        respond(engine, id, reply_to, result, waiting).await;
+    }
+}
+
+/// A message for a mailbox id: appended to its mailbox in the engine, which numbers it and
+/// publishes it to the broker holding its listener, if any (`204`; `202` when none); a request
+/// then waits for that broker's answers on an inbox of its own.
+async fn mailbox_send<E: Engine>(engine: E, shared: Shared, mut request: RouteRequest, reply: RouteReply) {
+    let id = request.id;
+    let Some(limits) = shared.limits else {
+        return reply.answer(Err(HttpError::NoListener(id)));
+    };
+    let mut msg = Msg::new(request.payload.clone()).with("Fedbroker-At", request.at_ms);
+    if let Some(from) = request.from {
+        msg = msg.with("Fedbroker-From", from);
+    }
+    let asks = request.reply.take();
+    let mut answers = None;
+    if let Some((_, ms)) = &asks {
+        match engine.inbox().await {
+            Ok((inbox, a)) => {
+                msg.reply = Some(inbox);
+                answers = Some(a);
+            }
+            Err(e) => {
+                tracing::debug!(%id, "cluster engine: {e}");
+                return reply.answer(Err(HttpError::RouteUnavailable));
+            }
+        }
+        msg = msg.with("Fedbroker-Reply-Ms", ms);
+    }
+    let appended = engine
+        .mailbox_append(id, subject(id), msg, asks.is_none(), limits, request.at_ms)
+        .await;
+    let (seq, receivers) = match appended {
+        Ok(a) => a,
+        Err(EngineError::Full) => return reply.answer(Err(HttpError::MailboxFull(id))),
+        Err(EngineError::TooLarge(limit)) => return reply.answer(Err(HttpError::PayloadTooLarge { limit })),
+        Err(e) => {
+            tracing::debug!(%id, "cluster engine: mailbox append failed: {e}");
+            return reply.answer(Err(HttpError::RouteUnavailable));
+        }
+    };
+    match (asks, answers) {
+        (Some((sender, ms)), Some(mut answers)) => {
+            if receivers == 0 {
+                return reply.answer(Err(HttpError::NoListener(id)));
+            }
+            let first = first_answer(id, &mut answers).await;
+            relay_reply(first, answers, ms, sender, reply).await;
+        }
+        _ => reply.answer(Ok(Delivered::Mailbox {
+            seq,
+            live: receivers > 0,
+        })),
     }
 }
 

@@ -1,17 +1,140 @@
 //! The NATS engine: subjects and inboxes are NATS's own; "no responders" comes from the server.
+//! The mailboxes are a JetStream stream, one subject per id (`fedbroker.mailbox.{id}`): a
+//! record's seq is the previous record's plus one, appended only if no other broker appended
+//! meanwhile (`Nats-Expected-Last-Subject-Sequence`), so every broker numbers one sequence.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind as AppendErrorKind;
+use async_nats::jetstream::stream::{Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, StorageType};
 use async_nats::{HeaderMap, PublishErrorKind, Request, RequestErrorKind, StatusCode};
+use fedbroker_core::Id;
 use futures_util::StreamExt;
+use tokio::sync::OnceCell;
 
-use crate::engine::{Answers, Engine, EngineError, InPlace, Msg, Subscription};
-use crate::ClusterError;
+use crate::engine::{Answers, Engine, EngineError, InPlace, MailboxLimits, MailboxRead, Msg, Subscription};
+use crate::{lock, ClusterError};
+
+/// The JetStream stream that keeps the mailboxes.
+const STREAM: &str = "FEDBROKER_MAILBOX";
+
+/// How many times an append is tried again when another broker appended to the same id first.
+const APPEND_TRIES: usize = 32;
+
+/// Ids whose last record this broker remembers (beyond, it forgets them all and reads again).
+const REMEMBERED: usize = 65_536;
+
+/// How long the listener's broker may take to say it took a mailbox record.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn mailbox_subject(id: Id) -> String {
+    format!("fedbroker.mailbox.{id}")
+}
 
 #[derive(Clone)]
 pub(crate) struct Nats {
     client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    /// The mailboxes' stream, once found or made.
+    stream: Arc<OnceCell<async_nats::jetstream::stream::Stream>>,
+    /// Each id's last record, as this broker last saw it: (its seq, its stream sequence).
+    last: Arc<Mutex<HashMap<Id, (u64, u64)>>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+/// A stored record's seq, and its stream sequence.
+fn seq_of(m: &async_nats::jetstream::message::StreamMessage) -> Option<u64> {
+    m.headers.get("Fedbroker-Seq")?.as_str().parse().ok()
+}
+
+impl Nats {
+    /// The mailboxes' stream: found, or made with `limits` (JetStream must be enabled,
+    /// `nats-server -js`); `None` when it does not exist and `limits` is not given.
+    async fn stream(
+        &self,
+        limits: Option<MailboxLimits>,
+    ) -> Result<Option<async_nats::jetstream::stream::Stream>, EngineError> {
+        if let Some(s) = self.stream.get() {
+            return Ok(Some(s.clone()));
+        }
+        let found = match limits {
+            None => match self.jetstream.get_stream(STREAM).await {
+                Ok(s) => s,
+                Err(e) if e.to_string().contains("not found") => return Ok(None),
+                Err(e) => return Err(unavailable(format!("JetStream: {e}"))),
+            },
+            Some(limits) => {
+                let config = StreamConfig {
+                    name: STREAM.to_owned(),
+                    subjects: vec!["fedbroker.mailbox.>".to_owned()],
+                    // The newest records of each id; the TTL applies where they are read (a
+                    // subject that expired whole would lose its numbering).
+                    max_messages_per_subject: i64::try_from(limits.max_messages.max(1)).unwrap_or(i64::MAX),
+                    discard: DiscardPolicy::Old,
+                    storage: StorageType::File,
+                    allow_direct: true,
+                    ..StreamConfig::default()
+                };
+                self.jetstream
+                    .get_or_create_stream(config)
+                    .await
+                    .map_err(|e| unavailable(format!("JetStream (is it enabled? nats-server -js): {e}")))?
+            }
+        };
+        let _ = self.stream.set(found.clone());
+        Ok(Some(found))
+    }
+
+    /// `id`'s last record: (its seq, its stream sequence); (0, 0) when it has none.
+    async fn last_record(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        id: Id,
+    ) -> Result<(u64, u64), EngineError> {
+        match stream.direct_get_last_for_subject(mailbox_subject(id)).await {
+            Ok(m) => Ok((seq_of(&m).unwrap_or(0), m.sequence)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok((0, 0)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Under `refuse`: whether `id`'s mailbox has room after `last`, once its records older than
+    /// the TTL are deleted.
+    async fn has_room(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        id: Id,
+        last: u64,
+        limits: MailboxLimits,
+        now_ms: u64,
+    ) -> Result<bool, EngineError> {
+        for _ in 0..=limits.max_messages {
+            let first = match stream.direct_get_first_for_subject(mailbox_subject(id)).await {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(true),
+                Err(e) => return Err(unavailable(e)),
+            };
+            let count = last.saturating_sub(seq_of(&first).unwrap_or(last)) + 1;
+            if count < limits.max_messages as u64 {
+                return Ok(true);
+            }
+            let at: u64 = first
+                .headers
+                .get("Fedbroker-At")
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or(0);
+            if at.saturating_add(limits.ttl_ms) > now_ms {
+                return Ok(false);
+            }
+            stream.delete_message(first.sequence).await.map_err(unavailable)?;
+        }
+        Ok(false)
+    }
 }
 
 impl Nats {
@@ -42,7 +165,13 @@ impl Nats {
             .connect(address.as_str())
             .await
             .map_err(|e| ClusterError(format!("{address}: {e}")))?;
-        Ok(Nats { client })
+        let jetstream = async_nats::jetstream::new(client.clone());
+        Ok(Nats {
+            client,
+            jetstream,
+            stream: Arc::new(OnceCell::new()),
+            last: Arc::default(),
+        })
     }
 }
 
@@ -88,6 +217,155 @@ impl Engine for Nats {
             }
             _ => EngineError::Unavailable(e.to_string()),
         })
+    }
+
+    async fn mailbox_append(
+        &self,
+        id: Id,
+        subject: String,
+        msg: Msg,
+        keep_payload: bool,
+        limits: MailboxLimits,
+        now_ms: u64,
+    ) -> Result<(u64, u64), EngineError> {
+        if !self.connected() {
+            return Err(unavailable("not connected to the engine"));
+        }
+        let Some(stream) = self.stream(Some(limits)).await? else {
+            return Err(unavailable("JetStream: no mailbox stream"));
+        };
+        let payload = if keep_payload {
+            msg.payload.clone()
+        } else {
+            Default::default()
+        };
+        let mut appended = None;
+        for _ in 0..APPEND_TRIES {
+            let known = lock(&self.last).get(&id).copied();
+            let (last, at) = match known {
+                Some(l) => l,
+                None => self.last_record(&stream, id).await?,
+            };
+            if limits.refuse && !self.has_room(&stream, id, last, limits, now_ms).await? {
+                return Err(EngineError::Full);
+            }
+            let seq = last + 1;
+            let mut h = headers(&msg);
+            h.insert("Fedbroker-Seq", seq.to_string().as_str());
+            // Appended only if no other broker appended to the id since `at`.
+            h.insert("Nats-Expected-Last-Subject-Sequence", at.to_string().as_str());
+            let ack = match self
+                .jetstream
+                .publish_with_headers(mailbox_subject(id), h, payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(ack) => {
+                    let mut remembered = lock(&self.last);
+                    if remembered.len() >= REMEMBERED {
+                        remembered.clear();
+                    }
+                    remembered.insert(id, (seq, ack.sequence));
+                    appended = Some(seq);
+                    break;
+                }
+                Err(e) if e.kind() == AppendErrorKind::WrongLastSequence => {
+                    lock(&self.last).remove(&id);
+                }
+                Err(e) if e.kind() == AppendErrorKind::MaxPayloadExceeded => {
+                    return Err(EngineError::TooLarge(
+                        self.client.try_server_info().map_or(0, |i| i.max_payload),
+                    ))
+                }
+                Err(e) => {
+                    lock(&self.last).remove(&id);
+                    return Err(unavailable(format!("JetStream: {e}")));
+                }
+            }
+        }
+        let Some(seq) = appended else {
+            return Err(unavailable("the mailbox is busy: other brokers kept appending first"));
+        };
+        // Kept: now to the broker holding its listener, if any. A request's answers come on its
+        // inbox ("no responders" too); a message's broker answers once it took it.
+        let notice = msg.with("Fedbroker-Seq", seq);
+        if notice.reply.is_some() {
+            return match self.publish(subject, notice).await {
+                Ok(()) => Ok((seq, 1)),
+                Err(_) => Ok((seq, 0)),
+            };
+        }
+        match self.request(subject, notice, NOTICE_TIMEOUT).await {
+            Ok(_) => Ok((seq, 1)),
+            // Kept either way: a listener connecting (or its broker catching up) reads it.
+            Err(_) => Ok((seq, 0)),
+        }
+    }
+
+    async fn mailbox_read(
+        &self,
+        id: Id,
+        after: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> Result<MailboxRead, EngineError> {
+        if !self.connected() {
+            return Err(unavailable("not connected to the engine"));
+        }
+        let Some(stream) = self.stream(None).await? else {
+            return Ok(MailboxRead::default());
+        };
+        let (last, _) = self.last_record(&stream, id).await?;
+        let mut read = MailboxRead {
+            last,
+            trimmed_through: last,
+            records: Vec::new(),
+        };
+        let subject = mailbox_subject(id);
+        let mut from = 1;
+        let mut first = true;
+        // The subject holds at most the stream's records per subject; every step moves on.
+        for _ in 0..=max_messages.saturating_mul(4).max(1024) {
+            let m = match stream.direct_get_next_for_subject(subject.clone(), Some(from)).await {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+                Err(e) => return Err(unavailable(e)),
+            };
+            from = m.sequence + 1;
+            let Some(seq) = seq_of(&m) else { continue };
+            if first {
+                read.trimmed_through = seq.saturating_sub(1);
+                first = false;
+            }
+            if seq > after && seq <= last {
+                let mut record = Msg::new(m.payload.clone());
+                for (name, values) in m.headers.iter() {
+                    for v in values {
+                        record.headers.push((name.to_string(), v.as_str().to_owned()));
+                    }
+                }
+                read.records.push((seq, record));
+            }
+        }
+        // The newest, as many as a window keeps: what is older counts as gone.
+        let mut bytes = 0usize;
+        let mut keep = 0;
+        for (_, m) in read.records.iter().rev() {
+            bytes = bytes.saturating_add(m.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD);
+            if bytes > max_bytes || keep >= max_messages {
+                break;
+            }
+            keep += 1;
+        }
+        let drop = read.records.len() - keep;
+        if drop > 0 {
+            read.trimmed_through = read.trimmed_through.max(read.records[drop - 1].0);
+            read.records.drain(..drop);
+        }
+        Ok(read)
     }
 
     async fn subscribe(&self, subject: String) -> Result<(Subscription, InPlace), EngineError> {

@@ -25,7 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use crate::engine::{decode, encode, Answers, Engine, EngineError, InPlace, Msg, Subscription};
+use crate::engine::{
+    decode, encode, encode_head, Answers, Engine, EngineError, InPlace, MailboxLimits, MailboxRead, Msg, Subscription,
+};
 use crate::resp::{self, Frame};
 use crate::{lock, ClusterError};
 
@@ -60,6 +62,109 @@ struct Channels {
     /// While false (not connected), changes are not queued: the next connection subscribes to
     /// the whole map. Read and written under the same lock as `map`, so no change falls between.
     accepting: bool,
+}
+
+/// Appends to an id's mailbox and publishes the record, atomically (one script): the seq is
+/// the next of the id's counter, the record an entry of the id's stream whose entry id is
+/// `SEQ-1` (trimmed to the newest `max` entries, expiring with the TTL when the id is idle),
+/// and the publication goes out in seq order with every other one of the id. Under `refuse`, a
+/// full stream refuses (`-1`) unless its oldest entries are past the TTL. A counter lost while
+/// its stream is not (an operator's `DEL`) starts again after the stream's newest entry.
+///
+/// KEYS: stream, counter. ARGV: header lines, payload, max, refuse (1/0), now (ms), TTL (ms),
+/// channel, keep the payload (1/0).
+const APPEND: &str = r"
+local stream, counter = KEYS[1], KEYS[2]
+local max, now, ttl = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if ARGV[4] == '1' then
+  while redis.call('XLEN', stream) >= max do
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    if tonumber(first[2][2]) + ttl > now then
+      return {-1, 0}
+    end
+    redis.call('XDEL', stream, first[1])
+  end
+end
+if redis.call('EXISTS', counter) == 0 then
+  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if top then
+    redis.call('SET', counter, string.match(top[1], '^(%d+)'))
+  end
+end
+local seq = redis.call('INCR', counter)
+local head = ARGV[1] .. 'Fedbroker-Seq: ' .. seq .. '\n'
+local frame = struct.pack('>H', #head) .. head .. ARGV[2]
+local kept = frame
+if ARGV[8] == '0' then
+  kept = struct.pack('>H', #head) .. head
+end
+redis.call('XADD', stream, 'MAXLEN', max, seq .. '-1', 'a', ARGV[5], 'f', kept)
+redis.call('PEXPIRE', stream, ttl)
+local receivers = redis.call('SPUBLISH', ARGV[7], frame)
+return {seq, receivers}
+";
+
+/// A page of an id's mailbox, newest first, with the id's last seq and the seq below its
+/// oldest entry, read together.
+///
+/// KEYS: stream, counter. ARGV: after, before (`+`: the newest), count.
+const PAGE_SCRIPT: &str = r"
+local stream, counter = KEYS[1], KEYS[2]
+local last = tonumber(redis.call('GET', counter) or '0')
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+local trimmed = last
+if first then
+  trimmed = tonumber(string.match(first[1], '^(%d+)')) - 1
+end
+local lo = math.max(tonumber(ARGV[1]), trimmed) + 1
+local hi = '+'
+if ARGV[2] ~= '+' then
+  hi = ARGV[2] .. '-1'
+end
+local entries = redis.call('XREVRANGE', stream, hi, string.format('%d-0', lo), 'COUNT', ARGV[3])
+return {last, trimmed, entries}
+";
+
+/// Records of a mailbox read per script call.
+const PAGE: usize = 64;
+
+/// An id's mailbox stream and seq counter (one hash tag: the same slot, under Redis Cluster).
+fn mailbox_keys(id: fedbroker_core::Id) -> (String, String) {
+    (
+        format!("fedbroker.mailbox.{{{id}}}"),
+        format!("fedbroker.mailbox.{{{id}}}.seq"),
+    )
+}
+
+fn int(v: &redis::Value) -> Option<i64> {
+    match v {
+        redis::Value::Int(n) => Some(*n),
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// One stream entry (`[id, [a, AT, f, FRAME]]`) as a seq and its record.
+fn entry(v: &redis::Value) -> Option<(u64, Msg)> {
+    let redis::Value::Array(parts) = v else { return None };
+    let (redis::Value::BulkString(id), redis::Value::Array(fields)) = (parts.first()?, parts.get(1)?) else {
+        return None;
+    };
+    let seq = std::str::from_utf8(id).ok()?.split('-').next()?.parse().ok()?;
+    let mut frame = None;
+    let mut at = None;
+    for pair in fields.chunks(2) {
+        match (pair.first()?, pair.get(1)?) {
+            (redis::Value::BulkString(k), redis::Value::BulkString(v)) if k == b"f" => frame = Some(v.clone()),
+            (redis::Value::BulkString(k), v) if k == b"a" => at = int(v),
+            _ => {}
+        }
+    }
+    let mut msg = decode(bytes::Bytes::from(frame?))?;
+    if msg.header("Fedbroker-At").is_none() {
+        msg = msg.with("Fedbroker-At", at.unwrap_or(0));
+    }
+    Some((seq, msg))
 }
 
 #[derive(Clone)]
@@ -137,6 +242,48 @@ impl Redis {
         let subscriber = redis.clone();
         tokio::spawn(async move { subscriber.subscriber(changed).await });
         Ok(redis)
+    }
+
+    /// Up to [`PAGE`] records of `id`'s mailbox with seqs in `after+1..=before`, newest first,
+    /// with the id's last seq and the seq below its oldest entry.
+    async fn mailbox_page(
+        &self,
+        id: fedbroker_core::Id,
+        after: u64,
+        before: u64,
+    ) -> Result<(u64, u64, Vec<(u64, Msg)>), EngineError> {
+        if !self.connected() {
+            return Err(EngineError::Unavailable("not connected to the engine".into()));
+        }
+        let (stream, counter) = mailbox_keys(id);
+        let mut manager = self.publisher().await?;
+        let before = if before == u64::MAX {
+            "+".to_owned()
+        } else {
+            before.to_string()
+        };
+        let answer: redis::Value = redis::cmd("EVAL")
+            .arg(PAGE_SCRIPT)
+            .arg(2)
+            .arg(stream)
+            .arg(counter)
+            .arg(after)
+            .arg(before)
+            .arg(PAGE)
+            .query_async(&mut manager)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let bad = || EngineError::Unavailable("unexpected answer from the mailbox script".into());
+        let redis::Value::Array(parts) = answer else {
+            return Err(bad());
+        };
+        let (Some(last), Some(trimmed), Some(redis::Value::Array(entries))) =
+            (parts.first().and_then(int), parts.get(1).and_then(int), parts.get(2))
+        else {
+            return Err(bad());
+        };
+        let records = entries.iter().map(entry).collect::<Option<Vec<_>>>().ok_or_else(bad)?;
+        Ok((last.max(0) as u64, trimmed.max(0) as u64, records))
     }
 
     async fn publisher(&self) -> Result<ConnectionManager, EngineError> {
@@ -400,6 +547,95 @@ impl Engine for Redis {
             return Err(EngineError::NoResponders);
         }
         Ok(())
+    }
+
+    async fn mailbox_append(
+        &self,
+        id: fedbroker_core::Id,
+        subject: String,
+        msg: Msg,
+        keep_payload: bool,
+        limits: MailboxLimits,
+        now_ms: u64,
+    ) -> Result<(u64, u64), EngineError> {
+        let head = encode_head(&msg);
+        // The seq's line is added by the script: room for it within the u16 length.
+        if head.len() > usize::from(u16::MAX) - 64 {
+            return Err(EngineError::Unavailable("headers too long".into()));
+        }
+        let framed = 2 + head.len() + 64 + msg.payload.len();
+        if framed > resp::MAX_BULK {
+            return Err(EngineError::TooLarge(resp::MAX_BULK - (framed - msg.payload.len())));
+        }
+        if !self.connected() {
+            return Err(EngineError::Unavailable("not connected to the engine".into()));
+        }
+        let (stream, counter) = mailbox_keys(id);
+        // Ten years at most: PEXPIRE takes a signed 64-bit count of ms, and no TTL needs more.
+        let ttl = limits.ttl_ms.clamp(1, 10 * 365 * 24 * 3600 * 1000);
+        let mut manager = self.publisher().await?;
+        let answer: Vec<i64> = redis::cmd("EVAL")
+            .arg(APPEND)
+            .arg(2)
+            .arg(stream)
+            .arg(counter)
+            .arg(head)
+            .arg(msg.payload.as_ref())
+            .arg(limits.max_messages.max(1))
+            .arg(if limits.refuse { "1" } else { "0" })
+            .arg(now_ms)
+            .arg(ttl)
+            .arg(subject)
+            .arg(if keep_payload { "1" } else { "0" })
+            .query_async(&mut manager)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        match answer[..] {
+            [-1, _] => Err(EngineError::Full),
+            [seq, receivers] if seq > 0 => Ok((seq as u64, receivers.max(0) as u64)),
+            _ => Err(EngineError::Unavailable(
+                "unexpected answer from the mailbox script".into(),
+            )),
+        }
+    }
+
+    async fn mailbox_read(
+        &self,
+        id: fedbroker_core::Id,
+        after: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> Result<MailboxRead, EngineError> {
+        let mut read = MailboxRead::default();
+        let mut before = u64::MAX;
+        let mut bytes = 0usize;
+        // Newest first, a page at a time; bounded: every page but the last is full, and a
+        // window keeps at most `max_messages`.
+        for n in 0..max_messages / PAGE + 2 {
+            let (last, trimmed, page) = self.mailbox_page(id, after, before).await?;
+            if n == 0 {
+                read.last = last;
+                read.trimmed_through = trimmed;
+            }
+            let full = page.len() == PAGE;
+            for (seq, m) in page {
+                bytes = bytes.saturating_add(m.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD);
+                before = seq.saturating_sub(1);
+                read.records.push((seq, m));
+            }
+            if bytes > max_bytes || read.records.len() >= max_messages {
+                // A window keeps no more: what is older counts as gone.
+                read.trimmed_through = read.trimmed_through.max(before);
+                break;
+            }
+            if !full || before <= after {
+                break;
+            }
+        }
+        read.records.reverse();
+        let trimmed = read.trimmed_through;
+        read.records.retain(|(seq, _)| *seq > trimmed);
+        Ok(read)
     }
 
     async fn subscribe(&self, subject: String) -> Result<(Subscription, InPlace), EngineError> {

@@ -22,11 +22,11 @@ use crate::conn::{Connection, Event, Listening, StatsFormat};
 use crate::mailbox::Persist;
 use crate::registry::{Delivered, Item, ListenerHandle, Pop, Registry};
 use crate::reply::{reply_channel, PendingReply, ReplyOutcome, ReplySender};
-use crate::router::{route_channel, LocalRouter, PendingRoute, RouteRequest, Router};
+use crate::router::{listen_channel, route_channel, LocalRouter, PendingListen, PendingRoute, RouteRequest, Router};
 use crate::stats::{Gauges, Snapshot, Stats};
 use crate::transmit::Outbox;
 use crate::ws::Role;
-use crate::{Config, HttpError};
+use crate::{Config, HttpError, Id};
 
 /// Bytes read per [`Session::read_from`] call.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -191,6 +191,7 @@ impl Broker {
             routes: Vec::new(),
             routes_many: false,
             spare_route: None,
+            preparing: None,
         }
     }
 }
@@ -219,6 +220,8 @@ pub struct Session {
     routes_many: bool,
     /// A finished routing channel, to reuse.
     spare_route: Option<PendingRoute>,
+    /// A listener waiting for the router to prepare its mailbox id (id, envelope, since).
+    preparing: Option<(PendingListen, Id, bool, Option<u64>)>,
 }
 
 impl Session {
@@ -307,6 +310,9 @@ impl Session {
         for (p, _) in &self.routes {
             ready |= p.poll_ready(cx).is_ready();
         }
+        if let Some((p, ..)) = &self.preparing {
+            ready |= p.poll_ready(cx).is_ready();
+        }
         if ready {
             Poll::Ready(())
         } else {
@@ -368,6 +374,7 @@ impl Session {
                 self.conn.handle_decision(now, decision);
             }
             self.poll_routes(now);
+            self.poll_prepared(now);
             self.poll_reply(now);
             self.take_messages(now);
             let Some(event) = self.conn.poll_event() else {
@@ -407,6 +414,35 @@ impl Session {
             }
             self.conn.handle_delivered(now, result);
         }
+    }
+
+    /// The router's answer for a listener's mailbox id: register it.
+    fn poll_prepared(&mut self, now: Instant) {
+        let Some((p, ..)) = &mut self.preparing else {
+            return;
+        };
+        let Some(prepared) = p.try_take() else {
+            return;
+        };
+        let Some((_, id, envelope, since)) = self.preparing.take() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        let result = prepared.and_then(|sync| {
+            broker
+                .registry
+                .listen_synced(id, envelope, since, broker.wall_ms(now), sync)
+        });
+        self.listened(now, result);
+    }
+
+    fn listened(&mut self, now: Instant, result: Result<(ListenerHandle, Option<u64>), HttpError>) {
+        let role = self.broker.config.websocket_role;
+        let result = result.map(|(handle, last_seq)| {
+            self.listener = Some(handle);
+            Listening { role, last_seq }
+        });
+        self.conn.handle_listening(now, result);
     }
 
     /// Hands one message to the router.
@@ -586,18 +622,18 @@ impl Session {
             }
             Event::Listen { id, envelope, since } => {
                 let role = broker.config.websocket_role;
-                let result = if role == Role::Listener {
-                    broker
-                        .registry
-                        .listen_since(id, envelope, since, broker.wall_ms(now))
-                        .map(|(handle, last_seq)| {
-                            self.listener = Some(handle);
-                            Listening { role, last_seq }
-                        })
-                } else {
-                    Ok(Listening { role, last_seq: None })
-                };
-                self.conn.handle_listening(now, result);
+                if role != Role::Listener {
+                    return self.conn.handle_listening(now, Ok(Listening { role, last_seq: None }));
+                }
+                if broker.registry.has_mailbox(id) {
+                    // The router may read the mailbox elsewhere first; registered once it answers.
+                    let (tx, rx) = listen_channel();
+                    self.preparing = Some((rx, id, envelope, since));
+                    broker.router.prepare_listen(id, since, tx);
+                    return;
+                }
+                let result = broker.registry.listen_since(id, envelope, since, broker.wall_ms(now));
+                self.listened(now, result);
             }
             Event::Reply { reply_to, reply } => {
                 let handed = self.replies.remove(&reply_to).is_some_and(|tx| tx.send(reply));

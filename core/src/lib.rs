@@ -113,10 +113,13 @@ pub use cors::{CorsPolicy, OriginCheck};
 pub use error::{CloseReason, HttpError};
 pub use id::Id;
 pub use mailbox::{FullPolicy, MailboxConfig, Persist, Persisted, StoreOp};
-pub use registry::{Delivered, DeliveryError, Item, ListenerHandle, Pop, Registry, SharedFrames};
+pub use registry::{Delivered, DeliveryError, Item, ListenerHandle, MirrorItem, Mirrored, Pop, Registry, SharedFrames};
 pub use reply::{reply_channel, PendingReply, ReplyMsg, ReplyOutcome, ReplySender};
 pub use route::{classify, Route, ALLOW_ID, ALLOW_INFO, ALLOW_MANY};
-pub use router::{route_channel, LocalRouter, PendingRoute, RouteReply, RouteRequest, Router, RouterGauges};
+pub use router::{
+    listen_channel, route_channel, ListenReply, LocalRouter, MailboxSync, PendingListen, PendingRoute, RouteReply,
+    RouteRequest, Router, RouterGauges,
+};
 pub use stats::{Gauges, Snapshot, Stats};
 pub use targets::{parse_targets, TargetError, MAX_TARGETS};
 pub use transmit::Outbox;

@@ -72,7 +72,8 @@ impl Default for MailboxConfig {
 }
 
 impl MailboxConfig {
-    fn ttl_ms(&self) -> u64 {
+    /// The TTL in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 }
@@ -235,6 +236,20 @@ pub enum StartError {
     /// `since` is beyond the last seq given on the id (the mailbox was reset).
     Ahead {
         /// The last seq given.
+        last: u64,
+    },
+}
+
+/// What [`History::mirror`] made of a record numbered elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mirror {
+    /// Kept (or dropped at once by the bounds, and said so).
+    Kept(Appended),
+    /// At or below the last seq here: had already.
+    Behind,
+    /// Records between the last seq here and this one are missing: read them first.
+    Ahead {
+        /// The last seq here.
         last: u64,
     },
 }
@@ -427,6 +442,18 @@ impl History {
         Ok(a)
     }
 
+    /// Makes `seq` (taken, not kept) a request for the connected listener, read in seq order.
+    pub fn set_request(&mut self, seq: u64, payload: Bytes, reply: ReplySender, timeout_ms: u64) {
+        let Some(i) = seq.checked_sub(self.first_seq) else {
+            return;
+        };
+        if let Some(k) = self.entries.get_mut(i as usize) {
+            if k.payload.is_none() {
+                k.request = Some(Box::new((payload, reply, timeout_ms)));
+            }
+        }
+    }
+
     /// Forgets the requests not read yet (their listener left or was replaced): their senders
     /// learn that it went away.
     pub fn drop_requests(&mut self) {
@@ -516,6 +543,95 @@ impl History {
         Read::Empty
     }
 
+    /// Keeps record `r`, numbered elsewhere (a store, an engine), after the last seq (`cfg` must
+    /// drop the oldest: a record is never refused, at worst dropped and said so). Seqs between
+    /// the last and `r`'s (a write that failed or never became durable) are neither kept nor
+    /// reused.
+    fn place(&mut self, cfg: &MailboxConfig, budget: &Budget, r: Restored, out: &mut Appended) {
+        if self.entries.is_empty() {
+            self.first_seq = r.seq;
+        } else {
+            for _ in self.last_seq + 1..r.seq {
+                self.entries.push_back(Kept {
+                    at_ms: r.at_ms,
+                    from: None,
+                    payload: None,
+                    state: State::Failed,
+                    request: None,
+                });
+            }
+        }
+        self.last_seq = r.seq - 1;
+        match self.append(cfg, budget, r.at_ms, r.from, r.payload, false) {
+            Ok(a) => {
+                out.dropped += a.dropped;
+                out.trim_through = a.trim_through.or(out.trim_through);
+            }
+            Err(_) => {
+                // Too large for the bounds as configured now, or the broker-wide budget is
+                // spent: this record is dropped, and the older ones with it (a mailbox has
+                // no hole but below its first kept seq), their room given back.
+                while !self.entries.is_empty() {
+                    self.drop_front(budget, out);
+                }
+                self.last_seq = r.seq;
+                self.first_seq = r.seq + 1;
+                self.dropped_through = r.seq;
+                out.dropped += 1;
+                out.trim_through = Some(r.seq);
+            }
+        }
+    }
+
+    /// A window onto a mailbox kept elsewhere (a cluster's engine, which numbers its messages):
+    /// takes the record it numbered `r.seq`, which must come right after the last seq here. The
+    /// window's own bounds drop its oldest to make room (the mailbox elsewhere refused already,
+    /// if its policy refuses); a record that cannot be kept at all is dropped and said so (a
+    /// gap), never passed over.
+    pub fn mirror(&mut self, cfg: &MailboxConfig, budget: &Budget, r: Restored, now_ms: u64) -> Mirror {
+        if r.seq <= self.last_seq {
+            return Mirror::Behind;
+        }
+        if r.seq > self.last_seq + 1 {
+            return Mirror::Ahead { last: self.last_seq };
+        }
+        let cfg = &MailboxConfig {
+            full: FullPolicy::DropOldest,
+            ..cfg.clone()
+        };
+        let mut out = Appended::default();
+        let seq = r.seq;
+        self.place(cfg, budget, r, &mut out);
+        let e = self.expire(cfg, budget, now_ms);
+        out.dropped += e.dropped;
+        out.trim_through = e.trim_through.or(out.trim_through);
+        out.seq = seq;
+        Mirror::Kept(out)
+    }
+
+    /// The mailbox this is a window onto no longer has anything up to `through` (trimmed,
+    /// expired): dropped here too, and numbering goes on after it. A cursor below reads a gap.
+    pub fn trim_through(&mut self, budget: &Budget, through: u64) -> Appended {
+        let mut out = Appended::default();
+        while !self.entries.is_empty() && self.first_seq <= through {
+            self.drop_front(budget, &mut out);
+        }
+        if self.last_seq < through {
+            self.last_seq = through;
+            self.first_seq = through + 1;
+            self.dropped_through = self.dropped_through.max(through);
+        }
+        out
+    }
+
+    /// Gives back everything kept (the window is closed: its listener left).
+    pub fn clear(&mut self, budget: &Budget) {
+        let mut out = Appended::default();
+        while !self.entries.is_empty() {
+            self.drop_front(budget, &mut out);
+        }
+    }
+
     /// Messages and seqs from a store at startup, in seq order: `trimmed_through` is the store's
     /// mark below which everything was deleted. Bounds and TTL apply as to new messages.
     pub fn restore(
@@ -537,41 +653,7 @@ impl History {
             if r.seq <= h.last_seq {
                 continue;
             }
-            // Seqs missing in the store (a write that failed or never became durable) are
-            // neither kept nor reused.
-            if h.entries.is_empty() {
-                h.first_seq = r.seq;
-            } else {
-                for _ in h.last_seq + 1..r.seq {
-                    h.entries.push_back(Kept {
-                        at_ms: r.at_ms,
-                        from: None,
-                        payload: None,
-                        state: State::Failed,
-                        request: None,
-                    });
-                }
-            }
-            h.last_seq = r.seq - 1;
-            match h.append(cfg, budget, r.at_ms, r.from, r.payload, false) {
-                Ok(a) => {
-                    out.dropped += a.dropped;
-                    out.trim_through = a.trim_through.or(out.trim_through);
-                }
-                Err(_) => {
-                    // Too large for the bounds as configured now, or the broker-wide budget is
-                    // spent: this record is dropped, and the older ones with it (a mailbox has
-                    // no hole but below its first kept seq), their room given back.
-                    while !h.entries.is_empty() {
-                        h.drop_front(budget, &mut out);
-                    }
-                    h.last_seq = r.seq;
-                    h.first_seq = r.seq + 1;
-                    h.dropped_through = r.seq;
-                    out.dropped += 1;
-                    out.trim_through = Some(r.seq);
-                }
-            }
+            h.place(cfg, budget, r, &mut out);
         }
         let e = h.expire(cfg, budget, now_ms);
         out.dropped += e.dropped;

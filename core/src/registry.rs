@@ -18,10 +18,10 @@ use bytes::Bytes;
 use crate::auth::IdSet;
 use crate::envelope;
 use crate::mailbox::{
-    Budget, History, MailboxConfig, Persist, Persisted, Read, Refusal, Refused, Restored, StartError, StoreOp,
+    Budget, History, MailboxConfig, Mirror, Persist, Persisted, Read, Refusal, Refused, Restored, StartError, StoreOp,
 };
 use crate::reply::ReplySender;
-use crate::router::RouteReply;
+use crate::router::{MailboxSync, RouteReply};
 use crate::{HttpError, Id};
 
 /// Number of registry shards (a power of two).
@@ -81,6 +81,40 @@ pub enum Delivered {
         /// Whether a listener was connected.
         live: bool,
     },
+}
+
+/// A record of a mailbox kept elsewhere, for [`Registry::mirror`].
+#[derive(Debug)]
+pub enum MirrorItem {
+    /// A message, kept.
+    Message(Bytes),
+    /// A seq taken by something not kept (a request, for another broker's listener).
+    Taken,
+    /// A request for this broker's envelope listener: queued in seq order, not kept.
+    Request {
+        /// The body.
+        payload: Bytes,
+        /// Where the answer goes.
+        reply: ReplySender,
+        /// How long the sender waits, in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+/// What [`Registry::mirror`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mirrored {
+    /// Kept in the window (the listener is told), or the request queued or refused.
+    Done(Result<Delivered, HttpError>),
+    /// Had it already.
+    Behind,
+    /// Seqs after `last` are missing here: read them from the mailbox first.
+    Ahead {
+        /// The window's last seq.
+        last: u64,
+    },
+    /// The id has no window here (nobody listens on it on this broker).
+    NoWindow,
 }
 
 /// What a listener's queue holds.
@@ -218,6 +252,9 @@ struct Mailboxes {
     dropped: AtomicU64,
     refused: AtomicU64,
     store_errors: AtomicU64,
+    /// The mailboxes are kept elsewhere (a cluster's engine): each id's here is a window onto
+    /// it while the id has a listener on this broker ([`Registry::mirror_mailboxes`]).
+    windows: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Mailboxes {
@@ -284,6 +321,7 @@ impl Registry {
             dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            windows: std::sync::atomic::AtomicBool::new(false),
         });
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Registry {
@@ -339,8 +377,28 @@ impl Registry {
         since: Option<u64>,
         now_ms: u64,
     ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
+        self.listen_with(id, envelope, since, now_ms, None)
+    }
+
+    fn listen_with(
+        &self,
+        id: Id,
+        envelope: bool,
+        since: Option<u64>,
+        now_ms: u64,
+        sync: Option<MailboxSync>,
+    ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
         let mut wakers = Wakers::default();
         let mut shard = self.shard(id);
+        if let (Some(sync), Some(m), true) = (sync, &self.inner.mailboxes, self.has_mailbox(id)) {
+            let entry = shard.entry(id).or_default();
+            if !merge(entry, m, sync, now_ms) {
+                if entry.is_unused() {
+                    self.forget(&mut shard, id);
+                }
+                return Err(HttpError::RouteUnavailable);
+            }
+        }
         let floor = self.inner.mailboxes.as_ref().map(|m| m.floor.load(Ordering::Relaxed));
         let is_mailbox = self.has_mailbox(id);
         if since.is_some() && !is_mailbox {
@@ -356,17 +414,12 @@ impl Registry {
             let c = match h.start(since) {
                 Ok(c) => c,
                 Err(StartError::Ahead { last }) => {
-                    let forget = entry.is_unused();
-                    if forget {
-                        self.forget(&mut shard, id);
-                    }
+                    self.refused_listener(&mut shard, id);
                     return Err(HttpError::SinceAhead { id, last });
                 }
             };
             if let (false, Some((from, to))) = (envelope, h.gap_at(c)) {
-                if entry.is_unused() {
-                    self.forget(&mut shard, id);
-                }
+                self.refused_listener(&mut shard, id);
                 return Err(HttpError::Gone { id, from, to });
             }
             // With since, the last seq given; without, the last one before this listener's first
@@ -375,6 +428,140 @@ impl Registry {
             cursor = Some(c);
         }
         Ok((self.register(entry, id, envelope, cursor, &mut wakers), last))
+    }
+
+    /// Makes this broker's mailboxes windows onto mailboxes kept elsewhere (a cluster's engine,
+    /// which numbers their messages): an id's window is filled by [`Registry::listen_synced`] and
+    /// [`Registry::mirror`] while the id has a listener here, and given back when it has none.
+    pub fn mirror_mailboxes(&self) {
+        if let Some(m) = &self.inner.mailboxes {
+            m.windows.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn windows(&self) -> bool {
+        self.inner
+            .mailboxes
+            .as_ref()
+            .is_some_and(|m| m.windows.load(Ordering::Relaxed))
+    }
+
+    /// The last seq of `id`'s window here, if it has one (a read of the mailbox elsewhere goes on
+    /// after it).
+    pub fn window_last(&self, id: Id) -> Option<u64> {
+        self.shard(id)
+            .get(&id)
+            .and_then(|e| e.history.as_ref())
+            .map(History::last_seq)
+    }
+
+    /// As [`Registry::listen_since`], first bringing `id`'s window up to `sync` (what the mailbox
+    /// kept elsewhere holds, read by the router), under the same lock. `503` when the window
+    /// changed under the read (it was given back meanwhile): the listener may retry.
+    pub fn listen_synced(
+        &self,
+        id: Id,
+        envelope: bool,
+        since: Option<u64>,
+        now_ms: u64,
+        sync: Option<MailboxSync>,
+    ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
+        self.listen_with(id, envelope, since, now_ms, sync)
+    }
+
+    /// Brings `id`'s window here up to `sync` (read from the mailbox elsewhere after the
+    /// window's last seq), telling its listener; `false` when the id has no window here (nobody
+    /// listens on it) or it changed under the read.
+    pub fn sync_window(&self, id: Id, sync: MailboxSync, now_ms: u64) -> bool {
+        let Some(m) = &self.inner.mailboxes else {
+            return false;
+        };
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        let Some(entry) = shard.get_mut(&id) else {
+            return false;
+        };
+        if entry.history.is_none() || !merge(entry, m, sync, now_ms) {
+            return false;
+        }
+        if let Slot::Single(mb) = &entry.slot {
+            wakers.add(mb.signal());
+        }
+        true
+    }
+
+    /// Takes record `seq` of `id`'s mailbox, numbered elsewhere, into its window here: the
+    /// listener reads it in seq order. Records must come in order: `Ahead` says which are
+    /// missing (read them from the mailbox, then this one again).
+    pub fn mirror(&self, id: Id, seq: u64, at_ms: u64, from: Option<Id>, item: MirrorItem, now_ms: u64) -> Mirrored {
+        let Some(m) = &self.inner.mailboxes else {
+            return Mirrored::NoWindow;
+        };
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        let Some(entry) = shard.get_mut(&id) else {
+            return Mirrored::NoWindow;
+        };
+        let listener = match &entry.slot {
+            Slot::Single(mb) => Some(mb.clone()),
+            _ => None,
+        };
+        let Some(h) = &mut entry.history else {
+            return Mirrored::NoWindow;
+        };
+        let (payload, request) = match item {
+            MirrorItem::Message(p) => (Some(p), None),
+            MirrorItem::Taken => (None, None),
+            MirrorItem::Request {
+                payload,
+                reply,
+                timeout_ms,
+            } => (None, Some((payload, reply, timeout_ms))),
+        };
+        let record = Restored {
+            seq,
+            at_ms,
+            from,
+            payload,
+        };
+        match h.mirror(&m.config, &m.budget, record, now_ms) {
+            Mirror::Behind => return Mirrored::Behind,
+            Mirror::Ahead { last } => return Mirrored::Ahead { last },
+            Mirror::Kept(a) => {
+                m.dropped.fetch_add(a.dropped, Ordering::Relaxed);
+            }
+        }
+        let result = match (request, &listener) {
+            (None, Some(mb)) => {
+                wakers.add(mb.signal());
+                Ok(Delivered::Mailbox { seq, live: true })
+            }
+            (None, None) => Ok(Delivered::Mailbox { seq, live: false }),
+            (Some((payload, reply, timeout_ms)), Some(mb)) if mb.envelope => {
+                h.set_request(seq, payload, reply, timeout_ms);
+                wakers.add(mb.signal());
+                Ok(Delivered::AwaitingReply)
+            }
+            (Some(_), Some(_)) => Err(DeliveryError::CannotReply.to_http(id)),
+            (Some(_), None) => Err(DeliveryError::NoListener.to_http(id)),
+        };
+        Mirrored::Done(result)
+    }
+
+    /// A listener of `id` was refused: a window made for it is given back if nobody else listens
+    /// here, and an entry left unused is forgotten.
+    fn refused_listener(&self, shard: &mut HashMap<Id, Entry>, id: Id) {
+        let Some(entry) = shard.get_mut(&id) else {
+            return;
+        };
+        if let (Some(m), true, false) = (&self.inner.mailboxes, self.windows(), entry.online()) {
+            if let Some(mut h) = entry.history.take() {
+                h.clear(&m.budget);
+            }
+        }
+        if entry.is_unused() {
+            self.forget(shard, id);
+        }
     }
 
     /// The mailbox of `entry` (made if missing), when its id has one.
@@ -683,6 +870,11 @@ impl Registry {
         }
     }
 
+    /// The mailboxes' configuration, when the broker keeps any.
+    pub fn mailbox_config(&self) -> Option<&MailboxConfig> {
+        self.inner.mailboxes.as_ref().map(|m| &m.config)
+    }
+
     /// Messages kept in mailboxes now, their charged bytes, and the counts of messages dropped
     /// (pushed out or expired), refused (`507`) and failed or refused by the store so far.
     pub fn mailbox_figures(&self) -> [u64; 5] {
@@ -847,6 +1039,13 @@ impl Registry {
         if let Some(h) = &mut entry.history {
             h.drop_requests();
         }
+        if let (Some(m), true) = (&self.inner.mailboxes, self.windows()) {
+            // A window is kept while someone listens here; the next listener reads the mailbox
+            // again.
+            if let Some(mut h) = entry.history.take() {
+                h.clear(&m.budget);
+            }
+        }
         self.inner.listeners.fetch_sub(1, Ordering::Relaxed);
         if !entry.remote {
             self.notify(entry, id, false, wakers);
@@ -913,6 +1112,42 @@ impl Registry {
         if entry.is_unused() {
             self.forget(&mut shard, id);
         }
+    }
+}
+
+/// Brings `entry`'s window up to `sync`: made from it when the window is new (`sync` read
+/// everything), else trimmed as the mailbox elsewhere was and given the records after its last
+/// seq. `false` when `sync` was read after more than the window has (the window was given back
+/// and made again meanwhile).
+fn merge(entry: &mut Entry, m: &Mailboxes, sync: MailboxSync, now_ms: u64) -> bool {
+    match &mut entry.history {
+        None if sync.after == 0 => {
+            let (h, dropped) = History::restore(&m.config, &m.budget, sync.trimmed_through, sync.records, now_ms);
+            m.dropped.fetch_add(dropped.dropped, Ordering::Relaxed);
+            entry.history = Some(h);
+            true
+        }
+        Some(h) if h.last_seq() >= sync.after => {
+            let a = h.trim_through(&m.budget, sync.trimmed_through);
+            m.dropped.fetch_add(a.dropped, Ordering::Relaxed);
+            for r in sync.records {
+                let seq = r.seq;
+                if seq <= h.last_seq() {
+                    continue;
+                }
+                if seq > h.last_seq() + 1 {
+                    // A seq the mailbox elsewhere no longer has between two it has (it trims from
+                    // the front only, so never): a window can only say a gap below what it
+                    // keeps, so it says one through it.
+                    let _ = h.trim_through(&m.budget, seq - 1);
+                }
+                if let Mirror::Kept(a) = h.mirror(&m.config, &m.budget, r, now_ms) {
+                    m.dropped.fetch_add(a.dropped, Ordering::Relaxed);
+                }
+            }
+            true
+        }
+        _ => false,
     }
 }
 

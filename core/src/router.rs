@@ -55,6 +55,15 @@ pub trait Router: Send + Sync + 'static {
     /// Routes `request`, answering through `reply` (now or later).
     fn route(&self, request: RouteRequest, reply: RouteReply);
 
+    /// Called before a listener registers on mailbox id `id` (with `since`, when it asked for
+    /// one): a router whose mailboxes are kept elsewhere (a cluster's engine) reads what the
+    /// mailbox holds and answers it, now or later; the registration waits for the answer. The
+    /// default answers at once: this broker's own mailbox is the whole of it.
+    fn prepare_listen(&self, id: Id, since: Option<u64>, reply: ListenReply) {
+        let _ = (id, since);
+        reply.answer(Ok(None));
+    }
+
     /// What the router knows of the engine it routes through, for the statistics (a router
     /// that routes only here has nothing to say).
     fn gauges(&self) -> RouterGauges {
@@ -114,27 +123,61 @@ impl Router for LocalRouter {
 
 type Answer = Result<Delivered, HttpError>;
 
-#[derive(Debug, Default)]
-struct Slot {
-    state: Mutex<(Option<Answer>, Option<Waker>)>,
+/// One answer handed from wherever it is decided to the connection waiting for it.
+#[derive(Debug)]
+struct Slot<T> {
+    state: Mutex<(Option<T>, Option<Waker>)>,
 }
 
-fn lock(slot: &Slot) -> MutexGuard<'_, (Option<Answer>, Option<Waker>)> {
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            state: Mutex::new((None, None)),
+        }
+    }
+}
+
+fn lock<T>(slot: &Slot<T>) -> MutexGuard<'_, (Option<T>, Option<Waker>)> {
     slot.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn set<T>(slot: &Slot<T>, value: T) {
+    let waker = {
+        let mut s = lock(slot);
+        s.0 = Some(value);
+        s.1.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+fn poll_slot<T>(slot: &Slot<T>, done: bool, cx: &mut Context<'_>) -> Poll<()> {
+    if done {
+        return Poll::Pending;
+    }
+    let mut s = lock(slot);
+    if s.0.is_some() {
+        return Poll::Ready(());
+    }
+    if !s.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        s.1 = Some(cx.waker().clone());
+    }
+    Poll::Pending
 }
 
 /// The way back for one routing answer. Dropping it unanswered answers
 /// [`HttpError::RouteUnavailable`].
 #[derive(Debug)]
 pub struct RouteReply {
-    slot: Arc<Slot>,
+    slot: Arc<Slot<Answer>>,
     answered: bool,
 }
 
 /// The waiting side of a [`RouteReply`].
 #[derive(Debug)]
 pub struct PendingRoute {
-    slot: Arc<Slot>,
+    slot: Arc<Slot<Answer>>,
     /// Taken already.
     done: bool,
 }
@@ -161,26 +204,15 @@ pub fn route_channel(spare: Option<PendingRoute>) -> (RouteReply, PendingRoute) 
 impl RouteReply {
     /// Delivers the answer (and wakes the connection waiting for it).
     pub fn answer(mut self, result: Result<Delivered, HttpError>) {
-        self.set(result);
-    }
-
-    fn set(&mut self, result: Answer) {
         self.answered = true;
-        let waker = {
-            let mut s = lock(&self.slot);
-            s.0 = Some(result);
-            s.1.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        set(&self.slot, result);
     }
 }
 
 impl Drop for RouteReply {
     fn drop(&mut self) {
         if !self.answered {
-            self.set(Err(HttpError::RouteUnavailable));
+            set(&self.slot, Err(HttpError::RouteUnavailable));
         }
     }
 }
@@ -203,17 +235,87 @@ impl PendingRoute {
 
     /// Ready once the answer is given; otherwise keeps the waker.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_slot(&self.slot, self.done, cx)
+    }
+}
+
+/// What a mailbox kept elsewhere (a cluster's engine) holds for one id, read by a router before
+/// a listener registers on it ([`Router::prepare_listen`]): this broker's mailbox of the id
+/// becomes a window onto it ([`Registry::listen_synced`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailboxSync {
+    /// The records were read after this seq (the window's last seq when the read began; 0 for
+    /// everything).
+    pub after: u64,
+    /// Everything up to this seq that is not in `records` is gone from the mailbox (trimmed,
+    /// expired).
+    pub trimmed_through: u64,
+    /// The last seq given on the id.
+    pub last: u64,
+    /// The records after `after`, in seq order (`payload: None`: a seq taken by a request).
+    pub records: Vec<crate::mailbox::Restored>,
+}
+
+type Prepared = Result<Option<MailboxSync>, HttpError>;
+
+/// The way back for [`Router::prepare_listen`]'s answer. Dropping it unanswered answers
+/// [`HttpError::RouteUnavailable`].
+#[derive(Debug)]
+pub struct ListenReply {
+    slot: Arc<Slot<Prepared>>,
+    answered: bool,
+}
+
+/// The waiting side of a [`ListenReply`].
+#[derive(Debug)]
+pub struct PendingListen {
+    slot: Arc<Slot<Prepared>>,
+    done: bool,
+}
+
+/// A reply channel for one [`Router::prepare_listen`].
+pub fn listen_channel() -> (ListenReply, PendingListen) {
+    let slot = Arc::new(Slot::default());
+    (
+        ListenReply {
+            slot: slot.clone(),
+            answered: false,
+        },
+        PendingListen { slot, done: false },
+    )
+}
+
+impl ListenReply {
+    /// Ready: register the listener, with what a mailbox kept elsewhere holds (`Some`), or as
+    /// this broker alone knows the id (`None`); or refuse the upgrade (`Err`).
+    pub fn answer(mut self, result: Result<Option<MailboxSync>, HttpError>) {
+        self.answered = true;
+        set(&self.slot, result);
+    }
+}
+
+impl Drop for ListenReply {
+    fn drop(&mut self) {
+        if !self.answered {
+            set(&self.slot, Err(HttpError::RouteUnavailable));
+        }
+    }
+}
+
+impl PendingListen {
+    /// The answer, once given (once only).
+    pub fn try_take(&mut self) -> Option<Prepared> {
         if self.done {
-            return Poll::Pending;
+            return None;
         }
-        let mut s = lock(&self.slot);
-        if s.0.is_some() {
-            return Poll::Ready(());
-        }
-        if !s.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            s.1 = Some(cx.waker().clone());
-        }
-        Poll::Pending
+        let a = lock(&self.slot).0.take();
+        self.done = a.is_some();
+        a
+    }
+
+    /// Ready once the answer is given; otherwise keeps the waker.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_slot(&self.slot, self.done, cx)
     }
 }
 

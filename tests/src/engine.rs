@@ -37,6 +37,8 @@ pub struct EngineServer {
     credentials: Option<(String, String)>,
     /// More arguments for the server.
     extra: Vec<String>,
+    /// NATS's JetStream store (the mailboxes), kept across restarts, removed on drop.
+    store: crate::TempDir,
 }
 
 impl EngineServer {
@@ -67,6 +69,7 @@ impl EngineServer {
             child: None,
             credentials,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            store: crate::TempDir::new(),
         };
         if !server.run() {
             let program = kind.program();
@@ -86,6 +89,9 @@ impl EngineServer {
         match self.kind {
             EngineKind::Nats => {
                 cmd.args(["-a", "127.0.0.1", "-p", &port]);
+                // JetStream keeps the mailboxes, on disk in the test's own directory.
+                let store = self.store.path().display().to_string();
+                cmd.args(["-js", "-sd", &store]);
                 if let Some((user, pass)) = &self.credentials {
                     cmd.args(["--user", user, "--pass", pass]);
                 }
@@ -108,6 +114,16 @@ impl EngineServer {
                     cmd.args(["--user", "default", "off"]);
                     cmd.args(["--user", user, "on", &pass, "resetchannels", "&fedbroker.*"]);
                     cmd.args(["+spublish", "+ssubscribe", "+sunsubscribe", "+ping", "+auth"]);
+                    // The mailboxes: a stream and a counter per id, written by one script.
+                    cmd.args([
+                        "~fedbroker.mailbox.*",
+                        "+eval",
+                        "+xadd",
+                        "+xrange",
+                        "+xrevrange",
+                        "+xlen",
+                    ]);
+                    cmd.args(["+xdel", "+incr", "+set", "+get", "+exists", "+pexpire"]);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! `--cluster redis://…`), with a real `nats-server` or `redis-server` started by each test —
 //! delivery across brokers, `404` when nobody listens anywhere, replacement across brokers
 //! (`4000`), backpressure crossing (`503`), the engine going down and coming back, a broker
-//! dying. Every test runs on both engines and every adapter.
+//! dying, mailboxes kept by the engine. Every test runs on both engines and every adapter.
 
 use std::time::Duration;
 
@@ -36,6 +36,14 @@ fn post_until(broker: &Broker, id: u32, body: &[u8], status: u16) -> Response {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `broker` is connected to its engine (a mailbox id needs it: its mailbox is there).
+#[track_caller]
+fn connected(broker: &Broker) {
+    eventually(WAIT, "connected to the engine", || {
+        (broker.stat("cluster_connected") == 1).then_some(())
+    });
 }
 
 /// The cluster tests, on each engine and every adapter: `engine()` starts the engine of the
@@ -248,19 +256,31 @@ macro_rules! engine_tests {
             }
 
             /// A mailbox id's message reaches its listener on another broker (`204`); with nobody
-            /// listening anywhere it is kept by the broker it reached (`202`), for a listener there.
+            /// listening anywhere it is kept by the engine (`202`), for a listener on any broker;
+            /// with the engine down, a listener on a mailbox id is refused `503` (its mailbox
+            /// cannot be read) and one on a plain id is not.
             fn mailbox_ids_in_a_cluster(a: Adapter) {
-                let Some(engine) = engine() else { return };
+                let Some(mut engine) = engine() else { return };
                 let one = node(a, &engine, &["--mailbox", "1-100"]);
                 let two = node(a, &engine, &["--mailbox", "1-100"]);
+                connected(&one);
+                connected(&two);
                 let mut l = one.listen(20);
                 post_until(&two, 20, b"live", 204);
                 assert_eq!(l.recv(), b"live");
                 drop(l);
                 let kept = post_until(&two, 21, b"kept", 202);
                 assert_eq!(kept.header("fedbroker-seq"), Some("1"));
-                let mut later = two.listen_with("/21?since=0", &[]);
+                let mut later = one.listen_with("/21?since=0", &[]);
                 assert_eq!(later.recv(), b"kept");
+                engine.stop();
+                eventually(WAIT, "a mailbox listener refused while the engine is down", || {
+                    match one.try_listen_with("/22", &[]) {
+                        Err(e) if e.contains("503") => Some(()),
+                        _ => None,
+                    }
+                });
+                let _plain = one.listen(200);
             }
 
             /// Presence crosses brokers: a watcher on one broker sees an id come online when it is
@@ -333,13 +353,17 @@ macro_rules! engine_tests {
                 let Some(engine) = EngineServer::start_with_credentials(KIND, "fed", "s3cret") else { return };
                 let good = engine.url_with("fed:s3cret@");
                 let bad = engine.url_with("fed:b4dpass@");
-                let one = Broker::start(a, &["--cluster", good.as_str()]);
+                let one = Broker::start(a, &["--cluster", good.as_str(), "--mailbox", "90-99"]);
                 // Debug logs too: the engine client's own lines name the address it dials.
-                let two = Broker::start(a, &["--cluster", good.as_str(), "--log-level", "debug"]);
+                let two = Broker::start(a, &["--cluster", good.as_str(), "--log-level", "debug", "--mailbox", "90-99"]);
                 let intruder = Broker::start(a, &["--cluster", bad.as_str(), "--log-level", "debug"]);
                 let mut l = one.listen(4);
                 post_until(&two, 4, b"ok", 204);
                 assert_eq!(l.recv(), b"ok");
+                // A mailbox id (through Redis, the least ACL of docs/security.md has room for it).
+                post_until(&two, 90, b"kept", 202);
+                let mut kept = two.listen_with("/90?since=0", &[]);
+                assert_eq!(kept.recv(), b"kept");
                 intruder.post(4, b"x").assert_error(503);
                 assert_eq!(intruder.stat("cluster_connected"), 0);
                 let mut own = intruder.listen(9);
@@ -351,6 +375,103 @@ macro_rules! engine_tests {
             }
 
 
+
+            /// The engine keeps the mailboxes, shared by every broker: a mailbox id's messages are numbered
+            /// in one sequence whichever broker they reach, kept with nobody listening anywhere (`202`),
+            /// and replayed with `since` by any broker; a refusing mailbox is full for every broker at
+            /// once (`507`); a request to an envelope listener of a mailbox id takes a seq of the same
+            /// sequence and is answered across brokers.
+            fn mailboxes_are_shared_across_brokers(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let flags = ["--mailbox", "30-39", "--mailbox-messages", "3", "--mailbox-full", "refuse"];
+                let brokers: Vec<Broker> = (0..3).map(|_| node(a, &engine, &flags)).collect();
+                brokers.iter().for_each(connected);
+                let mut seqs = Vec::new();
+                for (i, b) in brokers.iter().enumerate() {
+                    let r = post_until(b, 30, format!("m{i}").as_bytes(), 202);
+                    seqs.push(r.header("fedbroker-seq").map(str::to_owned));
+                }
+                assert_eq!(seqs, [Some("1".into()), Some("2".into()), Some("3".into())], "one sequence");
+                brokers[1].post(30, b"m3").assert_error(507);
+                brokers[2].post(30, b"m3").assert_error(507);
+                for (i, b) in brokers.iter().enumerate() {
+                    let mut l = b.listen_with(&format!("/30?since={i}"), &[]);
+                    assert_eq!(l.seq_header(), Some(3), "the 101 names the last seq given anywhere");
+                    for j in i..3 {
+                        assert_eq!(l.recv(), format!("m{j}").as_bytes(), "replayed by broker {i}");
+                    }
+                }
+                // Request-reply to an envelope listener of a mailbox id, through another broker.
+                let mut l = EnvelopeListener::new(brokers[0].listen_with("/31", &[("Sec-WebSocket-Protocol", SUBPROTOCOL)]));
+                let first = brokers[1].post(31, b"one");
+                assert!(matches!(first.status, 202 | 204), "{first:?}");
+                assert_eq!(first.header("fedbroker-seq"), Some("1"));
+                assert_eq!(l.recv_kind("message").uint("seq"), 1);
+                let addr = brokers[2].addr();
+                let asker = std::thread::spawn(move || Conn::connect(addr).post("/31?reply=5000", b"ping"));
+                let request = l.recv_kind("request");
+                assert_eq!(request.uint("seq"), 2, "the request takes the next seq");
+                l.reply(2, 200, None, serde_json::json!(1), b"pong").assert_ack(&serde_json::json!(1), 200);
+                let answered = asker.join().unwrap();
+                answered.assert_status(200);
+                assert_eq!(answered.body, b"pong");
+                let after = brokers[2].post(31, b"three");
+                assert_eq!(after.header("fedbroker-seq"), Some("3"), "{after:?}");
+                assert_eq!(l.recv_kind("message").uint("seq"), 3);
+            }
+
+            /// A broker dies (SIGKILL) while its listener reads a mailbox id: the listener reconnects to
+            /// another broker with `since` = the last seq it processed, and receives every message
+            /// acknowledged after it (`204` while it listened, `202` after), in order, once each.
+            fn a_broker_dies_and_nothing_acknowledged_is_lost(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let flags = ["--mailbox", "40-49"];
+                let mut one = node(a, &engine, &flags);
+                let two = node(a, &engine, &flags);
+                let three = node(a, &engine, &flags);
+                [&one, &two, &three].into_iter().for_each(connected);
+                let mut l = one.listen_with("/40?since=0", &[]);
+                // Once only (every POST is kept): 202 while the listener's subscription is not in place
+                // yet, and it reaches the listener either way.
+                let first = three.post(40, b"0");
+                assert!(matches!(first.status, 202 | 204), "{first:?}");
+                assert_eq!(l.recv(), b"0");
+                let mut acked = vec![(1u64, b"0".to_vec())];
+                // Acknowledged while it listens; it processes only the first half.
+                for i in 1..20u32 {
+                    let body = i.to_string().into_bytes();
+                    let r = three.post(40, &body);
+                    r.assert_status(204);
+                    acked.push((r.header("fedbroker-seq").unwrap().parse().unwrap(), body));
+                }
+                let mut processed = 1u64;
+                for (seq, body) in &acked[1..10] {
+                    assert_eq!(&l.recv(), body);
+                    processed = *seq;
+                }
+                one.signal(libc::SIGKILL);
+                one.wait_exit(WAIT);
+                drop(l);
+                // Acknowledged while nobody listens anywhere (204 until Redis noticed the dead
+                // broker's connection closed: kept either way).
+                for i in 20..30u32 {
+                    let body = i.to_string().into_bytes();
+                    let r = three.post(40, &body);
+                    assert!(matches!(r.status, 202 | 204), "{r:?}");
+                    acked.push((r.header("fedbroker-seq").unwrap().parse().unwrap(), body));
+                }
+                let seqs: Vec<u64> = acked.iter().map(|(s, _)| *s).collect();
+                assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "every message numbered once, in order");
+                let mut moved = two.listen_with(&format!("/40?since={processed}"), &[]);
+                assert_eq!(moved.seq_header(), Some(30));
+                for (_, body) in acked.iter().filter(|(s, _)| *s > processed) {
+                    assert_eq!(&moved.recv(), body, "nothing acknowledged is lost");
+                }
+                // 202 until the listener's subscription is in place; it reaches the listener either way.
+                let live = two.post(40, b"live");
+                assert!(matches!(live.status, 202 | 204), "{live:?}");
+                assert_eq!(moved.recv(), b"live", "and nothing comes twice");
+            }
 
                 $($only)*
             }
@@ -423,5 +544,12 @@ adapter_tests! {
             assert!(out.stderr.contains(needle), "{url}: {}", out.stderr);
             assert!(!out.stderr.contains("hidden"), "{url}: {}", out.stderr);
         }
+        // The engine keeps the mailboxes: a store of this broker's own would not be used.
+        let store = TempDir::new();
+        let dir = store.path().to_str().unwrap();
+        let args = ["--cluster", "redis://127.0.0.1:6379", "--mailbox", "1-9", "--store", dir];
+        let out = run_cli(a, &args);
+        assert_eq!(out.code(), 2, "{out:?}");
+        assert!(out.stderr.contains("kept in the engine"), "{}", out.stderr);
     }
 }
