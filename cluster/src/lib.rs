@@ -1075,6 +1075,14 @@ async fn serve<E: Engine>(
             _ = &mut stop => return,
             m = sub.next() => match m {
                 Some(m) if shared.windows && m.header("Fedbroker-Seq").is_some() => mirror_record(&engine, &shared, id, m).await,
+                Some(m) if shared.windows && shared.registry.has_mailbox(id) => {
+                    // From a broker that keeps no mailbox for this id: numbered here, it would
+                    // take a seq of the engine's sequence.
+                    tracing::warn!(%id, "cluster: a message for a mailbox id from a broker without that mailbox (give every broker the same --mailbox)");
+                    if let Some(reply_to) = m.reply {
+                        respond(&engine, id, reply_to, Err(HttpError::RouteUnavailable), None).await;
+                    }
+                }
                 Some(m) => answer(&engine, &shared.local, id, m).await,
                 None => return,
             },
@@ -1195,6 +1203,16 @@ async fn catch_up<E: Engine>(engine: &E, shared: &Shared, id: Id) {
         return;
     }
     match read_mailbox(engine, shared, id).await {
+        Ok(sync) if sync.last < sync.after => {
+            // The engine's numbering went back: it restarted without its data.
+            tracing::warn!(
+                %id,
+                last = sync.last,
+                window = sync.after,
+                "cluster engine: the mailbox was lost in the engine (restarted without its data); its listener here is closed to start again"
+            );
+            shared.registry.reset_window(id);
+        }
         Ok(sync) => {
             shared.registry.sync_window(id, sync, wall_ms());
         }

@@ -26,6 +26,9 @@ const APPEND_TRIES: usize = 32;
 /// Ids whose last record this broker remembers (beyond, it forgets them all and reads again).
 const REMEMBERED: usize = 65_536;
 
+/// Locks that put this broker's appends to one id in line.
+const APPEND_SHARDS: usize = 64;
+
 /// How long the listener's broker may take to say it took a mailbox record.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,6 +44,9 @@ pub(crate) struct Nats {
     stream: Arc<OnceCell<async_nats::jetstream::stream::Stream>>,
     /// Each id's last record, as this broker last saw it: (its seq, its stream sequence).
     last: Arc<Mutex<HashMap<Id, (u64, u64)>>>,
+    /// This broker's appends to one id go one at a time (by the id's shard), so that they do
+    /// not race each other; only other brokers' appends make one try again.
+    appending: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
@@ -171,6 +177,7 @@ impl Nats {
             jetstream,
             stream: Arc::new(OnceCell::new()),
             last: Arc::default(),
+            appending: (0..APPEND_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
 }
@@ -239,6 +246,7 @@ impl Engine for Nats {
         } else {
             Default::default()
         };
+        let turn = self.appending[id.get() as usize % APPEND_SHARDS].lock().await;
         let mut appended = None;
         for _ in 0..APPEND_TRIES {
             let known = lock(&self.last).get(&id).copied();
@@ -286,6 +294,7 @@ impl Engine for Nats {
                 }
             }
         }
+        drop(turn);
         let Some(seq) = appended else {
             return Err(unavailable("the mailbox is busy: other brokers kept appending first"));
         };

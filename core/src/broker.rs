@@ -530,6 +530,10 @@ impl Session {
                     self.conn.handle_overflow(now);
                     break;
                 }
+                Pop::Lost => {
+                    self.conn.handle_lost(now);
+                    break;
+                }
                 Pop::Gap { from, to } => self.conn.handle_gap(now, from, to),
             }
         }

@@ -702,6 +702,12 @@ impl Connection {
         self.close_listener(now, CloseReason::TooSlow);
     }
 
+    /// The mailbox this listener read was lost where it was kept (see
+    /// [`Pop::Lost`](crate::Pop::Lost)): closed with `4002`, to reconnect.
+    pub fn handle_lost(&mut self, now: Instant) {
+        self.close_listener(now, CloseReason::MessagesLost);
+    }
+
     fn close_listener(&mut self, now: Instant, reason: CloseReason) {
         if let State::WebSocket(ws) = &mut self.state {
             ws.session.close(now, reason, true, &mut self.out);

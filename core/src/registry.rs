@@ -490,6 +490,29 @@ impl Registry {
         true
     }
 
+    /// The mailbox `id`'s window here looks onto was lost where it was kept (its numbering
+    /// went back: the engine restarted without its data): the window is given back and its
+    /// listener closed (`4002`); one connecting again reads the mailbox afresh (`409` for a
+    /// `since` above its new last seq).
+    pub fn reset_window(&self, id: Id) {
+        let Some(m) = &self.inner.mailboxes else {
+            return;
+        };
+        let mut wakers = Wakers::default();
+        let mut shard = self.shard(id);
+        let Some(entry) = shard.get_mut(&id) else {
+            return;
+        };
+        if let Some(mut h) = entry.history.take() {
+            h.clear(&m.budget);
+        }
+        if let Slot::Single(mb) = &entry.slot {
+            let mut s = lock(&mb.state);
+            s.lost = true;
+            wakers.add(s.waker.take());
+        }
+    }
+
     /// Takes record `seq` of `id`'s mailbox, numbered elsewhere, into its window here: the
     /// listener reads it in seq order. Records must come in order: `Ahead` says which are
     /// missing (read them from the mailbox, then this one again).
@@ -1174,6 +1197,9 @@ struct MailboxState {
     overflowed: bool,
     /// The id's mailbox may have something for this listener's cursor.
     signal: bool,
+    /// The mailbox this listener reads was lost where it was kept (a cluster's engine restarted
+    /// without its data): the listener is closed to start again.
+    lost: bool,
 }
 
 enum Push {
@@ -1234,6 +1260,9 @@ pub enum Pop {
     Replaced,
     /// The queue overflowed on a topic or with presence events: close the listener as too slow.
     Overflowed,
+    /// The mailbox this listener read is gone where it was kept (a cluster's engine restarted
+    /// without its data, its numbering with it): close the listener, which may start again.
+    Lost,
     /// Messages `from..=to` of a mailbox id were dropped before this listener read them.
     Gap {
         /// First seq lost.
@@ -1269,6 +1298,9 @@ impl ListenerHandle {
             let mut s = lock(&self.mailbox.state);
             if s.overflowed {
                 return Pop::Overflowed;
+            }
+            if s.lost {
+                return Pop::Lost;
             }
             if let Some(m) = s.queue.pop_front() {
                 return Pop::Item(m);
@@ -1323,7 +1355,7 @@ impl ListenerHandle {
     /// woken when an item arrives or the listener is replaced.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = lock(&self.mailbox.state);
-        if !s.queue.is_empty() || s.replaced || s.overflowed || s.signal {
+        if !s.queue.is_empty() || s.replaced || s.overflowed || s.signal || s.lost {
             return Poll::Ready(());
         }
         if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

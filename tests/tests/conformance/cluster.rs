@@ -473,6 +473,41 @@ macro_rules! engine_tests {
                 assert_eq!(moved.recv(), b"live", "and nothing comes twice");
             }
 
+            /// The engine restarts while a listener reads a mailbox id. With its data kept
+            /// (JetStream's store on disk, as these tests run nats-server) the listener carries
+            /// on; without (a Redis without persistence, as these tests run it) the mailbox is
+            /// gone and numbered from 1 again: the listener is closed with `4002` rather than
+            /// left waiting for seqs that will not come, and listening again reads it afresh.
+            fn mailbox_across_an_engine_restart(a: Adapter) {
+                let Some(mut engine) = engine() else { return };
+                let flags = ["--mailbox", "50-59"];
+                let one = node(a, &engine, &flags);
+                let two = node(a, &engine, &flags);
+                connected(&one);
+                connected(&two);
+                let mut l = one.listen_with("/50?since=0", &[]);
+                let first = two.post(50, b"before");
+                assert!(matches!(first.status, 202 | 204), "{first:?}");
+                assert_eq!(l.recv(), b"before");
+                engine.restart();
+                // 503 (nothing kept) until the broker is connected again.
+                let after = eventually(WAIT, "the engine back", || {
+                    let r = two.post(50, b"after");
+                    (r.status != 503).then_some(r)
+                });
+                assert!(matches!(after.status, 202 | 204), "{after:?}");
+                if KIND == EngineKind::Nats {
+                    assert_eq!(after.header("fedbroker-seq"), Some("2"));
+                    assert_eq!(l.recv(), b"after");
+                } else {
+                    assert_eq!(after.header("fedbroker-seq"), Some("1"), "numbered again");
+                    l.set_read_timeout(WAIT);
+                    assert_eq!(l.expect_close().0, 4002);
+                    let mut again = eventually(WAIT, "listening again", || one.try_listen_with("/50?since=0", &[]).ok());
+                    assert_eq!(again.recv(), b"after");
+                }
+            }
+
                 $($only)*
             }
         }
