@@ -33,7 +33,11 @@
 //! smol, blocking threads) uses it the same way: the router hands it work through a bounded
 //! channel and never waits.
 //!
-//! Not yet: mailboxes shared across brokers (docs/cluster.md says what they do today).
+//! - mailbox ids: the engine keeps the mailboxes, shared by every broker (Redis: a stream per
+//!   id, appended and published by one script; NATS: a JetStream subject per id), and numbers
+//!   their records; this broker's mailbox of an id is a window onto it while the id has a
+//!   listener here ([`Registry::mirror_mailboxes`]), read when a listener connects
+//!   ([`Router::prepare_listen`]) and again whenever records are missing from it.
 
 mod engine;
 mod nats;
