@@ -93,7 +93,18 @@ impl EngineServer {
                 let store = self.store.path().display().to_string();
                 cmd.args(["-js", "-sd", &store]);
                 if let Some((user, pass)) = &self.credentials {
-                    cmd.args(["--user", user, "--pass", pass]);
+                    // The least a broker needs, as docs/security.md advises: its subjects, its
+                    // inboxes, and JetStream's API on the mailboxes' stream only.
+                    let conf = format!(
+                        r#"authorization {{ users = [ {{ user: "{user}", password: "{pass}", permissions: {{
+                            publish: ["fedbroker.>", "_INBOX.>",
+                                "$JS.API.STREAM.INFO.FEDBROKER_MAILBOX", "$JS.API.STREAM.CREATE.FEDBROKER_MAILBOX",
+                                "$JS.API.DIRECT.GET.FEDBROKER_MAILBOX", "$JS.API.DIRECT.GET.FEDBROKER_MAILBOX.>",
+                                "$JS.API.STREAM.MSG.DELETE.FEDBROKER_MAILBOX"],
+                            subscribe: ["fedbroker.>", "_INBOX.>"] }} }} ] }}"#
+                    );
+                    let conf = self.store.file("nats.conf", conf);
+                    cmd.args(["-c", &conf]);
                 }
             }
             EngineKind::Redis => {
