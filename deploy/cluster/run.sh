@@ -3,8 +3,10 @@
 # A fedbroker cluster on this machine, on loopback: an engine (nats-server, or redis-server with
 # --engine redis), three brokers sharing one id space through it (--cluster, docs/cluster.md) and
 # nginx as the one address in front of them (deploy/cluster/nginx.conf, round robin, the same file
-# for both engines). It prints that address and runs until Ctrl-C (or SIGTERM), then stops
-# everything it started.
+# for both engines). Ids 9000-9999 (--mailbox) keep a mailbox (docs/mailbox.md), kept by the engine
+# and shared by the three brokers: a JetStream stream with NATS (nats-server -js), a stream per id
+# with Redis. It prints that address and runs until Ctrl-C (or SIGTERM), then stops everything it
+# started.
 #
 #   deploy/cluster/run.sh                        # nginx on 127.0.0.1:8080, brokers on 8081-8083,
 #                                                # NATS on 4222 (the ports of nginx.conf)
@@ -12,15 +14,18 @@
 #   deploy/cluster/run.sh --free-ports           # free ports picked for all five
 #   deploy/cluster/run.sh --port 9000            # nginx on 9000, brokers on 9001-9003, NATS on 4222
 #   deploy/cluster/run.sh --bin-dir target/release   # the broker binary from there
+#   deploy/cluster/run.sh --keep-going           # a broker that exits leaves the other two running
 #   deploy/cluster/run.sh -- --ping-interval 5   # more flags for every broker
 #
 # Options:
 #   --bin-dir DIR     where fedbroker-tokio (or --broker NAME) is (default: target/debug of this
 #                     repository; build it with `cargo build -p fedbroker-tokio`)
 #   --broker NAME     fedbroker-tokio (default), fedbroker-smol or fedbroker-std
-#   --engine ENGINE   nats (default: nats-server, brokers with --cluster nats://127.0.0.1:PORT) or
-#                     redis (redis-server >= 7, in memory only, brokers with
-#                     --cluster redis://127.0.0.1:PORT: sharded pub/sub)
+#   --engine ENGINE   nats (default: nats-server with JetStream, its store in DIR/jetstream, brokers
+#                     with --cluster nats://127.0.0.1:PORT) or redis (redis-server >= 7, in memory
+#                     only, brokers with --cluster redis://127.0.0.1:PORT: sharded pub/sub, streams)
+#   --mailbox RANGE   the ids that keep a mailbox, in the engine (default 9000-9999: an id, FROM-TO
+#                     or *, as the broker's --mailbox; none for no mailbox at all)
 #   --port PORT       nginx's port (default 8080); the brokers take the next three
 #   --nats-port PORT  nats-server's client port (default 4222; with --engine nats)
 #   --redis-port PORT redis-server's port (default 6379; with --engine redis)
@@ -28,17 +33,21 @@
 #   --dir DIR         configs, logs and pid files here (default: a new temp dir, removed at exit
 #                     unless something failed or --keep is given)
 #   --keep            keep the temp dir
+#   --keep-going      when a broker exits, go on with the others (nginx skips it) as long as one is
+#                     left; by default any of the five exiting stops everything
 #   --ready FILE      once everything answers, write the addresses there as shell assignments
-#                     (NGINX_URL, BROKER_URLS, BROKER_PIDS, NGINX_PID, DIR; ENGINE (nats or redis),
-#                     ENGINE_URL, ENGINE_PID; with NATS also NATS_URL and NATS_PID, as before);
+#                     (NGINX_URL, BROKER_URLS, BROKER_PIDS, NGINX_PID, DIR, MAILBOX; ENGINE (nats or
+#                     redis), ENGINE_URL, ENGINE_PID; with NATS also NATS_URL and NATS_PID, as before);
 #                     used by deploy/cluster/test.sh
 #
-# Needs nginx and the engine's server: nats-server (Debian package nats-server) or redis-server 7
-# or later (Debian package redis-server; only its binary is used, never its system service):
-# apt-get install nginx nats-server redis-server; nothing is installed here. Also curl, perl, and
-# python3 for --free-ports. Nothing listens on anything but 127.0.0.1, and redis-server keeps
-# nothing on disk (--save "" --appendonly no). If any of the five processes exits, the others are
-# stopped too and the script exits 1.
+# Needs nginx and the engine's server: nats-server 2.9 or later (Debian package nats-server) or
+# redis-server 7 or later (Debian package redis-server; only its binary is used, never its system
+# service): apt-get install nginx nats-server redis-server; nothing is installed here. Also curl,
+# perl, and python3 for --free-ports. Nothing listens on anything but 127.0.0.1, and redis-server
+# keeps nothing on disk (--save "" --appendonly no: its mailboxes live as long as it runs);
+# nats-server keeps JetStream's files in DIR/jetstream. If any of the five processes exits, the
+# others are stopped too and the script exits 1 (with --keep-going: nginx, the engine or the last
+# broker).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -53,6 +62,8 @@ FREE=0
 DIR=
 KEEP=0
 READY=
+MAILBOX=9000-9999
+KEEP_GOING=0
 EXTRA=()
 while (($#)); do
     case $1 in
@@ -65,6 +76,8 @@ while (($#)); do
     --free-ports) FREE=1 ;;
     --dir) DIR=$2 && KEEP=1 && shift ;;
     --keep) KEEP=1 ;;
+    --keep-going) KEEP_GOING=1 ;;
+    --mailbox) MAILBOX=$2 && shift ;;
     --ready) READY=$2 && shift ;;
     --)
         shift
@@ -209,7 +222,10 @@ redis_ping() {
 # ---- the engine: NATS or Redis -----------------------------------------------------------------
 case $ENGINE in
 nats)
-    spawn nats "$ENGINE_BIN" -a 127.0.0.1 -p "$ENGINE_PORT"
+    # JetStream (-js) keeps the mailboxes (a stream, FEDBROKER_MAILBOX); its files in DIR/jetstream.
+    # Without it, the brokers answer 503 for mailbox ids. nats-server opens its client port once
+    # JetStream is up.
+    spawn nats "$ENGINE_BIN" -a 127.0.0.1 -p "$ENGINE_PORT" -js -sd "$DIR/jetstream"
     wait_until 10 "no client port 127.0.0.1:$ENGINE_PORT" port_open "$ENGINE_PORT"
     ;;
 redis)
@@ -222,11 +238,15 @@ ENGINE_PID=${PIDS[-1]}
 ENGINE_URL=$ENGINE://127.0.0.1:$ENGINE_PORT
 
 # ---- three brokers ---------------------------------------------------------------------------
+# Each with the same --mailbox: a mailbox id's messages are kept in the engine, one seq per id
+# whichever broker a POST reaches, and replayed (GET /ID?since=SEQ) by any broker.
+MAILBOX_FLAGS=()
+[[ $MAILBOX == none ]] || MAILBOX_FLAGS=(--mailbox "$MAILBOX")
 BROKER_URLS=()
 BROKER_PIDS=()
 for i in 0 1 2; do
     p=${BROKER_PORTS[$i]}
-    spawn "broker-$((i + 1))" "$BIN" --listen "127.0.0.1:$p" --cluster "$ENGINE_URL" "${EXTRA[@]}"
+    spawn "broker-$((i + 1))" "$BIN" --listen "127.0.0.1:$p" --cluster "$ENGINE_URL" "${MAILBOX_FLAGS[@]}" "${EXTRA[@]}"
     wait_until 10 "no 'listening on' line" grep -q "^listening on http://127.0.0.1:$p\$" "$DIR/broker-$((i + 1)).log"
     # Until its engine client is connected, a broker answers 503 for ids it does not hold itself.
     wait_until 10 "not connected to $ENGINE_NAME" grep -q 'cluster engine: connected' "$DIR/broker-$((i + 1)).log"
@@ -263,8 +283,8 @@ wait_until 10 "no answer on $NGINX_URL/healthz" curl -sf -o /dev/null --max-time
 
 if [[ -n $READY ]]; then
     {
-        printf 'NGINX_URL=%q\nNGINX_PID=%q\nENGINE=%q\nENGINE_URL=%q\nENGINE_PID=%q\nDIR=%q\n' \
-            "$NGINX_URL" "$NGINX_PID" "$ENGINE" "$ENGINE_URL" "$ENGINE_PID" "$DIR"
+        printf 'NGINX_URL=%q\nNGINX_PID=%q\nENGINE=%q\nENGINE_URL=%q\nENGINE_PID=%q\nDIR=%q\nMAILBOX=%q\n' \
+            "$NGINX_URL" "$NGINX_PID" "$ENGINE" "$ENGINE_URL" "$ENGINE_PID" "$DIR" "$MAILBOX"
         # The names of before --engine, for NATS.
         if [[ $ENGINE == nats ]]; then
             printf 'NATS_URL=%q\nNATS_PID=%q\n' "$ENGINE_URL" "$ENGINE_PID"
@@ -274,21 +294,48 @@ if [[ -n $READY ]]; then
     mv "$READY.part" "$READY"
 fi
 
+MAILBOX_LINE="no mailbox ids (--mailbox none)"
+if [[ $MAILBOX != none ]]; then
+    m=${MAILBOX%%-*}
+    [[ $m =~ ^[0-9]+$ ]] || m=9000
+    MAILBOX_LINE="mailbox ids $MAILBOX, kept by $ENGINE_NAME: curl -i --data-binary hi $NGINX_URL/$m   (202, Fedbroker-Seq: N)
+        then   websocat -b 'ws://127.0.0.1:$PORT/$m?since=0'   on any broker"
+fi
 cat <<EOF
 fedbroker cluster: $NGINX_URL
   nginx (round robin) -> ${BROKER_URLS[*]}
   ${BROKER} --cluster $ENGINE_URL ($ENGINE_NAME); logs and configs in $DIR
   try: websocat -b ws://127.0.0.1:$PORT/42   and   curl -i --data-binary hi $NGINX_URL/42
+  $MAILBOX_LINE
 Ctrl-C stops it.
 EOF
 
-# Runs until a signal, or until one of the five exits (then everything stops, exit 1).
-rc=0
-wait -n "${PIDS[@]}" || rc=$?
-for i in "${!PIDS[@]}"; do
-    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+# Runs until a signal, or until one of the five exits (then everything stops, exit 1). With
+# --keep-going, a broker that exits is reported and the rest go on (nginx skips it), until nginx,
+# the engine or the last broker exits.
+declare -A GONE=()
+while :; do
+    live=()
+    for i in "${!PIDS[@]}"; do
+        [[ -n ${GONE[$i]:-} ]] || live+=("${PIDS[$i]}")
+    done
+    rc=0 pid=
+    wait -n -p pid "${live[@]}" || rc=$?
+    stop=0
+    brokers=0
+    for i in "${!PIDS[@]}"; do
+        [[ -n ${GONE[$i]:-} ]] && continue
+        if kill -0 "${PIDS[$i]}" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/${PIDS[$i]}/status" 2>/dev/null; then
+            [[ ${NAMES[$i]} == broker-* ]] && brokers=$((brokers + 1))
+            continue
+        fi
+        GONE[$i]=1
         FAILED=1
-        say "${NAMES[$i]} exited (status $rc): $(tail -n 3 "$DIR/${NAMES[$i]}.log" | tr '\n' ' ')"
+        say "${NAMES[$i]} exited$([[ ${PIDS[$i]} == "$pid" ]] && echo " (status $rc)"): $(tail -n 3 "$DIR/${NAMES[$i]}.log" | tr '\n' ' ')"
+        [[ ${NAMES[$i]} == broker-* ]] || stop=1
+    done
+    if ((!KEEP_GOING || stop || brokers == 0)); then
+        exit 1
     fi
+    say "--keep-going: $brokers broker(s) left behind nginx"
 done
-exit 1

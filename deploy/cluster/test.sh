@@ -11,7 +11,15 @@
 #   - 20 POSTs one after the other to one id, spread over all three brokers by the round robin,
 #     arrive in the order sent;
 #   - a POST to an id nobody listens on: 404 "no listener on id ...";
+#   - mailbox ids (run.sh gives the brokers --mailbox 9000-9999, kept in the engine): two POSTs to
+#     one with nobody listening, on two brokers, answer 202 with Fedbroker-Seq 1 then 2 (one
+#     sequence for all brokers), and a listener with ?since=0 receives both, in order;
 #   - every broker received POSTs, and nginx logged no error;
+#   - a broker dies and nothing acknowledged is lost: a listener connected to broker 2 itself (not
+#     through nginx) receives 3 POSTs (204); broker 2 is killed (kill -9; run.sh --keep-going goes
+#     on with the other two); 3 more POSTs answer 202; a listener through nginx with since= the
+#     last seq the first one received gets exactly the 3 others, in order; nginx logged no error but
+#     the connections broker 2 refused;
 #   - SIGTERM to run.sh stops nginx, the brokers and the engine's server.
 # Each engine has its own run.sh (its own free ports and directory), stopped before the next starts.
 #
@@ -53,8 +61,8 @@ while (($#)); do
     esac
     shift
 done
-((LISTENERS >= 3)) || {
-    echo "LISTENERS must be 3 or more (one per broker at least)" >&2
+((LISTENERS >= 3 && LISTENERS + 100 < 9000)) || {
+    echo "LISTENERS must be 3 or more (one per broker at least) and below 8900 (ids from 9000 keep a mailbox)" >&2
     exit 2
 }
 
@@ -90,6 +98,41 @@ for engine in "${ENGINES[@]}"; do
     esac
 done
 echo "$VERSIONS; engines: ${ENGINES[*]}; temp dir: $TMP"
+
+# ws_seq URL: one WebSocket upgrade with wsprobe's client, closed at once; prints its status and
+# its Fedbroker-Seq header ("101 2").
+ws_seq() {
+    python3 -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+from wsprobe import WebSocket
+ws = WebSocket(sys.argv[2], timeout=10)
+print(ws.status, ws.headers.get("fedbroker-seq", "none"))
+ws.close()' "$(dirname "$WSPROBE")" "$1"
+}
+
+# broker_of ADDR: which broker (1, 2 or 3) an $upstream_addr of nginx's access log is.
+broker_of() {
+    local i
+    for i in 0 1 2; do
+        [[ ${BROKER_URLS[$i]} == "http://$1" ]] && echo "$((i + 1))" && return 0
+    done
+    echo "?"
+}
+
+# upstreams METHOD ID STATUS N: the brokers (1, 2, 3) that answered the first N such requests, from
+# nginx's access log, waiting up to 5 s for their lines (written once the answer is sent).
+upstreams() {
+    local i addrs=()
+    for ((i = 0; i < 100; i++)); do
+        mapfile -t addrs < <(awk -v m="\"$1" -v u="/$2" -v s="$3" '$4 == m && $5 == u && $7 == s { print $NF }' "$TMP/cluster/access.log")
+        ((${#addrs[@]} >= $4)) && break
+        sleep 0.05
+    done
+    for ((i = 0; i < $4 && i < ${#addrs[@]}; i++)); do
+        broker_of "${addrs[$i]}"
+    done
+}
 
 # broker_stat URL KEY: one number from a broker's GET / (JSON).
 broker_stat() {
@@ -221,6 +264,53 @@ c_404() {
     echo "404 'no listener on id $id'"
 }
 
+# Mailbox ids, from run.sh's MAILBOX (its --mailbox, 9000-9999 by default): KEPT_ID for the two
+# kept messages, CRASH_ID for the broker that dies. Set by run_engine.
+KEPT_ID=
+CRASH_ID=
+CRASH_N=3
+
+# c_mailbox_kept: nobody listens on KEPT_ID; two POSTs through nginx (the round robin sends them
+# to two brokers) are kept in the engine, numbered by one sequence.
+c_mailbox_kept() {
+    local k s by
+    for k in 1 2; do
+        printf 'kept %d \x00\xff %s' "$k" "$RANDOM$RANDOM" >"$TMP/kept$k"
+        s=$(http POST "$NGINX_URL/$KEPT_ID" --data-binary @"$TMP/kept$k")
+        expect_eq "POST $k status" "$s" 202
+        expect_eq "POST $k Fedbroker-Seq" "$(header Fedbroker-Seq)" "$k"
+    done
+    mapfile -t by < <(upstreams POST "$KEPT_ID" 202 2)
+    echo "202 Fedbroker-Seq: 1 from broker ${by[0]:-?}, 202 Fedbroker-Seq: 2 from broker ${by[1]:-?}"
+    [[ ${by[0]:-?} != "?" && ${by[1]:-?} != "?" && ${by[0]} != "${by[1]}" ]] || {
+        echo "(the two POSTs did not reach two brokers)"
+        return 1
+    }
+}
+
+# c_mailbox_replay: a listener through nginx with ?since=0 receives both, in order, byte for byte;
+# the 101 says Fedbroker-Seq: 2 (the last seq of the id).
+c_mailbox_replay() {
+    local rc=0 k by
+    mkdir -p "$TMP/kept"
+    python3 "$WSPROBE" listen "$WS/$KEPT_ID?since=0" --save "$TMP/kept" --until count --count 2 --timeout 15 \
+        >"$TMP/kept.out" 2>"$TMP/kept.err" || rc=$?
+    ((rc == 0)) || {
+        echo "status $rc: $(cat "$TMP/kept.out" "$TMP/kept.err" | tr '\n' ' ')"
+        return 1
+    }
+    for k in 1 2; do
+        cmp -s "$TMP/kept$k" "$TMP/kept/$k" || {
+            echo "message $k: other bytes than POST $k's"
+            return 1
+        }
+    done
+    expect_eq "upgrade with ?since=0 (status, Fedbroker-Seq)" "$(ws_seq "$WS/$KEPT_ID?since=0")" "101 2"
+    by=$(upstreams GET "$KEPT_ID" 101 1)
+    echo "messages 1 and 2 replayed by broker ${by:-?}, in order, byte-exact, then Close 1000;" \
+        "101 with Fedbroker-Seq: 2"
+}
+
 c_error_log() {
     local bad
     bad=$(grep -E '\[(emerg|alert|crit|error)\]' "$TMP/cluster/error.log" || true)
@@ -231,7 +321,120 @@ c_error_log() {
     echo "no error in nginx's error.log; $(wc -l <"$TMP/cluster/access.log") requests in access.log"
 }
 
-# c_stop: SIGTERM to run.sh; it exits and every process it started (from its --ready file) is gone.
+# c_crash_listen: a listener on broker 2 itself (not through nginx; started by run_engine, with
+# ?since=0 on a new id: its k-th message is seq k) receives CRASH_N POSTs sent through nginx.
+c_crash_listen() {
+    local k s statuses=()
+    wait_for_file "$TMP/crash.ready" 15 || {
+        echo "no upgrade on broker 2: $(cat "$TMP/crash.err")"
+        return 1
+    }
+    for ((k = 1; k <= CRASH_N; k++)); do
+        printf 'before %d \x00\xff %s' "$k" "$RANDOM$RANDOM" >"$TMP/crash-msg$k"
+        s=$(http POST "$NGINX_URL/$CRASH_ID" --data-binary @"$TMP/crash-msg$k")
+        [[ $s == 204 || $s == 202 ]] || {
+            echo "POST $k status: got '$s', expected 204 (or 202)"
+            return 1
+        }
+        expect_eq "POST $k Fedbroker-Seq" "$(header Fedbroker-Seq)" "$k"
+        statuses+=("$s")
+    done
+    wait_for_file "$TMP/crash/$CRASH_N" 10 || {
+        echo "the listener on broker 2 received $(find "$TMP/crash" -type f | wc -l) of $CRASH_N"
+        return 1
+    }
+    for ((k = 1; k <= CRASH_N; k++)); do
+        cmp -s "$TMP/crash-msg$k" "$TMP/crash/$k" || {
+            echo "message $k: other bytes than POST $k's"
+            return 1
+        }
+    done
+    echo "${statuses[*]} (Fedbroker-Seq 1-$CRASH_N), all received by the listener on broker 2 (${BROKER_URLS[1]})"
+}
+
+# c_crash_kill: kill -9 broker 2. Its listener's connection ends; the seq it processed last goes to
+# $TMP/crash.since. run.sh (--keep-going) and the other two brokers go on, and CRASH_N more POSTs
+# through nginx (which skips broker 2) are kept: 202, seqs going on.
+c_crash_kill() {
+    local k s rc=0 since by
+    kill -KILL "${BROKER_PIDS[1]}"
+    wait_gone "${BROKER_PIDS[1]}" 5 || {
+        echo "broker 2 still runs 5 s after kill -9"
+        return 1
+    }
+    wait_status "$TMP/crash.rc" 10 || rc=$?
+    ((rc == 0)) || {
+        echo "the listener on broker 2: status $rc: $(cat "$TMP/crash.out" "$TMP/crash.err" | tr '\n' ' ')"
+        return 1
+    }
+    since=$(find "$TMP/crash" -type f | wc -l)
+    echo "$since" >"$TMP/crash.since"
+    for ((k = CRASH_N + 1; k <= 2 * CRASH_N; k++)); do
+        printf 'after %d \x00\xff %s' "$k" "$RANDOM$RANDOM" >"$TMP/crash-msg$k"
+        s=$(http POST "$NGINX_URL/$CRASH_ID" --data-binary @"$TMP/crash-msg$k")
+        expect_eq "POST $k status" "$s" 202
+        expect_eq "POST $k Fedbroker-Seq" "$(header Fedbroker-Seq)" "$k"
+    done
+    if gone "$RUN_PID"; then
+        echo "run.sh exited: $(tail -n 3 "$TMP/cluster.err" | tr '\n' ' ')"
+        return 1
+    fi
+    if gone "${BROKER_PIDS[0]}" || gone "${BROKER_PIDS[2]}"; then
+        echo "broker 1 or 3 is gone too"
+        return 1
+    fi
+    mapfile -t by < <(upstreams POST "$CRASH_ID" 202 "$CRASH_N")
+    echo "the listener's connection ended after $since messages (last seq processed: $since);" \
+        "$CRASH_N × 202 (Fedbroker-Seq $((CRASH_N + 1))-$((2 * CRASH_N))) from brokers ${by[*]}; run.sh went on"
+}
+
+# c_crash_resume: a listener through nginx (to broker 1 or 3) with since= the last seq processed
+# receives exactly the rest, in order: what it had not received before the crash, then the
+# messages kept after it. The 101 of ?since=LAST says LAST: nothing else was kept.
+c_crash_resume() {
+    local since rc=0 k n last=$((2 * CRASH_N)) by
+    since=$(cat "$TMP/crash.since")
+    n=$((last - since))
+    mkdir -p "$TMP/crash2"
+    python3 "$WSPROBE" listen "$WS/$CRASH_ID?since=$since" --save "$TMP/crash2" --until count --count "$n" \
+        --timeout 15 >"$TMP/crash2.out" 2>"$TMP/crash2.err" || rc=$?
+    ((rc == 0)) || {
+        echo "status $rc: $(cat "$TMP/crash2.out" "$TMP/crash2.err" | tr '\n' ' ')"
+        return 1
+    }
+    for ((k = 1; k <= n; k++)); do
+        cmp -s "$TMP/crash-msg$((since + k))" "$TMP/crash2/$k" || {
+            echo "message $k of the replay is not POST $((since + k))'s"
+            return 1
+        }
+    done
+    expect_eq "upgrade with ?since=$last (status, Fedbroker-Seq)" "$(ws_seq "$WS/$CRASH_ID?since=$last")" "101 $last"
+    by=$(upstreams GET "$CRASH_ID" 101 1)
+    [[ $by != 2 ]] || {
+        echo "the replay came from broker 2, which was killed"
+        return 1
+    }
+    echo "since=$since: seqs $((since + 1))-$last replayed by broker ${by:-?}, in order, byte-exact;" \
+        "101 of since=$last says Fedbroker-Seq: $last"
+}
+
+# c_error_log_crash: after broker 2's death, nginx's error.log has only the connections it refused.
+c_error_log_crash() {
+    local bad refused port=${BROKER_URLS[1]##*:}
+    bad=$(grep -E '\[(emerg|alert|crit|error)\]' "$TMP/cluster/error.log" |
+        grep -vF "connect() failed (111: Connection refused) while connecting to upstream" || true)
+    bad+=$(grep -F "connect() failed (111: Connection refused)" "$TMP/cluster/error.log" |
+        grep -vF "upstream: \"http://127.0.0.1:$port/" || true)
+    if [[ -n $bad ]]; then
+        echo "$bad"
+        return 1
+    fi
+    refused=$(grep -cF "connect() failed (111: Connection refused)" "$TMP/cluster/error.log" || true)
+    echo "only $refused × connect() refused by broker 2 (127.0.0.1:$port), each request passed to another broker"
+}
+
+# c_stop: SIGTERM to run.sh; it exits and every process it started (from its --ready file) is gone
+# (broker 2 is gone already: c_crash_kill killed it).
 c_stop() {
     local p left=()
     kill -TERM "$RUN_PID"
@@ -246,7 +449,7 @@ c_stop() {
         echo "still running after run.sh exited: ${left[*]}"
         return 1
     }
-    echo "nginx, 3 brokers and ${ENGINE}-server stopped"
+    echo "nginx, brokers 1 and 3 and ${ENGINE}-server stopped"
 }
 
 # stop_from INDEX: stops the background processes started from PIDS[INDEX] on (by pid), and forgets
@@ -277,8 +480,9 @@ run_engine() {
     echo
     echo "== engine: $engine (temp dir: $TMP)"
 
+    # --keep-going: run.sh goes on when c_crash_kill kills broker 2.
     start_bg cluster "$ROOT/deploy/cluster/run.sh" --engine "$engine" --bin-dir "$BIN_DIR" --broker "$BROKER" \
-        --free-ports --dir "$TMP/cluster" --ready "$TMP/ready"
+        --free-ports --keep-going --dir "$TMP/cluster" --ready "$TMP/ready"
     RUN_PID=$BG_PID
     for ((i = 0; i < 600; i++)); do
         [[ -e $TMP/ready ]] && break
@@ -297,10 +501,13 @@ run_engine() {
         return 0
     fi
     # NGINX_URL, NGINX_PID, BROKER_URLS (3), BROKER_PIDS, ENGINE, ENGINE_URL, ENGINE_PID, ...
-    NGINX_URL='' NGINX_PID='' ENGINE='' ENGINE_URL='' ENGINE_PID='' BROKER_URLS=() BROKER_PIDS=()
+    NGINX_URL='' NGINX_PID='' ENGINE='' ENGINE_URL='' ENGINE_PID='' MAILBOX='' BROKER_URLS=() BROKER_PIDS=()
     # shellcheck disable=SC1091
     source "$TMP/ready"
     WS=ws://${NGINX_URL#http://}
+    # Two ids of run.sh's mailbox range (9000-9999 by default), each used once per engine.
+    KEPT_ID=$((${MAILBOX%%-*} + 1))
+    CRASH_ID=$((KEPT_ID + 1))
     if [[ $ENGINE == "$engine" && $ENGINE_URL == "$engine://127.0.0.1:"* && -n $ENGINE_PID ]] &&
         ((${#BROKER_URLS[@]} == 3 && ${#BROKER_PIDS[@]} == 3)); then
         pass "[$engine] deploy/cluster/run.sh started ${engine}-server, 3 brokers with --cluster $ENGINE_URL and nginx" \
@@ -332,8 +539,26 @@ run_engine() {
         --until count --count "$ORDER_N" --timeout 30 --status "$TMP/order.rc"
     check "[$engine] $ORDER_N POSTs one after the other to one id, through all 3 brokers, arrive in order" c_order
     check "[$engine] POST to an id nobody listens on, on any broker: 404" c_404
+
+    check "[$engine] mailbox kept by $ENGINE_NAME: 2 POSTs to id $KEPT_ID, nobody listening → 202, Fedbroker-Seq 1, 2" \
+        c_mailbox_kept
+    check "[$engine] a listener through nginx on id $KEPT_ID with ?since=0 receives both kept messages, in order" \
+        c_mailbox_replay
     check "[$engine] nginx logged no error" c_error_log
-    check "[$engine] SIGTERM to run.sh stops nginx, the 3 brokers and ${engine}-server" c_stop
+
+    # A broker dies: a listener connected to broker 2 itself, on a new mailbox id, from seq 1.
+    mkdir -p "$TMP/crash"
+    start_bg crash python3 "$WSPROBE" listen "ws://${BROKER_URLS[1]#http://}/$CRASH_ID?since=0" \
+        --ready "$TMP/crash.ready" --save "$TMP/crash" --until eof --count "$CRASH_N" --timeout 30 \
+        --status "$TMP/crash.rc"
+    check "[$engine] a listener on broker 2 itself (id $CRASH_ID, since=0) receives $CRASH_N POSTs sent through nginx" \
+        c_crash_listen
+    check "[$engine] kill -9 broker 2: run.sh --keep-going goes on, $CRASH_N more POSTs through nginx → 202" \
+        c_crash_kill
+    check "[$engine] nothing acknowledged is lost: since= the last seq processed, through nginx, gets exactly the rest" \
+        c_crash_resume
+    check "[$engine] nginx logged no error but the connections broker 2 refused once killed" c_error_log_crash
+    check "[$engine] SIGTERM to run.sh stops nginx, the brokers left and ${engine}-server" c_stop
 
     stop_from "$first"
     ENGINE_RESULTS+=("$engine: $((PASSED - passed0)) passed, $((FAILED - failed0)) failed")
@@ -341,7 +566,7 @@ run_engine() {
 }
 
 # Set by run_engine from run.sh's --ready file (and reset before each engine).
-NGINX_URL='' NGINX_PID='' ENGINE='' ENGINE_URL='' ENGINE_PID='' ENGINE_NAME='' RUN_PID='' WS=''
+NGINX_URL='' NGINX_PID='' ENGINE='' ENGINE_URL='' ENGINE_PID='' ENGINE_NAME='' RUN_PID='' WS='' MAILBOX=''
 BROKER_URLS=() BROKER_PIDS=()
 CURRENT_STEP=
 ENGINE_RESULTS=()
