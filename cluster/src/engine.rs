@@ -81,6 +81,9 @@ pub(crate) struct MailboxLimits {
 /// What an id's mailbox holds after a seq, as read from the engine.
 #[derive(Debug, Default)]
 pub(crate) struct MailboxRead {
+    /// The numbering the seqs belong to: it changes when the engine starts numbering the id
+    /// again (it lost its data); empty when not known yet.
+    pub epoch: String,
     /// The last seq given on the id.
     pub last: u64,
     /// Everything up to this seq that is not in `records` is gone (trimmed, expired, or older

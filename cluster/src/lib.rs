@@ -280,6 +280,7 @@ impl ClusterRouter {
             state: state.clone(),
             windows,
             limits,
+            epochs: Arc::default(),
         };
         let to_self = control.clone();
         let events = state.clone();
@@ -432,6 +433,9 @@ struct Shared {
     windows: bool,
     /// Their bounds, when the broker has mailbox ids.
     limits: Option<MailboxLimits>,
+    /// The epoch (numbering) of each window here, as read from the engine: a record or a read
+    /// of another epoch means the engine started the id's numbering again.
+    epochs: Arc<std::sync::Mutex<HashMap<Id, String>>>,
 }
 
 async fn publish_claim<E: Engine>(engine: &E, text: String) {
@@ -552,10 +556,15 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                     if shared.windows {
                         // What was published while this broker was away reached no window here.
                         let ids: Vec<Id> = lock(&mine).keys().copied().collect();
-                        for id in ids.into_iter().filter(|id| registry.has_mailbox(*id)) {
-                            let (engine, shared) = (engine.clone(), shared.clone());
-                            tokio::spawn(async move { catch_up(&engine, &shared, id).await });
-                        }
+                        let ids: Vec<Id> = ids.into_iter().filter(|id| registry.has_mailbox(*id)).collect();
+                        let (engine, shared) = (engine.clone(), shared.clone());
+                        // One after the other, on the side: a broker with many listeners does
+                        // not read every mailbox at once.
+                        tokio::spawn(async move {
+                            for id in ids {
+                                catch_up(&engine, &shared, id).await;
+                            }
+                        });
                     }
                     // Those not heard while this broker was away are not gone for that.
                     let now = Instant::now();
@@ -639,6 +648,18 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                         (false, true) => {
                             subscribed.remove(&id);
                             state.subscriptions.store(subscribed.len(), Ordering::Relaxed);
+                        }
+                        (true, true) if shared.windows && registry.has_mailbox(id) => {
+                            // A listener came back before the subscription went: records
+                            // published between its window's read and its registration found no
+                            // window here.
+                            if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+                                let (engine, shared) = (engine.clone(), shared.clone());
+                                tokio::spawn(async move {
+                                    catch_up(&engine, &shared, id).await;
+                                    drop(permit);
+                                });
+                            }
                         }
                         _ => {}
                     }
@@ -1180,24 +1201,62 @@ fn restored(seq: u64, m: Msg) -> Restored {
 /// Reads what `id`'s mailbox in the engine holds after this broker's window of it (everything,
 /// when it has none), as much as the window keeps.
 async fn read_mailbox<E: Engine>(engine: &E, shared: &Shared, id: Id) -> Result<MailboxSync, HttpError> {
-    let after = shared.registry.window_last(id).unwrap_or(0);
     let (max_bytes, max_messages) = shared
         .registry
         .mailbox_config()
         .map_or((usize::MAX, usize::MAX), |c| (c.max_bytes, c.max_messages));
-    let read = engine
-        .mailbox_read(id, after, max_bytes, max_messages)
-        .await
-        .map_err(|e| {
-            tracing::debug!(%id, "cluster engine: mailbox not read: {e}");
-            HttpError::RouteUnavailable
-        })?;
-    Ok(MailboxSync {
-        after,
-        trimmed_through: read.trimmed_through,
-        last: read.last,
-        records: read.records.into_iter().map(|(seq, m)| restored(seq, m)).collect(),
-    })
+    // At most twice: once more from the start when the engine's numbering was found reset.
+    for _ in 0..2 {
+        let after = shared.registry.window_last(id).unwrap_or(0);
+        let read = engine
+            .mailbox_read(id, after, max_bytes, max_messages)
+            .await
+            .map_err(|e| {
+                tracing::debug!(%id, "cluster engine: mailbox not read: {e}");
+                HttpError::RouteUnavailable
+            })?;
+        let known = lock(&shared.epochs).get(&id).cloned();
+        let reset = read.last < after || known.is_some_and(|k| !read.epoch.is_empty() && k != read.epoch);
+        if reset && after > 0 {
+            lost_in_the_engine(shared, id, read.last, after);
+            continue;
+        }
+        remember_epoch(shared, id, &read.epoch);
+        return Ok(MailboxSync {
+            after,
+            trimmed_through: read.trimmed_through,
+            last: read.last,
+            records: read.records.into_iter().map(|(seq, m)| restored(seq, m)).collect(),
+        });
+    }
+    Err(HttpError::RouteUnavailable)
+}
+
+/// Remembers the epoch of `id`'s window here (nothing when the engine has none yet: the first
+/// record tells it).
+fn remember_epoch(shared: &Shared, id: Id, epoch: &str) {
+    if epoch.is_empty() {
+        return;
+    }
+    let mut epochs = lock(&shared.epochs);
+    if epochs.len() >= 65_536 {
+        // Bounded: only the ids with a window here are kept.
+        epochs.retain(|id, _| shared.registry.window_last(*id).is_some());
+    }
+    epochs.insert(id, epoch.to_owned());
+}
+
+/// The engine started numbering `id` again (it lost its data): the window here is given back
+/// and its listener closed (`4002`), to listen again and read the mailbox afresh.
+fn lost_in_the_engine(shared: &Shared, id: Id, last: u64, window: u64) {
+    tracing::warn!(
+        %id,
+        last,
+        window,
+        "cluster engine: the mailbox was lost in the engine (its numbering started again); its listener here is closed to start again"
+    );
+    lock(&shared.epochs).remove(&id);
+    shared.registry.reset_window(id);
 }
 
 /// Brings `id`'s window here up to its mailbox in the engine (records published while this
@@ -1207,16 +1266,6 @@ async fn catch_up<E: Engine>(engine: &E, shared: &Shared, id: Id) {
         return;
     }
     match read_mailbox(engine, shared, id).await {
-        Ok(sync) if sync.last < sync.after => {
-            // The engine's numbering went back: it restarted without its data.
-            tracing::warn!(
-                %id,
-                last = sync.last,
-                window = sync.after,
-                "cluster engine: the mailbox was lost in the engine (restarted without its data); its listener here is closed to start again"
-            );
-            shared.registry.reset_window(id);
-        }
         Ok(sync) => {
             shared.registry.sync_window(id, sync, wall_ms());
         }
@@ -1228,6 +1277,21 @@ async fn catch_up<E: Engine>(engine: &E, shared: &Shared, id: Id) {
 /// after any records missed before it; a request's answer goes back on its inbox.
 async fn mirror_record<E: Engine>(engine: &E, shared: &Shared, id: Id, m: Msg) {
     let Some(seq) = m.number("Fedbroker-Seq") else { return };
+    if let Some(epoch) = m.header("Fedbroker-Epoch") {
+        let known = lock(&shared.epochs).get(&id).cloned();
+        match (known, shared.registry.window_last(id)) {
+            (Some(k), Some(last)) if k != epoch => {
+                // Numbered again by the engine: the window's seqs mean other messages now.
+                lost_in_the_engine(shared, id, seq, last);
+                if let Some(reply_to) = m.reply {
+                    respond(engine, id, reply_to, Err(HttpError::RouteUnavailable), None).await;
+                }
+                return;
+            }
+            (None, Some(_)) => remember_epoch(shared, id, epoch),
+            _ => {}
+        }
+    }
     if shared.registry.window_last(id).is_some_and(|last| last + 1 < seq) {
         catch_up(engine, shared, id).await;
     }
@@ -1271,6 +1335,15 @@ async fn mailbox_send<E: Engine>(engine: E, shared: Shared, mut request: RouteRe
     let Some(limits) = shared.limits else {
         return reply.answer(Err(HttpError::NoListener(id)));
     };
+    // Larger than a window keeps (`--mailbox-bytes`): refused, as one broker's mailbox does,
+    // rather than kept by the engine and dropped by every window.
+    let fits = shared
+        .registry
+        .mailbox_config()
+        .is_none_or(|c| request.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD <= c.max_bytes);
+    if !fits {
+        return reply.answer(Err(HttpError::MailboxFull(id)));
+    }
     let mut msg = Msg::new(request.payload.clone()).with("Fedbroker-At", request.at_ms);
     if let Some(from) = request.from {
         msg = msg.with("Fedbroker-From", from);

@@ -12,7 +12,6 @@ use async_nats::jetstream::stream::{Config as StreamConfig, DirectGetErrorKind, 
 use async_nats::{HeaderMap, PublishErrorKind, Request, RequestErrorKind, StatusCode};
 use fedbroker_core::Id;
 use futures_util::StreamExt;
-use tokio::sync::OnceCell;
 
 use crate::engine::{Answers, Engine, EngineError, InPlace, MailboxLimits, MailboxRead, Msg, Subscription};
 use crate::{lock, ClusterError};
@@ -40,8 +39,9 @@ fn mailbox_subject(id: Id) -> String {
 pub(crate) struct Nats {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
-    /// The mailboxes' stream, once found or made.
-    stream: Arc<OnceCell<async_nats::jetstream::stream::Stream>>,
+    /// The mailboxes' stream once found or made, with its epoch (when it was made: a stream
+    /// made again numbers from 1) and its records per subject; forgotten when it is gone.
+    stream: Arc<Mutex<Option<Found>>>,
     /// Each id's last record, as this broker last saw it: (its seq, its stream sequence).
     last: Arc<Mutex<HashMap<Id, (u64, u64)>>>,
     /// This broker's appends to one id go one at a time (by the id's shard), so that they do
@@ -58,17 +58,22 @@ fn seq_of(m: &async_nats::jetstream::message::StreamMessage) -> Option<u64> {
     m.headers.get("Fedbroker-Seq")?.as_str().parse().ok()
 }
 
+/// The mailboxes' stream, its epoch, and the records it keeps per subject.
+#[derive(Clone)]
+struct Found {
+    stream: async_nats::jetstream::stream::Stream,
+    epoch: String,
+    per_subject: usize,
+}
+
 impl Nats {
     /// The mailboxes' stream: found, or made with `limits` (JetStream must be enabled,
     /// `nats-server -js`); `None` when it does not exist and `limits` is not given.
-    async fn stream(
-        &self,
-        limits: Option<MailboxLimits>,
-    ) -> Result<Option<async_nats::jetstream::stream::Stream>, EngineError> {
-        if let Some(s) = self.stream.get() {
-            return Ok(Some(s.clone()));
+    async fn stream(&self, limits: Option<MailboxLimits>) -> Result<Option<Found>, EngineError> {
+        if let Some(found) = lock(&self.stream).clone() {
+            return Ok(Some(found));
         }
-        let found = match limits {
+        let stream = match limits {
             None => match self.jetstream.get_stream(STREAM).await {
                 Ok(s) => s,
                 Err(e) if e.to_string().contains("not found") => return Ok(None),
@@ -92,38 +97,70 @@ impl Nats {
                     .map_err(|e| unavailable(format!("JetStream (is it enabled? nats-server -js): {e}")))?
             }
         };
-        let _ = self.stream.set(found.clone());
+        let info = stream.cached_info();
+        if !info.config.allow_direct {
+            return Err(unavailable(format!(
+                "JetStream: the stream {STREAM} was made without allow_direct; the brokers read it with direct gets"
+            )));
+        }
+        let found = Found {
+            epoch: info.created.unix_timestamp_nanos().to_string(),
+            per_subject: usize::try_from(info.config.max_messages_per_subject)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(usize::MAX),
+            stream,
+        };
+        *lock(&self.stream) = Some(found.clone());
         Ok(Some(found))
     }
 
+    /// The stream is gone (deleted, or the server lost its store), or answers no more: found
+    /// (or made) again next time, and every id's last record read again.
+    fn forget_stream(&self) {
+        *lock(&self.stream) = None;
+        lock(&self.last).clear();
+    }
+
+    /// A direct get's error: `None` for "no such record"; otherwise the stream is read again
+    /// next time.
+    fn get_error(&self, e: async_nats::jetstream::stream::DirectGetError) -> Option<EngineError> {
+        if matches!(e.kind(), DirectGetErrorKind::NotFound) {
+            return None;
+        }
+        self.forget_stream();
+        Some(unavailable(format!("JetStream: {e}")))
+    }
+
     /// `id`'s last record: (its seq, its stream sequence); (0, 0) when it has none.
-    async fn last_record(
-        &self,
-        stream: &async_nats::jetstream::stream::Stream,
-        id: Id,
-    ) -> Result<(u64, u64), EngineError> {
-        match stream.direct_get_last_for_subject(mailbox_subject(id)).await {
+    async fn last_record(&self, found: &Found, id: Id) -> Result<(u64, u64), EngineError> {
+        match found.stream.direct_get_last_for_subject(mailbox_subject(id)).await {
             Ok(m) => Ok((seq_of(&m).unwrap_or(0), m.sequence)),
-            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok((0, 0)),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => match self.get_error(e) {
+                None => Ok((0, 0)),
+                Some(e) => Err(e),
+            },
         }
     }
 
     /// Under `refuse`: whether `id`'s mailbox has room after `last`, once its records older than
-    /// the TTL are deleted.
+    /// the TTL are deleted (never its last one, which keeps the numbering: the per-subject limit
+    /// pushes it out when the next is appended).
     async fn has_room(
         &self,
-        stream: &async_nats::jetstream::stream::Stream,
+        found: &Found,
         id: Id,
-        last: u64,
+        (last, last_at): (u64, u64),
         limits: MailboxLimits,
         now_ms: u64,
     ) -> Result<bool, EngineError> {
         for _ in 0..=limits.max_messages {
-            let first = match stream.direct_get_first_for_subject(mailbox_subject(id)).await {
+            let first = match found.stream.direct_get_first_for_subject(mailbox_subject(id)).await {
                 Ok(m) => m,
-                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(true),
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => match self.get_error(e) {
+                    None => return Ok(true),
+                    Some(e) => return Err(e),
+                },
             };
             let count = last.saturating_sub(seq_of(&first).unwrap_or(last)) + 1;
             if count < limits.max_messages as u64 {
@@ -137,7 +174,10 @@ impl Nats {
             if at.saturating_add(limits.ttl_ms) > now_ms {
                 return Ok(false);
             }
-            stream.delete_message(first.sequence).await.map_err(unavailable)?;
+            if first.sequence == last_at {
+                return Ok(true);
+            }
+            found.stream.delete_message(first.sequence).await.map_err(unavailable)?;
         }
         Ok(false)
     }
@@ -148,11 +188,20 @@ impl Nats {
     /// again whenever the connection is lost; `connected` is told each time it is (re)made or
     /// lost.
     pub async fn connect(url: &str, connected: Arc<dyn Fn(bool) + Send + Sync>) -> Result<Nats, ClusterError> {
+        // What is known of the mailboxes' stream is found again after every reconnection: the
+        // server may have come back without its store (the stream made again, a new epoch).
+        let stream: Arc<Mutex<Option<Found>>> = Arc::default();
+        let last: Arc<Mutex<HashMap<Id, (u64, u64)>>> = Arc::default();
+        let (known_stream, known_last) = (stream.clone(), last.clone());
         let options = async_nats::ConnectOptions::new()
             .name("fedbroker")
             .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    *lock(&known_stream) = None;
+                    lock(&known_last).clear();
+                }
                 match event {
                     async_nats::Event::Connected => connected(true),
                     async_nats::Event::Disconnected => connected(false),
@@ -175,8 +224,8 @@ impl Nats {
         Ok(Nats {
             client,
             jetstream,
-            stream: Arc::new(OnceCell::new()),
-            last: Arc::default(),
+            stream,
+            last,
             appending: (0..APPEND_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
@@ -238,23 +287,24 @@ impl Engine for Nats {
         if !self.connected() {
             return Err(unavailable("not connected to the engine"));
         }
-        let Some(stream) = self.stream(Some(limits)).await? else {
-            return Err(unavailable("JetStream: no mailbox stream"));
-        };
         let payload = if keep_payload {
             msg.payload.clone()
         } else {
             Default::default()
         };
-        let turn = self.appending[id.get() as usize % APPEND_SHARDS].lock().await;
+        // This broker's appends to the id, and their notices, one at a time: in seq order.
+        let _turn = self.appending[id.get() as usize % APPEND_SHARDS].lock().await;
         let mut appended = None;
         for _ in 0..APPEND_TRIES {
+            let Some(found) = self.stream(Some(limits)).await? else {
+                return Err(unavailable("JetStream: no mailbox stream"));
+            };
             let known = lock(&self.last).get(&id).copied();
             let (last, at) = match known {
                 Some(l) => l,
-                None => self.last_record(&stream, id).await?,
+                None => self.last_record(&found, id).await?,
             };
-            if limits.refuse && !self.has_room(&stream, id, last, limits, now_ms).await? {
+            if limits.refuse && !self.has_room(&found, id, (last, at), limits, now_ms).await? {
                 return Err(EngineError::Full);
             }
             let seq = last + 1;
@@ -277,12 +327,13 @@ impl Engine for Nats {
                         remembered.clear();
                     }
                     remembered.insert(id, (seq, ack.sequence));
-                    appended = Some(seq);
+                    appended = Some((seq, found.epoch));
                     break;
                 }
                 Err(e) if e.kind() == AppendErrorKind::WrongLastSequence => {
                     lock(&self.last).remove(&id);
                 }
+                Err(e) if e.kind() == AppendErrorKind::StreamNotFound => self.forget_stream(),
                 Err(e) if e.kind() == AppendErrorKind::MaxPayloadExceeded => {
                     return Err(EngineError::TooLarge(
                         self.client.try_server_info().map_or(0, |i| i.max_payload),
@@ -294,13 +345,12 @@ impl Engine for Nats {
                 }
             }
         }
-        drop(turn);
-        let Some(seq) = appended else {
+        let Some((seq, epoch)) = appended else {
             return Err(unavailable("the mailbox is busy: other brokers kept appending first"));
         };
         // Kept: now to the broker holding its listener, if any. A request's answers come on its
         // inbox ("no responders" too); a message's broker answers once it took it.
-        let notice = msg.with("Fedbroker-Seq", seq);
+        let notice = msg.with("Fedbroker-Seq", seq).with("Fedbroker-Epoch", epoch);
         if notice.reply.is_some() {
             return match self.publish(subject, notice).await {
                 Ok(()) => Ok((seq, 1)),
@@ -308,9 +358,10 @@ impl Engine for Nats {
             };
         }
         match self.request(subject, notice, NOTICE_TIMEOUT).await {
-            Ok(_) => Ok((seq, 1)),
+            // Taken into a listener's window (its broker answers 204 with the seq).
+            Ok(answer) if answer.number("Fedbroker-Status") == Some(204) => Ok((seq, 1)),
             // Kept either way: a listener connecting (or its broker catching up) reads it.
-            Err(_) => Ok((seq, 0)),
+            _ => Ok((seq, 0)),
         }
     }
 
@@ -324,31 +375,54 @@ impl Engine for Nats {
         if !self.connected() {
             return Err(unavailable("not connected to the engine"));
         }
-        let Some(stream) = self.stream(None).await? else {
+        let Some(found) = self.stream(None).await? else {
             return Ok(MailboxRead::default());
         };
-        let (last, _) = self.last_record(&stream, id).await?;
+        let subject = mailbox_subject(id);
+        let (last, last_at) = self.last_record(&found, id).await?;
         let mut read = MailboxRead {
+            epoch: found.epoch.clone(),
             last,
             trimmed_through: last,
             records: Vec::new(),
         };
-        let subject = mailbox_subject(id);
-        let mut from = 1;
-        let mut first = true;
-        // The subject holds at most the stream's records per subject; every step moves on.
-        for _ in 0..=max_messages.saturating_mul(4).max(1024) {
-            let m = match stream.direct_get_next_for_subject(subject.clone(), Some(from)).await {
+        if last_at == 0 {
+            return Ok(read);
+        }
+        let first = match found.stream.direct_get_first_for_subject(subject.clone()).await {
+            Ok(m) => m,
+            Err(e) => match self.get_error(e) {
+                None => return Ok(read),
+                Some(e) => return Err(e),
+            },
+        };
+        read.trimmed_through = seq_of(&first).unwrap_or(1).saturating_sub(1);
+        // From the last record this broker knows of at or before `after`, when it still is in
+        // the stream; from the first otherwise.
+        let mut from = first.sequence;
+        if let Some((seq, at)) = lock(&self.last).get(&id).copied() {
+            if seq <= after && at >= first.sequence {
+                from = at + 1;
+            }
+        }
+        // The subject holds at most `per_subject` records; every step moves on.
+        for _ in 0..found.per_subject.saturating_add(1).min(1 << 20) {
+            if from > last_at {
+                break;
+            }
+            let m = match found
+                .stream
+                .direct_get_next_for_subject(subject.clone(), Some(from))
+                .await
+            {
                 Ok(m) => m,
-                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => match self.get_error(e) {
+                    None => break,
+                    Some(e) => return Err(e),
+                },
             };
             from = m.sequence + 1;
             let Some(seq) = seq_of(&m) else { continue };
-            if first {
-                read.trimmed_through = seq.saturating_sub(1);
-                first = false;
-            }
             if seq > after && seq <= last {
                 let mut record = Msg::new(m.payload.clone());
                 for (name, values) in m.headers.iter() {
@@ -359,6 +433,7 @@ impl Engine for Nats {
                 read.records.push((seq, record));
             }
         }
+        lock(&self.last).insert(id, (last, last_at));
         // The newest, as many as a window keeps: what is older counts as gone.
         let mut bytes = 0usize;
         let mut keep = 0;

@@ -69,12 +69,15 @@ struct Channels {
 /// `SEQ-1` (trimmed to the newest `max` entries, expiring with the TTL when the id is idle),
 /// and the publication goes out in seq order with every other one of the id. Under `refuse`, a
 /// full stream refuses (`-1`) unless its oldest entries are past the TTL. A counter lost while
-/// its stream is not (an operator's `DEL`) starts again after the stream's newest entry.
+/// its stream is not (an operator's `DEL`) starts again after the stream's newest entry; lost
+/// with it (a Redis restarted without its data), the numbering starts again under a new epoch,
+/// which every record carries (`Fedbroker-Epoch`), so that brokers holding the old numbering
+/// notice.
 ///
-/// KEYS: stream, counter. ARGV: header lines, payload, max, refuse (1/0), now (ms), TTL (ms),
-/// channel, keep the payload (1/0).
+/// KEYS: stream, counter, epoch. ARGV: header lines, payload, max, refuse (1/0), now (ms), TTL
+/// (ms), channel, keep the payload (1/0), a new epoch.
 const APPEND: &str = r"
-local stream, counter = KEYS[1], KEYS[2]
+local stream, counter, epochkey = KEYS[1], KEYS[2], KEYS[3]
 local max, now, ttl = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if ARGV[4] == '1' then
   while redis.call('XLEN', stream) >= max do
@@ -85,14 +88,21 @@ if ARGV[4] == '1' then
     redis.call('XDEL', stream, first[1])
   end
 end
+local epoch = redis.call('GET', epochkey)
 if redis.call('EXISTS', counter) == 0 then
   local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
   if top then
     redis.call('SET', counter, string.match(top[1], '^(%d+)'))
+  else
+    epoch = false
   end
 end
-local seq = redis.call('INCR', counter)
-local head = ARGV[1] .. 'Fedbroker-Seq: ' .. seq .. '\n'
+if not epoch then
+  epoch = ARGV[9]
+  redis.call('SET', epochkey, epoch)
+end
+local seq = string.format('%d', redis.call('INCR', counter))
+local head = ARGV[1] .. 'Fedbroker-Seq: ' .. seq .. '\nFedbroker-Epoch: ' .. epoch .. '\n'
 local frame = struct.pack('>H', #head) .. head .. ARGV[2]
 local kept = frame
 if ARGV[8] == '0' then
@@ -104,13 +114,18 @@ local receivers = redis.call('SPUBLISH', ARGV[7], frame)
 return {seq, receivers}
 ";
 
-/// A page of an id's mailbox, newest first, with the id's last seq and the seq below its
-/// oldest entry, read together.
+/// A page of an id's mailbox, newest first, with the id's last seq (the counter's, or the
+/// newest entry's if the counter was lost), the seq below its oldest entry, and its epoch (empty
+/// before its first record), read together.
 ///
-/// KEYS: stream, counter. ARGV: after, before (`+`: the newest), count.
+/// KEYS: stream, counter, epoch. ARGV: after, before (`+`: the newest), count.
 const PAGE_SCRIPT: &str = r"
-local stream, counter = KEYS[1], KEYS[2]
+local stream, counter, epochkey = KEYS[1], KEYS[2], KEYS[3]
 local last = tonumber(redis.call('GET', counter) or '0')
+local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+if top then
+  last = math.max(last, tonumber(string.match(top[1], '^(%d+)')))
+end
 local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
 local trimmed = last
 if first then
@@ -122,17 +137,31 @@ if ARGV[2] ~= '+' then
   hi = ARGV[2] .. '-1'
 end
 local entries = redis.call('XREVRANGE', stream, hi, string.format('%d-0', lo), 'COUNT', ARGV[3])
-return {last, trimmed, entries}
+return {string.format('%d', last), string.format('%d', trimmed), entries, redis.call('GET', epochkey) or ''}
 ";
+
+/// A new epoch for an id whose numbering starts (again): unique across brokers and restarts.
+fn new_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
 
 /// Records of a mailbox read per script call.
 const PAGE: usize = 64;
 
 /// An id's mailbox stream and seq counter (one hash tag: the same slot, under Redis Cluster).
-fn mailbox_keys(id: fedbroker_core::Id) -> (String, String) {
+fn mailbox_keys(id: fedbroker_core::Id) -> (String, String, String) {
     (
         format!("fedbroker.mailbox.{{{id}}}"),
         format!("fedbroker.mailbox.{{{id}}}.seq"),
+        format!("fedbroker.mailbox.{{{id}}}.epoch"),
     )
 }
 
@@ -251,11 +280,11 @@ impl Redis {
         id: fedbroker_core::Id,
         after: u64,
         before: u64,
-    ) -> Result<(u64, u64, Vec<(u64, Msg)>), EngineError> {
+    ) -> Result<(u64, u64, Vec<(u64, Msg)>, String), EngineError> {
         if !self.connected() {
             return Err(EngineError::Unavailable("not connected to the engine".into()));
         }
-        let (stream, counter) = mailbox_keys(id);
+        let (stream, counter, epoch) = mailbox_keys(id);
         let mut manager = self.publisher().await?;
         let before = if before == u64::MAX {
             "+".to_owned()
@@ -264,9 +293,10 @@ impl Redis {
         };
         let answer: redis::Value = redis::cmd("EVAL")
             .arg(PAGE_SCRIPT)
-            .arg(2)
+            .arg(3)
             .arg(stream)
             .arg(counter)
+            .arg(epoch)
             .arg(after)
             .arg(before)
             .arg(PAGE)
@@ -283,7 +313,11 @@ impl Redis {
             return Err(bad());
         };
         let records = entries.iter().map(entry).collect::<Option<Vec<_>>>().ok_or_else(bad)?;
-        Ok((last.max(0) as u64, trimmed.max(0) as u64, records))
+        let epoch = match parts.get(3) {
+            Some(redis::Value::BulkString(e)) => String::from_utf8_lossy(e).into_owned(),
+            _ => String::new(),
+        };
+        Ok((last.max(0) as u64, trimmed.max(0) as u64, records, epoch))
     }
 
     async fn publisher(&self) -> Result<ConnectionManager, EngineError> {
@@ -570,15 +604,16 @@ impl Engine for Redis {
         if !self.connected() {
             return Err(EngineError::Unavailable("not connected to the engine".into()));
         }
-        let (stream, counter) = mailbox_keys(id);
+        let (stream, counter, epoch) = mailbox_keys(id);
         // Ten years at most: PEXPIRE takes a signed 64-bit count of ms, and no TTL needs more.
         let ttl = limits.ttl_ms.clamp(1, 10 * 365 * 24 * 3600 * 1000);
         let mut manager = self.publisher().await?;
         let answer: Vec<i64> = redis::cmd("EVAL")
             .arg(APPEND)
-            .arg(2)
+            .arg(3)
             .arg(stream)
             .arg(counter)
+            .arg(epoch)
             .arg(head)
             .arg(msg.payload.as_ref())
             .arg(limits.max_messages.max(1))
@@ -587,6 +622,7 @@ impl Engine for Redis {
             .arg(ttl)
             .arg(subject)
             .arg(if keep_payload { "1" } else { "0" })
+            .arg(new_epoch())
             .query_async(&mut manager)
             .await
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
@@ -612,11 +648,13 @@ impl Engine for Redis {
         // Newest first, a page at a time; bounded: every page but the last is full, and a
         // window keeps at most `max_messages`.
         for n in 0..max_messages / PAGE + 2 {
-            let (last, trimmed, page) = self.mailbox_page(id, after, before).await?;
+            let (last, trimmed, page, epoch) = self.mailbox_page(id, after, before).await?;
             if n == 0 {
                 read.last = last;
-                read.trimmed_through = trimmed;
+                read.epoch = epoch;
             }
+            // Appends may trim the stream between two pages: the highest mark holds.
+            read.trimmed_through = read.trimmed_through.max(trimmed);
             let full = page.len() == PAGE;
             for (seq, m) in page {
                 bytes = bytes.saturating_add(m.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD);

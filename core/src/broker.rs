@@ -427,6 +427,11 @@ impl Session {
         let Some((_, id, envelope, since)) = self.preparing.take() else {
             return;
         };
+        if !self.conn.awaiting_listen() {
+            // Refused or timed out meanwhile: registering now would replace a listener for a
+            // connection that is going away.
+            return;
+        }
         let broker = self.broker.clone();
         let result = prepared.and_then(|sync| {
             broker

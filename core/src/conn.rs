@@ -522,6 +522,12 @@ impl Connection {
         self.advance(now);
     }
 
+    /// Whether this connection waits for [`Connection::handle_listening`] (an upgrade not refused
+    /// or timed out meanwhile).
+    pub fn awaiting_listen(&self) -> bool {
+        matches!(self.state, State::Waiting(_, Wait::Listen { .. }))
+    }
+
     /// Whether this connection is a `POST …?reply=` waiting for its answer.
     pub fn awaiting_reply(&self) -> bool {
         matches!(self.state, State::Waiting(_, Wait::Reply { .. }))

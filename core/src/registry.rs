@@ -388,6 +388,11 @@ impl Registry {
         now_ms: u64,
         sync: Option<MailboxSync>,
     ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
+        if sync.is_none() && self.windows() && self.has_mailbox(id) {
+            // The mailbox is elsewhere and was not read (a router that does not forward
+            // `Router::prepare_listen`): a window cannot be made up here.
+            return Err(HttpError::RouteUnavailable);
+        }
         let mut wakers = Wakers::default();
         let mut shard = self.shard(id);
         if let (Some(sync), Some(m), true) = (sync, &self.inner.mailboxes, self.has_mailbox(id)) {
@@ -548,7 +553,31 @@ impl Registry {
             payload,
         };
         match h.mirror(&m.config, &m.budget, record, now_ms) {
-            Mirror::Behind => return Mirrored::Behind,
+            Mirror::Behind => {
+                // A request whose seq was read into the window already (as a seq taken): it is
+                // still handed to the envelope listener, through its queue.
+                if let (Some((payload, reply, timeout_ms)), Some(mb)) = (request, &listener) {
+                    if !mb.envelope {
+                        return Mirrored::Done(Err(DeliveryError::CannotReply.to_http(id)));
+                    }
+                    let item = Item::Request {
+                        seq,
+                        id,
+                        timeout_ms,
+                        payload,
+                        reply,
+                    };
+                    return Mirrored::Done(match mb.push(item, false) {
+                        Push::Queued(w) => {
+                            wakers.add(w);
+                            Ok(Delivered::AwaitingReply)
+                        }
+                        Push::Full(_) => Err(DeliveryError::QueueFull.to_http(id)),
+                        Push::Closed => Err(DeliveryError::NoListener.to_http(id)),
+                    });
+                }
+                return Mirrored::Behind;
+            }
             Mirror::Ahead { last } => return Mirrored::Ahead { last },
             Mirror::Kept(a) => {
                 m.dropped.fetch_add(a.dropped, Ordering::Relaxed);
@@ -1145,7 +1174,17 @@ impl Registry {
 fn merge(entry: &mut Entry, m: &Mailboxes, sync: MailboxSync, now_ms: u64) -> bool {
     match &mut entry.history {
         None if sync.after == 0 => {
-            let (h, dropped) = History::restore(&m.config, &m.budget, sync.trimmed_through, sync.records, now_ms);
+            // A window has no hole but below its first record: seqs missing between two records
+            // (trimmed while the mailbox was read in pages) are gone, and said so.
+            let mut records = sync.records;
+            let mut trimmed = sync.trimmed_through;
+            if let Some(i) = records.windows(2).rposition(|w| w[1].seq != w[0].seq + 1) {
+                records.drain(..=i);
+            }
+            if let Some(first) = records.first() {
+                trimmed = trimmed.max(first.seq - 1);
+            }
+            let (h, dropped) = History::restore(&m.config, &m.budget, trimmed, records, now_ms);
             m.dropped.fetch_add(dropped.dropped, Ordering::Relaxed);
             entry.history = Some(h);
             true

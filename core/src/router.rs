@@ -58,7 +58,10 @@ pub trait Router: Send + Sync + 'static {
     /// Called before a listener registers on mailbox id `id` (with `since`, when it asked for
     /// one): a router whose mailboxes are kept elsewhere (a cluster's engine) reads what the
     /// mailbox holds and answers it, now or later; the registration waits for the answer. The
-    /// default answers at once: this broker's own mailbox is the whole of it.
+    /// default answers at once: this broker's own mailbox is the whole of it. A router that
+    /// wraps another must forward this call too: with mailboxes kept elsewhere
+    /// ([`Registry::mirror_mailboxes`]), a listener registered without their contents is refused
+    /// `503`.
     fn prepare_listen(&self, id: Id, since: Option<u64>, reply: ListenReply) {
         let _ = (id, since);
         reply.answer(Ok(None));

@@ -196,6 +196,14 @@ impl EngineServer {
         self.stop();
         assert!(self.run(), "{} vanished", self.kind.program());
     }
+
+    /// Starts it again on the same port without what it kept (NATS's JetStream store is
+    /// emptied; Redis keeps nothing across restarts here anyway).
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        self.store = crate::TempDir::new();
+        assert!(self.run(), "{} vanished", self.kind.program());
+    }
 }
 
 impl Drop for EngineServer {

@@ -496,16 +496,30 @@ macro_rules! engine_tests {
                     (r.status != 503).then_some(r)
                 });
                 assert!(matches!(after.status, 202 | 204), "{after:?}");
-                if KIND == EngineKind::Nats {
+                let mut current = if KIND == EngineKind::Nats {
                     assert_eq!(after.header("fedbroker-seq"), Some("2"));
                     assert_eq!(l.recv(), b"after");
+                    l
                 } else {
                     assert_eq!(after.header("fedbroker-seq"), Some("1"), "numbered again");
                     l.set_read_timeout(WAIT);
                     assert_eq!(l.expect_close().0, 4002);
                     let mut again = eventually(WAIT, "listening again", || one.try_listen_with("/50?since=0", &[]).ok());
                     assert_eq!(again.recv(), b"after");
-                }
+                    again
+                };
+                // Back without anything it kept, on either engine: the same.
+                engine.restart_empty();
+                let lost = eventually(WAIT, "the engine back", || {
+                    let r = two.post(50, b"anew");
+                    (r.status != 503).then_some(r)
+                });
+                assert!(matches!(lost.status, 202 | 204), "{lost:?}");
+                assert_eq!(lost.header("fedbroker-seq"), Some("1"), "numbered again");
+                current.set_read_timeout(WAIT);
+                assert_eq!(current.expect_close().0, 4002, "not left waiting for seqs that will not come");
+                let mut fresh = eventually(WAIT, "listening again", || one.try_listen_with("/50?since=0", &[]).ok());
+                assert_eq!(fresh.recv(), b"anew");
             }
 
                 $($only)*
