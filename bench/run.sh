@@ -3,9 +3,9 @@
 #
 #   bench/run.sh                 # full run (~25 min on 2 cores): results in bench/results/
 #   bench/run.sh --smoke         # every scenario with a few hundred messages against
-#                                # fedbroker-tokio only (and two relays through nats-server, two
-#                                # through redis-server), no peers, no charts, results in
-#                                # target/bench-smoke/ (what CI runs)
+#                                # fedbroker-tokio only (and four relays through nats-server, four
+#                                # through redis-server, half of them to mailbox ids), no peers, no
+#                                # charts, results in target/bench-smoke/ (what CI runs)
 #   bench/run.sh --rounds 5      # more rounds per relay figure (medians are reported)
 #   bench/run.sh --pin           # servers on CPU 1, the load generator on CPU 0 (taskset), so
 #                                # they never compete for a core; results in bench/results-pinned/
@@ -39,19 +39,27 @@
 #      batch, window 16 and 1, interleaved over the rounds.
 #   8. cluster (fedbroker-tokio only, docs/cluster.md): fedbroker-tokio brokers with --cluster,
 #      through each engine in turn: one nats-server and one redis-server (Redis >= 7, sharded
-#      pub/sub; `--save "" --appendonly no`), both on 127.0.0.1 only and stopped at the end; the
+#      pub/sub; `--save "" --appendonly no`), and another of each for the mailbox configurations
+#      below, all on 127.0.0.1 only and stopped at the end; the
 #      relay (16 listeners, 16 senders, 64 B, window 16 and 1) with
 #        1-node              one broker without --cluster (the baseline, measured once),
 #        1-node-cluster-E    one broker with --cluster, listeners and senders on it (all local),
 #        2-nodes-E           listeners on broker A, senders on broker B (every message crosses E),
 #        3-nodes-E           listeners on A and B (alternating), senders on C (every message crosses),
-#      for E = nats and redis (seven configurations), interleaved and rotated over the rounds; then
+#        1-node-cluster-mailbox-E  one broker with --cluster and --mailbox 1-1000 (the relay's ids
+#                            1-16 keep their mailbox in the engine, docs/cluster.md §3: every message
+#                            goes through the engine, though listeners and senders are on it),
+#        2-nodes-mailbox-E   the same with listeners on broker A, senders on broker B,
+#      for E = nats and redis (eleven configurations; the mailbox ones on brokers of their own
+#      sharing another server of E, NATS's with JetStream (-js -sd, a fresh store dir), and
+#      accepting 202 as well as 204: --accept-202), interleaved and rotated over the rounds; then
 #      the POST→frame latency of each at a fixed moderate pace (5000 msgs/s, window 16). CPU per
 #      message is the sum over every server process of the run (brokers and the engine's server).
 #      Its own table: OUT/cluster/table.md (raw lines in OUT/cluster.jsonl), ratios to 1-node. All
 #      of it shares the machine's cores with the load generator: more brokers cannot show more
 #      throughput on one machine; what it shows is the cost of the hop through each engine
-#      (BENCHMARKS.md "Cluster (NATS and Redis)"). The smoke runs 2-nodes through each engine.
+#      (BENCHMARKS.md "Cluster (NATS and Redis)"). The smoke runs 2-nodes and 2-nodes-mailbox
+#      through each engine.
 # Then one table with ratios to the best peer (bench/results/table.md), raw JSON lines
 # (raw.jsonl), aggregates (results.json), machine facts (machine.txt) and SVG charts.
 # Any lost, duplicated, reordered or corrupted message fails the run (non-zero exit).
@@ -158,6 +166,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do
         wait "$p" 2>/dev/null || true
     done
+    rm -rf "$WORK"/*-store # JetStream's records: not kept with the logs
     rm -rf "$LOGS"
     mkdir -p "$LOGS"
     cp -r "$WORK"/. "$LOGS"/ 2>/dev/null || true
@@ -291,8 +300,8 @@ start_once() {
     local sys=$1 port port2 p bin
     shift
     case $sys in
-    tokio | smol | std | node[0-9] | nats-node[0-9] | redis-node[0-9])
-        # node0, nats-nodeN, redis-nodeN: a fedbroker-tokio of the cluster phase.
+    tokio | smol | std | node[0-9] | nats-node[0-9] | redis-node[0-9] | nats-mnode[0-9] | redis-mnode[0-9])
+        # node0, E-nodeN, E-mnodeN (with mailbox ids): a fedbroker-tokio of the cluster phase.
         bin=fedbroker-$sys
         [[ $sys == *node[0-9] ]] && bin=fedbroker-tokio
         # Emptied here, not by the redirection below: that one runs in the background child, and
@@ -362,17 +371,24 @@ EOF
         wait_port "$port2" "$p" nats || return 1
         ADDR[$sys]=nats-ws://127.0.0.1:$port2
         ;;
-    engine-nats)
-        # The cluster phase's NATS server: its client port only.
+    engine-nats | engine-nats-mailbox)
+        # The cluster phase's NATS server: its client port only. The mailbox configurations' one
+        # also runs JetStream (the engine keeps mailbox ids' records there, docs/cluster.md §3),
+        # its store in a fresh directory removed when it stops.
         port=$(free_port)
-        "${SRV[@]}" nats-server -a 127.0.0.1 -p "$port" >>"$WORK/$sys.log" 2>&1 &
+        local js=()
+        if [[ $sys == *-mailbox ]]; then
+            rm -rf "$WORK/$sys-store"
+            js=(-js -sd "$WORK/$sys-store")
+        fi
+        "${SRV[@]}" nats-server -a 127.0.0.1 -p "$port" "${js[@]}" >>"$WORK/$sys.log" 2>&1 &
         p=$!
         wait_port "$port" "$p" "$sys" || return 1
         ADDR[$sys]=nats://127.0.0.1:$port
         ;;
-    engine-redis)
+    engine-redis | engine-redis-mailbox)
         # The cluster phase's Redis server (sharded pub/sub needs Redis 7): loopback only, nothing
-        # written to disk.
+        # written to disk (the mailbox configurations' one too: their mailboxes are in its memory).
         port=$(free_port)
         "${SRV[@]}" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
             >>"$WORK/$sys.log" 2>&1 &
@@ -389,6 +405,7 @@ stop() {
     local p=${PID[$1]}
     kill "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
+    rm -rf "$WORK/$1-store" # a JetStream store (engine-nats-mailbox)
 }
 
 # Waits (up to BENCH_QUIET_WAIT s, default 60) while other builds (rustc) run on this shared machine.
@@ -482,6 +499,40 @@ post_status() (
     timeout 10 head -c 12 <&3 | cut -d' ' -f2
 )
 
+# ---- cluster -------------------------------------------------------------------------------
+# cluster_ready BROKER...: waits (at most 10 s each) until each broker's engine client is
+# connected: a broker answers 503 for remote ids until then, 404 (no responders) once it is.
+cluster_ready() {
+    local b i
+    for b in "$@"; do
+        for ((i = 0; i < 100; i++)); do
+            [[ $(post_status "${ADDR[$b]#fedbroker://}" 2147483647) == 404 ]] && break
+            sleep 0.1
+        done
+    done
+}
+
+# The mailbox configurations' brokers (E-mnodeN): ids 1-1000 keep their mailbox in the engine
+# (docs/cluster.md §3), with the default bounds; the relay's listeners are on ids 1-16.
+# MAILBOX_PROBE is in the range and never listened on.
+CLUSTER_MAILBOX=(--mailbox 1-1000)
+MAILBOX_PROBE=1000
+
+# mailbox_ready BROKER...: waits (at most 10 s each) until a POST to MAILBOX_PROBE is kept (202):
+# it is refused 503 while the engine cannot take it (NATS: JetStream not running). The first one
+# also makes NATS's stream, so that no measured run pays for it. Says so if it never is.
+mailbox_ready() {
+    local b i st
+    for b in "$@"; do
+        for ((i = 0; i < 100; i++)); do
+            st=$(post_status "${ADDR[$b]#fedbroker://}" "$MAILBOX_PROBE") || st=none
+            [[ $st == 202 ]] && break
+            sleep 0.1
+        done
+        [[ $st == 202 ]] || echo "run.sh: $b: POST /$MAILBOX_PROBE (a mailbox id) still answered '$st' after 10 s, not 202" >&2
+    done
+}
+
 machine() {
     {
         echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -551,18 +602,28 @@ if ((SMOKE)); then
         for e in nats redis; do
             start "engine-$e"
             for k in 1 2; do start "$e-node$k" --cluster "${ADDR[engine-$e]}"; done
-            for k in 1 2; do
-                for ((i = 0; i < 100; i++)); do
-                    [[ $(post_status "${ADDR[$e-node$k]#fedbroker://}" 2147483647) == 404 ]] && break
-                    sleep 0.1
-                done
-            done
+            cluster_ready "$e-node1" "$e-node2"
             for w in 16 1; do
                 "$BENCH" relay --target "${ADDR[$e-node1]}" --send-target "${ADDR[$e-node2]}" \
                     --pid "${PID[$e-node1]},${PID[$e-node2]},${PID[engine-$e]}" --listeners 16 --senders 16 \
                     --payload 64 --window "$w" --messages 800 --label "2-nodes-$e" --json "$OUT/cluster.jsonl"
             done
             for s in "$e-node1" "$e-node2" "engine-$e"; do stop "$s"; done
+        done
+        # The same with mailbox ids kept by the engine (NATS: JetStream): every message is
+        # appended to its id's mailbox there; 202 (kept) is accepted as well as 204.
+        for e in nats redis; do
+            start "engine-$e-mailbox"
+            for k in 1 2; do start "$e-mnode$k" --cluster "${ADDR[engine-$e-mailbox]}" "${CLUSTER_MAILBOX[@]}"; done
+            cluster_ready "$e-mnode1" "$e-mnode2"
+            mailbox_ready "$e-mnode1" "$e-mnode2"
+            for w in 16 1; do
+                "$BENCH" relay --target "${ADDR[$e-mnode1]}" --send-target "${ADDR[$e-mnode2]}" \
+                    --pid "${PID[$e-mnode1]},${PID[$e-mnode2]},${PID[engine-$e-mailbox]}" --listeners 16 --senders 16 \
+                    --payload 64 --window "$w" --messages 800 --accept-202 --label "2-nodes-mailbox-$e" \
+                    --json "$OUT/cluster.jsonl"
+            done
+            for s in "$e-mnode1" "$e-mnode2" "engine-$e-mailbox"; do stop "$s"; done
         done
     fi
     "$BENCH" report --input "$RAW" --out "$OUT" --no-charts >/dev/null
@@ -753,33 +814,38 @@ fi
 # ---- 8. cluster ---------------------------------------------------------------------------
 if ((CLUSTER)); then
     ENGINES=(nats redis)
-    log "cluster: fedbroker-tokio brokers sharing ids through nats-server and through redis-server; 1 node, 1 node with --cluster, 2 and 3 nodes"
+    log "cluster: fedbroker-tokio brokers sharing ids through nats-server and through redis-server; 1 node, 1 node with --cluster, 2 and 3 nodes, 1 and 2 nodes with mailbox ids"
     CRAW=$OUT/cluster.jsonl
     : >"$CRAW"
-    # node0 alone (no --cluster); E-node1..3 share the id space through engine E. The relay's
-    # large queue, as in phase 1. Every broker and both engines run for the whole phase (the idle
-    # ones only send a heartbeat every 2 s), so that the configurations can be interleaved.
+    # node0 alone (no --cluster); E-node1..3 share the id space through engine E; E-mnode1..2
+    # share it through another server of engine E (engine-E-mailbox; NATS with JetStream) with
+    # mailbox ids (CLUSTER_MAILBOX; every broker of a cluster needs the same mailbox flags, so they
+    # get their own engine server). The relay's large queue, as in phase 1. Every broker and
+    # engine runs for the whole phase (the idle ones only send a heartbeat every 2 s), so that the
+    # configurations can be interleaved.
     start node0 --queue-limit 65536
     for e in "${ENGINES[@]}"; do
         start "engine-$e"
         for k in 1 2 3; do start "$e-node$k" --queue-limit 65536 --cluster "${ADDR[engine-$e]}"; done
-    done
-    # A broker answers 503 for remote ids until its engine client is connected; 404 (no
-    # responders) once it is. At most 10 s per broker.
-    for e in "${ENGINES[@]}"; do
-        for k in 1 2 3; do
-            for ((i = 0; i < 100; i++)); do
-                [[ $(post_status "${ADDR[$e-node$k]#fedbroker://}" 2147483647) == 404 ]] && break
-                sleep 0.1
-            done
+        start "engine-$e-mailbox"
+        for k in 1 2; do
+            start "$e-mnode$k" --queue-limit 65536 --cluster "${ADDR[engine-$e-mailbox]}" "${CLUSTER_MAILBOX[@]}"
         done
+    done
+    for e in "${ENGINES[@]}"; do
+        cluster_ready "$e-node1" "$e-node2" "$e-node3" "$e-mnode1" "$e-mnode2"
+        mailbox_ready "$e-mnode1" "$e-mnode2"
     done
     log "servers: node0=${ADDR[node0]} $(for e in "${ENGINES[@]}"; do
         printf 'engine-%s=%s ' "$e" "${ADDR[engine-$e]}"
         for k in 1 2 3; do printf '%s-node%s=%s ' "$e" "$k" "${ADDR[$e-node$k]}"; done
+        printf 'engine-%s-mailbox=%s ' "$e" "${ADDR[engine-$e-mailbox]}"
+        for k in 1 2; do printf '%s-mnode%s=%s ' "$e" "$k" "${ADDR[$e-mnode$k]}"; done
     done)"
     CONFIGS=(1-node)
-    for e in "${ENGINES[@]}"; do CONFIGS+=("1-node-cluster-$e" "2-nodes-$e" "3-nodes-$e"); done
+    for e in "${ENGINES[@]}"; do
+        CONFIGS+=("1-node-cluster-$e" "2-nodes-$e" "3-nodes-$e" "1-node-cluster-mailbox-$e" "2-nodes-mailbox-$e")
+    done
     # cluster_relay CONFIG WINDOW MESSAGES [extra args]: one relay run of a configuration; a
     # failure is recorded (a "cluster-failure" line in cluster.jsonl, and a non-zero exit at the
     # end) and the run goes on.
@@ -788,6 +854,11 @@ if ((CLUSTER)); then
         shift 3
         case $cfg in
         1-node) args=(--target "${ADDR[node0]}" --pid "${PID[node0]}") ;;
+        # Mailbox ids: every message goes through the engine, even to a listener on its broker.
+        1-node-cluster-mailbox-*) args=(--target "${ADDR[$e-mnode1]}" --pid "${PID[$e-mnode1]},${PID[engine-$e-mailbox]}"
+            --accept-202) ;;
+        2-nodes-mailbox-*) args=(--target "${ADDR[$e-mnode1]}" --send-target "${ADDR[$e-mnode2]}"
+            --pid "${PID[$e-mnode1]},${PID[$e-mnode2]},${PID[engine-$e-mailbox]}" --accept-202) ;;
         1-node-cluster-*) args=(--target "${ADDR[$e-node1]}" --pid "${PID[$e-node1]},${PID[engine-$e]}") ;;
         2-nodes-*) args=(--target "${ADDR[$e-node1]}" --send-target "${ADDR[$e-node2]}"
             --pid "${PID[$e-node1]},${PID[$e-node2]},${PID[engine-$e]}") ;;
@@ -821,9 +892,13 @@ if ((CLUSTER)); then
     done
     for e in "${ENGINES[@]}"; do
         for k in 1 2 3; do stop "$e-node$k"; done
+        for k in 1 2; do stop "$e-mnode$k"; done
     done
     stop node0
-    for e in "${ENGINES[@]}"; do stop "engine-$e"; done
+    for e in "${ENGINES[@]}"; do
+        stop "engine-$e"
+        stop "engine-$e-mailbox"
+    done
     "$BENCH" report --input "$CRAW" --out "$OUT/cluster" --peers 1-node --no-charts
     echo "cluster table: $OUT/cluster/table.md (ratios are to 1-node)"
 fi

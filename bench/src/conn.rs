@@ -18,6 +18,9 @@ pub struct Progress {
     pub acked: AtomicU64,
     pub delivered: AtomicU64,
     pub rejected: AtomicU64,
+    /// POSTs answered `202` (a mailbox id's message kept, no listener's subscription in place
+    /// yet; counted as acknowledged, see [`Plan::accept_202`]).
+    pub kept: AtomicU64,
 }
 
 /// A subscribed listener: fedbroker `GET /{id}`, MQTT SUBSCRIBE, NATS SUB.
@@ -113,6 +116,11 @@ pub struct Plan {
     pub start: Instant,
     /// No new message is started after this (messages in flight are still acknowledged).
     pub deadline: Option<Instant>,
+    /// fedbroker mailbox ids (docs/mailbox.md, docs/cluster.md §3): a `202` (kept, no listener's
+    /// subscription in place yet) acknowledges as a `204` does, and the message must still
+    /// arrive; every `202`/`204` must carry `Fedbroker-Seq`, increasing on each sender's id.
+    /// Off: anything but `204` fails the sender.
+    pub accept_202: bool,
 }
 
 impl Plan {
@@ -176,6 +184,7 @@ impl Sender {
 async fn run_fed(mut h: HttpSender, p: Plan, prog: &Progress) -> Result<u64, String> {
     let (mut sent, mut acked) = (0u64, 0u64);
     let mut resps: Vec<Response> = Vec::new();
+    let mut last_seq = 0u64;
     loop {
         let now = Instant::now();
         while p.more(sent, now) && sent - acked < p.window as u64 && p.is_due(sent, now) {
@@ -200,7 +209,12 @@ async fn run_fed(mut h: HttpSender, p: Plan, prog: &Progress) -> Result<u64, Str
         }
         let n = resps.len() as u64;
         for r in resps.drain(..) {
-            if r.status != 204 {
+            if p.accept_202 {
+                check_mailbox_ack(&r, p.index, &mut last_seq)?;
+                if r.status == 202 {
+                    prog.kept.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if r.status != 204 {
                 return Err(format!(
                     "sender {}: POST answered {} {:?} (relay expects 204; is --queue-limit too small?)",
                     p.index,
@@ -215,6 +229,33 @@ async fn run_fed(mut h: HttpSender, p: Plan, prog: &Progress) -> Result<u64, Str
         acked += n;
         prog.acked.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// A mailbox id's answer to one of sender `index`'s POSTs: `204` or `202`, with a
+/// `Fedbroker-Seq` above the previous answer's (`last`): the answers come in the order of the
+/// sender's requests, and its messages are numbered in that order on its id.
+fn check_mailbox_ack(r: &Response, index: u32, last: &mut u64) -> Result<(), String> {
+    if r.status != 204 && r.status != 202 {
+        return Err(format!(
+            "sender {index}: POST answered {} {:?} (relay --accept-202 expects 204 or 202)",
+            r.status,
+            r.text()
+        ));
+    }
+    let seq = r.seq.ok_or_else(|| {
+        format!(
+            "sender {index}: POST answered {} without Fedbroker-Seq (is the id given a --mailbox?)",
+            r.status
+        )
+    })?;
+    if seq <= *last {
+        return Err(format!(
+            "sender {index}: Fedbroker-Seq {seq} after {} on the same id (seqs must increase)",
+            *last
+        ));
+    }
+    *last = seq;
+    Ok(())
 }
 
 /// MQTT: QoS 1 PUBLISH, at most W unacknowledged, each acknowledged by its PUBACK.

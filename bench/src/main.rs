@@ -89,6 +89,12 @@ enum Cmd {
         /// several processes (a cluster's brokers and its engine): their CPU times are summed.
         #[arg(long, value_delimiter = ',')]
         pid: Vec<u32>,
+        /// The ids keep a mailbox (fedbroker --mailbox; with --cluster, in the engine: docs/cluster.md
+        /// §3): a POST answered 202 (kept, no listener's subscription in place yet) counts as
+        /// acknowledged, and its message must still arrive; every 202/204 must carry a
+        /// Fedbroker-Seq, increasing over each sender's answers. Without it, only 204 is accepted.
+        #[arg(long)]
+        accept_202: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -350,6 +356,7 @@ fn main() {
             rate,
             max_seconds,
             pid,
+            accept_202,
             common,
         } => {
             let what = format!("relay {}", common.label);
@@ -368,6 +375,12 @@ fn main() {
             if target.iter().chain(&send_target).any(|t| t.kind != target[0].kind) {
                 fail(&what, "--target and --send-target must all speak the same protocol");
             }
+            if accept_202 && target[0].kind != net::Kind::Fedbroker {
+                fail(
+                    &what,
+                    "--accept-202 is for fedbroker mailbox ids (fedbroker:// targets)",
+                );
+            }
             let a = scenario::Relay {
                 targets: target,
                 send_targets: send_target,
@@ -381,6 +394,7 @@ fn main() {
                 pid,
                 stall: Duration::from_secs(common.stall_timeout),
                 label: common.label.clone(),
+                accept_202,
             };
             match runtime(common.threads).block_on(scenario::relay(a)) {
                 Ok(v) => save(&common.json, &v),

@@ -223,6 +223,8 @@ pub struct Relay {
     pub pid: Vec<u32>,
     pub stall: Duration,
     pub label: String,
+    /// Mailbox ids: `202` acknowledges too ([`Plan::accept_202`]).
+    pub accept_202: bool,
 }
 
 /// CPU time (user + system) of all of `pids` so far, in microseconds; None without pids.
@@ -289,6 +291,7 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
             interval_ns,
             start,
             deadline,
+            accept_202: a.accept_202,
         };
         let prog = prog.clone();
         set.spawn(async move { c.run(plan, &prog).await.map(|n| Out::Sender(i, n)) });
@@ -309,8 +312,9 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
     };
     let gen_cpu = per_msg(self_cpu_us().saturating_sub(cpu0.1));
     let rate = messages as f64 / elapsed;
+    let kept = prog.kept.load(Ordering::Relaxed);
     println!(
-        "relay {} {} B window {}{}: {:.0} msgs/s ({:.1} MiB/s); latency p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; {} messages{} from {} senders to {} listeners, every one delivered once, in order, byte-exact; CPU per message: broker {}, generator {:.1} µs (load {:.2})",
+        "relay {} {} B window {}{}: {:.0} msgs/s ({:.1} MiB/s); latency p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; {} messages{}{} from {} senders to {} listeners, every one delivered once, in order, byte-exact; CPU per message: broker {}, generator {:.1} µs (load {:.2})",
         a.label,
         a.payload,
         a.window,
@@ -330,6 +334,11 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
         } else {
             String::new()
         },
+        if a.accept_202 {
+            format!(" ({kept} answered 202: kept, no listener's subscription in place yet)")
+        } else {
+            String::new()
+        },
         s,
         l,
         broker_cpu.map_or("?".into(), |c| format!("{c:.1} µs")),
@@ -344,6 +353,7 @@ pub async fn relay(a: Relay) -> Result<Value, String> {
         "p50_us": us(&hist, 0.5), "p99_us": us(&hist, 0.99), "p999_us": us(&hist, 0.999),
         "max_us": hist.max() as f64 / 1000.0, "mean_us": hist.mean() / 1000.0, "loadavg": load,
         "broker_cpu_us_per_msg": broker_cpu, "generator_cpu_us_per_msg": gen_cpu,
+        "accept_202": a.accept_202, "answered_202": a.accept_202.then_some(kept),
     }))
 }
 
