@@ -508,11 +508,7 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                 Work::Route(request, reply) => {
                     // Not connected: answer 503 now rather than hold the request and deliver it
                     // after the sender was told to retry.
-                    if !engine.connected() {
-                        reply.answer(Err(HttpError::RouteUnavailable));
-                        continue;
-                    }
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Some(permit) = admit(&engine, &in_flight) else {
                         reply.answer(Err(HttpError::RouteUnavailable));
                         continue;
                     };
@@ -523,11 +519,7 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                     });
                 }
                 Work::Mailbox(request, reply) => {
-                    if !engine.connected() {
-                        reply.answer(Err(HttpError::RouteUnavailable));
-                        continue;
-                    }
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Some(permit) = admit(&engine, &in_flight) else {
                         reply.answer(Err(HttpError::RouteUnavailable));
                         continue;
                     };
@@ -538,11 +530,7 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
                     });
                 }
                 Work::Prepare(id, reply) => {
-                    if !engine.connected() {
-                        reply.answer(Err(HttpError::RouteUnavailable));
-                        continue;
-                    }
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Some(permit) = admit(&engine, &in_flight) else {
                         reply.answer(Err(HttpError::RouteUnavailable));
                         continue;
                     };
@@ -667,6 +655,15 @@ async fn run<E: Engine>(engine: E, shared: Shared, mut work: mpsc::Receiver<Work
             }
         }
     }
+}
+
+/// A place for one more piece of work in flight with the engine, when it is connected (else the
+/// work is answered `503` at once rather than held).
+fn admit<E: Engine>(engine: &E, in_flight: &Arc<tokio::sync::Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if !engine.connected() {
+        return None;
+    }
+    in_flight.clone().try_acquire_owned().ok()
 }
 
 /// Announces every id listened on here: a plain id claimed with its listener's start (so that

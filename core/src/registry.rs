@@ -377,10 +377,14 @@ impl Registry {
         since: Option<u64>,
         now_ms: u64,
     ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
-        self.listen_with(id, envelope, since, now_ms, None)
+        self.listen_synced(id, envelope, since, now_ms, None)
     }
 
-    fn listen_with(
+    /// As [`Registry::listen_since`], first bringing `id`'s window up to `sync` (what the mailbox
+    /// kept elsewhere holds, read by the router), under the same lock. `503` when the window
+    /// changed under the read (it was given back meanwhile): the listener may retry; and, with
+    /// the mailboxes kept elsewhere ([`Registry::mirror_mailboxes`]), without a `sync`.
+    pub fn listen_synced(
         &self,
         id: Id,
         envelope: bool,
@@ -458,20 +462,6 @@ impl Registry {
             .get(&id)
             .and_then(|e| e.history.as_ref())
             .map(History::last_seq)
-    }
-
-    /// As [`Registry::listen_since`], first bringing `id`'s window up to `sync` (what the mailbox
-    /// kept elsewhere holds, read by the router), under the same lock. `503` when the window
-    /// changed under the read (it was given back meanwhile): the listener may retry.
-    pub fn listen_synced(
-        &self,
-        id: Id,
-        envelope: bool,
-        since: Option<u64>,
-        now_ms: u64,
-        sync: Option<MailboxSync>,
-    ) -> Result<(ListenerHandle, Option<u64>), HttpError> {
-        self.listen_with(id, envelope, since, now_ms, sync)
     }
 
     /// Brings `id`'s window here up to `sync` (read from the mailbox elsewhere after the
