@@ -1,6 +1,7 @@
 //! What the cluster needs of an engine, whichever it is (NATS, Redis): publish to a subject,
-//! subscribe to one, and a private inbox for answers. The routing (claims, requests and their
-//! answers, topics, presence) is written once over this trait, in `lib.rs`.
+//! subscribe to one, a private inbox for answers, and the mailboxes (append, read). The routing
+//! (claims, requests and their answers, topics, presence, mailbox windows) is written once over
+//! this trait, in `lib.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -137,10 +138,7 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
         keep_payload: bool,
         limits: MailboxLimits,
         now_ms: u64,
-    ) -> impl Future<Output = Result<(u64, u64), EngineError>> + Send {
-        let _ = (id, subject, msg, keep_payload, limits, now_ms);
-        std::future::ready(Err(EngineError::Unavailable("this engine keeps no mailboxes".into())))
-    }
+    ) -> impl Future<Output = Result<(u64, u64), EngineError>> + Send;
 
     /// The records of `id`'s mailbox after seq `after`: the newest, as many as a window keeps
     /// (`max_messages`, `max_bytes` of payloads plus [`fedbroker_core::mailbox::ENTRY_OVERHEAD`]
@@ -151,10 +149,7 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
         after: u64,
         max_bytes: usize,
         max_messages: usize,
-    ) -> impl Future<Output = Result<MailboxRead, EngineError>> + Send {
-        let _ = (id, after, max_bytes, max_messages);
-        std::future::ready(Err(EngineError::Unavailable("this engine keeps no mailboxes".into())))
-    }
+    ) -> impl Future<Output = Result<MailboxRead, EngineError>> + Send;
 
     /// Sends `msg` on `subject` and waits for the first answer.
     fn request(

@@ -4,7 +4,7 @@
 //! already run (SPEC §10): a `POST` that reaches any broker reaches the listener on whichever
 //! broker it is connected to. This crate is the core's [`Router`] for that, over **NATS** or
 //! **Redis** (≥ 7, sharded pub/sub), both behind one trait (`engine::Engine`: publish,
-//! subscribe, an inbox for answers); everything below is written once over it.
+//! subscribe, an inbox for answers, the mailboxes); everything below is written once over it.
 //!
 //! - a broker subscribes to `fedbroker.id.{id}` for each id listened on it (told by
 //!   [`Registry::on_listened_change`]);

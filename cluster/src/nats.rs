@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind as AppendErrorKind;
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind as AppendErrorKind};
 use async_nats::jetstream::stream::{Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, StorageType};
+use async_nats::jetstream::ErrorCode;
 use async_nats::{HeaderMap, PublishErrorKind, Request, RequestErrorKind, StatusCode};
 use fedbroker_core::Id;
 use futures_util::StreamExt;
@@ -76,7 +77,9 @@ impl Nats {
         let stream = match limits {
             None => match self.jetstream.get_stream(STREAM).await {
                 Ok(s) => s,
-                Err(e) if e.to_string().contains("not found") => return Ok(None),
+                Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+                    return Ok(None)
+                }
                 Err(e) => return Err(unavailable(format!("JetStream: {e}"))),
             },
             Some(limits) => {

@@ -220,15 +220,20 @@ impl Drop for RouteReply {
     }
 }
 
+/// The answer in `slot`, once given and not taken yet (`done` then).
+fn take<T>(slot: &Slot<T>, done: &mut bool) -> Option<T> {
+    if *done {
+        return None;
+    }
+    let a = lock(slot).0.take();
+    *done = a.is_some();
+    a
+}
+
 impl PendingRoute {
     /// The answer, once given (once only).
     pub fn try_take(&mut self) -> Option<Answer> {
-        if self.done {
-            return None;
-        }
-        let a = lock(&self.slot).0.take();
-        self.done = a.is_some();
-        a
+        take(&self.slot, &mut self.done)
     }
 
     /// Whether the answer was taken.
@@ -253,7 +258,9 @@ pub struct MailboxSync {
     /// Everything up to this seq that is not in `records` is gone from the mailbox (trimmed,
     /// expired).
     pub trimmed_through: u64,
-    /// The last seq given on the id.
+    /// The last seq given on the id, as the mailbox elsewhere said when read (for the router's
+    /// own checks: the window's last seq comes from `records` and `trimmed_through`, which reach
+    /// it).
     pub last: u64,
     /// The records after `after`, in seq order (`payload: None`: a seq taken by a request).
     pub records: Vec<crate::mailbox::Restored>,
@@ -308,12 +315,7 @@ impl Drop for ListenReply {
 impl PendingListen {
     /// The answer, once given (once only).
     pub fn try_take(&mut self) -> Option<Prepared> {
-        if self.done {
-            return None;
-        }
-        let a = lock(&self.slot).0.take();
-        self.done = a.is_some();
-        a
+        take(&self.slot, &mut self.done)
     }
 
     /// Ready once the answer is given; otherwise keeps the waker.
