@@ -408,7 +408,11 @@ impl Engine for Nats {
                 from = at + 1;
             }
         }
-        // The subject holds at most `per_subject` records; every step moves on.
+        // The subject holds at most `per_subject` records; every step moves on. Only the newest
+        // that a window keeps are held (`max_messages`, `max_bytes`): what is older counts as
+        // gone, and is let go as the read goes on, so a read never holds more than that.
+        let mut kept = std::collections::VecDeque::new();
+        let mut bytes = 0usize;
         for _ in 0..found.per_subject.saturating_add(1).min(1 << 20) {
             if from > last_at {
                 break;
@@ -433,25 +437,17 @@ impl Engine for Nats {
                         record.headers.push((name.to_string(), v.as_str().to_owned()));
                     }
                 }
-                read.records.push((seq, record));
+                bytes = bytes.saturating_add(record.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD);
+                kept.push_back((seq, record));
+                while bytes > max_bytes || kept.len() > max_messages {
+                    let Some((old, r)) = kept.pop_front() else { break };
+                    bytes -= r.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD;
+                    read.trimmed_through = read.trimmed_through.max(old);
+                }
             }
         }
         lock(&self.last).insert(id, (last, last_at));
-        // The newest, as many as a window keeps: what is older counts as gone.
-        let mut bytes = 0usize;
-        let mut keep = 0;
-        for (_, m) in read.records.iter().rev() {
-            bytes = bytes.saturating_add(m.payload.len() + fedbroker_core::mailbox::ENTRY_OVERHEAD);
-            if bytes > max_bytes || keep >= max_messages {
-                break;
-            }
-            keep += 1;
-        }
-        let drop = read.records.len() - keep;
-        if drop > 0 {
-            read.trimmed_through = read.trimmed_through.max(read.records[drop - 1].0);
-            read.records.drain(..drop);
-        }
+        read.records = kept.into();
         Ok(read)
     }
 

@@ -522,6 +522,31 @@ macro_rules! engine_tests {
                 assert_eq!(fresh.recv(), b"anew");
             }
 
+            /// `--mailbox-bytes` bounds each broker's window, whatever the engine keeps: a read
+            /// of the mailbox holds only the newest that fit, and what is older is said lost
+            /// (`410` for a plain listener asking for it), never skipped.
+            fn a_window_keeps_what_mailbox_bytes_allows(a: Adapter) {
+                let Some(engine) = engine() else { return };
+                let flags = ["--mailbox", "60-69", "--max-message-size", "100", "--mailbox-bytes", "400"];
+                let one = node(a, &engine, &flags);
+                let two = node(a, &engine, &flags);
+                connected(&one);
+                connected(&two);
+                for i in 1..=3u8 {
+                    let r = two.post(60, &[i; 100]);
+                    assert_eq!(r.status, 202, "{r:?}");
+                }
+                // 3 × (100 + 64) bytes: a window keeps the newest 2.
+                match one.try_listen_with("/60?since=0", &[]) {
+                    Err(refused) => assert!(refused.contains("410"), "{refused}"),
+                    Ok(_) => panic!("since=0 upgraded, though seq 1 is past the window"),
+                }
+                let mut l = one.listen_with("/60?since=1", &[]);
+                assert_eq!(l.seq_header(), Some(3));
+                assert_eq!(l.recv(), [2u8; 100]);
+                assert_eq!(l.recv(), [3u8; 100]);
+            }
+
                 $($only)*
             }
         }
